@@ -1,0 +1,82 @@
+"""Train on the 27 EPFL training slices, evaluate on the 5 test slices.
+
+Reproduces the per-class IoU table of docs/BENCHMARKS.md:
+
+    .venv/bin/python benchmarks/epfl_multiclass.py --minutes 30 --models unet2d,random-forest
+
+Each model is trained through the public API (`emseg.train`, `emseg.predict`,
+`emseg.evaluate`) with the default configuration plus the budget; the random
+forest has no time budget (it is fitted once). Writes
+benchmarks/results/epfl_multiclass.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import yaml
+
+import emseg
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "epfl-multiclass"
+CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_boundary", "vesicle", "psd", "axon"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per neural network")
+    parser.add_argument("--models", default="unet2d,random-forest")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/epfl_multiclass"))
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name in args.models.split(","):
+        run_dir = args.out / name
+        config = {
+            "data": {
+                "train": {"image": str((args.data / "train_raw.tif").resolve()),
+                          "labels": str((args.data / "train_labels.tif").resolve())},
+                "val_fraction": 0.1,
+                "classes": CLASSES,
+            },
+            "model": {"name": name},
+            "training": {"max_minutes": args.minutes, "seed": 0},
+        }
+        config_path = args.out / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        t0 = time.perf_counter()
+        result = emseg.train(config_path, run_dir, overwrite=True, progress=False)
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = run_dir / "test_prediction.tif"
+        emseg.predict(run_dir, args.data / "test_raw.tif", pred, overwrite=True, progress=False)
+        predict_s = time.perf_counter() - t0
+        scores = emseg.evaluate(pred, args.data / "test_labels.tif", classes=CLASSES)
+        scores.save_json(run_dir / "test_scores.json")
+        rows[name] = {
+            "train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "epochs": result.epochs,
+            "best_epoch": result.best_epoch,
+            "iou": {c: scores.per_class[c]["iou"] for c in CLASSES},
+            "mean_iou": scores.mean_iou, "mean_iou_foreground": scores.mean_iou_foreground,
+        }
+        print(f"{name}: mean foreground IoU {scores.mean_iou_foreground:.3f}", flush=True)
+    report = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+              "minutes": args.minutes, "results": rows}
+    (args.out.parent / "epfl_multiclass.json").write_text(json.dumps(report, indent=2))
+    header = "| model | " + " | ".join(CLASSES[1:]) + " | mean fg | train s |"
+    print(header)
+    print("|" + "---|" * (len(CLASSES) + 2))
+    for name, row in rows.items():
+        cells = " | ".join(f"{row['iou'][c]:.3f}" for c in CLASSES[1:])
+        print(f"| {name} | {cells} | {row['mean_iou_foreground']:.3f} | {row['train_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""``emseg`` command-line interface (typer). Each command calls the public API."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="emseg",
+    help="Deep-learning semantic segmentation of electron microscopy volumes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+_QUIET = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
+
+
+def _setup(quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    from emseg._progress import set_quiet
+
+    set_quiet(quiet)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def _fail(err: BaseException) -> None:
+    err_console.print(f"[bold red]error:[/] {_escape(str(err))}")
+    raise typer.Exit(code=2)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    return (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML configuration (see README).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for model.pt, metrics.jsonl, ...")],
+    max_minutes: Annotated[Optional[float], typer.Option(help="Override training.max_minutes.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Start again in a non-empty run directory.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from last.pt in the run directory.")] = False,
+    quiet: _QUIET = False,
+) -> None:
+    """Train a model; the best checkpoint (by validation mean IoU) is OUT/model.pt."""
+    _setup(quiet)
+    from emseg.config import load_config
+    from emseg.training import train as _train
+
+    try:
+        overrides = {"training": {"max_minutes": max_minutes}} if max_minutes is not None else None
+        cfg = load_config(config, overrides=overrides)
+        result = _train(cfg, out, overwrite=overwrite, resume=resume, progress=not quiet)
+    except _user_errors() as err:
+        _fail(err)
+    console.print(f"model: {result.model_path}  (best epoch {result.best_epoch}, "
+                  f"validation mean IoU {result.best_val_mean_iou:.3f}; stopped: {result.stop_reason})")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Run directory or model.pt file.")],
+    input: Annotated[str, typer.Argument(help="Image or stack: .tif, PNG folder, file.h5:dataset, store.zarr/path, .mrc")],
+    output: Annotated[str, typer.Argument(help="Label image to write: .tif, .zarr, file.h5:dataset or .png (2-D).")],
+    probabilities: Annotated[Optional[str], typer.Option(help="Also write class probabilities (.tif, .zarr or .h5).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
+    quiet: _QUIET = False,
+) -> None:
+    """Segment INPUT with MODEL; write a uint8 label image of the input's shape to OUTPUT."""
+    _setup(quiet)
+    from emseg.inference import predict as _predict
+
+    try:
+        path = _predict(model, input, output, probabilities=probabilities, overwrite=overwrite,
+                        progress=not quiet, precision=precision)
+    except _user_errors() as err:
+        _fail(err)
+    console.print(f"labels: {path}" + (f"\nprobabilities: {probabilities}" if probabilities else ""))
+
+
+@app.command()
+def evaluate(
+    prediction: Annotated[str, typer.Argument(help="Predicted label image.")],
+    ground_truth: Annotated[str, typer.Argument(help="Ground-truth label image.")],
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names (label i = name i).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Take class names from this model instead.")] = None,
+    ignore_label: Annotated[Optional[int], typer.Option(help="Ground-truth value excluded from the scores.")] = None,
+    background: Annotated[int, typer.Option(help="Class index left out of the foreground mean; -1 for none.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the scores as JSON.")] = None,
+    quiet: _QUIET = False,
+) -> None:
+    """Per-class IoU, F1, precision, recall, mean IoU and confusion matrix."""
+    _setup(quiet)
+    from emseg.evaluation import evaluate as _evaluate
+
+    try:
+        names = [c.strip() for c in classes.split(",")] if classes else None
+        if model is not None and names is None:
+            from emseg.training import load_checkpoint
+
+            names = load_checkpoint(model)["classes"]
+        result = _evaluate(prediction, ground_truth, classes=names, ignore_label=ignore_label,
+                           background=None if background < 0 else background)
+    except _user_errors() as err:
+        _fail(err)
+    console.print(result.to_table())
+    _print_confusion(result)
+    if json_out is not None:
+        result.save_json(json_out)
+        console.print(f"scores: {json_out}")
+
+
+def _print_confusion(result) -> None:
+    from rich.table import Table
+
+    table = Table(title="confusion matrix (rows: truth, columns: prediction)", title_justify="left")
+    table.add_column("")
+    for name in result.classes:
+        table.add_column(name, justify="right")
+    for name, row in zip(result.classes, result.confusion):
+        table.add_row(name, *(str(int(v)) for v in row))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's outputs.")] = Path("emseg-demo"),
+    minutes: Annotated[float, typer.Option(help="Training budget in minutes.")] = 5.0,
+    quiet: _QUIET = False,
+) -> None:
+    """Train on the embedded EPFL crop, segment its held-out crop, print the scores."""
+    _setup(quiet)
+    from emseg._demo import run_demo
+
+    try:
+        outcome = run_demo(out, minutes=minutes, progress=not quiet)
+    except _user_errors() as err:
+        _fail(err)
+    result, baseline = outcome["result"], outcome["baseline"]
+    console.print(result.to_table())
+    console.print(
+        f"mean IoU {result.mean_iou:.3f} (all classes), {result.mean_iou_foreground:.3f} (foreground); "
+        f"a predictor that always says the majority class scores {baseline.mean_iou:.3f} / "
+        f"{baseline.mean_iou_foreground:.3f}."
+    )
+    console.print(f"model:         {outcome['run'].model_path}\n"
+                  f"prediction:    {outcome['prediction']}\n"
+                  f"probabilities: {outcome['probabilities']}\n"
+                  f"scores:        {outcome['scores']}\n"
+                  f"training log:  {outcome['run'].run_dir / 'metrics.jsonl'}\n"
+                  "Open the .tif files in Fiji or napari, or with tifffile.imread in Python.")
+
+
+@app.command()
+def models(quiet: _QUIET = False) -> None:
+    """List the registered models with their parameter counts."""
+    _setup(quiet)
+    from rich.table import Table
+
+    from emseg.models import MODELS, build_model, count_parameters
+
+    table = Table("name", "backend", "parameters (1 in, 7 classes)", "description")
+    for name in MODELS:
+        spec = MODELS.get(name)
+        if spec.backend == "torch":
+            params = f"{count_parameters(build_model(name, in_channels=1, num_classes=7)) / 1e6:.2f} M"
+        else:
+            params = "-"
+        table.add_row(name, spec.backend, params, spec.description)
+    console.print(table)
+
+
+@app.command()
+def formats() -> None:
+    """List the image formats emseg reads and writes."""
+    from emseg.io import supported_formats
+
+    for line in supported_formats():
+        console.print(f"- {line}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

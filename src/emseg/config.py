@@ -1,0 +1,316 @@
+"""Typed configuration: a YAML file validated once, at the edge, by pydantic.
+
+Example (``train.yaml``)::
+
+    data:
+      train: {image: raw.tif, labels: labels.tif, slices: "0:24"}
+      val: {image: raw.tif, labels: labels.tif, slices: "24:30"}
+      classes: [background, membrane, mitochondrion]
+      ignore_label: 255
+    model: {name: unet2d, dropout: 0.5}
+    training: {max_minutes: 20, seed: 0}
+
+Relative paths resolve against the folder holding the config file.  Unknown
+keys, wrong types and missing files raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from emseg._registry import suggest
+
+__all__ = [
+    "AugmentConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "TrainingConfig",
+    "VolumeSource",
+    "load_config",
+    "parse_slices",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file, the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def parse_slices(text: str | None, depth: int) -> list[int]:
+    """Turn a z selection into slice indices.
+
+    ``"0:24"`` (Python range, end excluded), ``"3"``, ``"0,5,9"``, ``"0:10,20:25"``
+    or ``None`` (all slices) -> sorted unique indices in ``[0, depth)``.
+    """
+    if text is None:
+        return list(range(depth))
+    indices: set[int] = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                start, _, stop = part.partition(":")
+                rng = range(int(start) if start else 0, int(stop) if stop else depth)
+                indices.update(rng)
+            else:
+                indices.add(int(part))
+        except ValueError:
+            raise ValueError(f"cannot parse slice selection {text!r}: use e.g. '0:24' or '0,3,5'") from None
+    bad = sorted(i for i in indices if not 0 <= i < depth)
+    if bad:
+        raise ValueError(f"slice selection {text!r} asks for z={bad[:5]} but the volume has {depth} slices (0..{depth - 1})")
+    if not indices:
+        raise ValueError(f"slice selection {text!r} selects no slices")
+    return sorted(indices)
+
+
+def _resolve(value: str, info: ValidationInfo) -> str:
+    base = (info.context or {}).get("base_dir")
+    text = os.path.expanduser(str(value))
+    if base is not None and not os.path.isabs(text):
+        text = os.path.join(base, text)
+    return text
+
+
+class VolumeSource(_Strict):
+    """One labelled image: raw image, label image, optional z range."""
+
+    image: str
+    labels: str
+    slices: str | None = None
+
+    @field_validator("image", "labels")
+    @classmethod
+    def _exists(cls, value: str, info: ValidationInfo) -> str:
+        from emseg.io._registry import resolve
+
+        path = _resolve(value, info)
+        found = resolve(path)
+        file = found[1].file if found else Path(path)
+        if not Path(file).exists():
+            raise ValueError(f"file not found: {file}")
+        return path
+
+    @field_validator("slices", mode="before")
+    @classmethod
+    def _slices_text(cls, value: Any) -> Any:
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        return value
+
+
+class DataConfig(_Strict):
+    """Training and validation data and the class list."""
+
+    train: list[VolumeSource] = Field(min_length=1)
+    val: list[VolumeSource] | None = None
+    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    classes: list[str] = Field(min_length=2)
+    ignore_label: int | None = Field(default=None, ge=0, le=65535)
+    background: int | None = Field(default=0, ge=0)
+
+    @field_validator("train", "val", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"class names must be unique, got {self.classes}")
+        if self.ignore_label is not None and self.ignore_label < len(self.classes):
+            raise ValueError(
+                f"ignore_label {self.ignore_label} is also the label of class "
+                f"{self.classes[self.ignore_label]!r}; use a value >= {len(self.classes)} (e.g. 255)"
+            )
+        if self.background is not None and self.background >= len(self.classes):
+            raise ValueError(f"background must be a class index < {len(self.classes)}, got {self.background}")
+        return self
+
+
+class ModelConfig(BaseModel):
+    """``name`` from the model registry plus that model's options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "unet2d"
+    context_slices: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        from emseg.models import MODELS, validate_model_options
+
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r}.{suggest(self.name, MODELS.names())} Available: {', '.join(MODELS.names())}")
+        if self.context_slices % 2 != 1:
+            raise ValueError(f"context_slices must be odd (1, 3, 5, ...), got {self.context_slices}")
+        validate_model_options(self.name, self.options)
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AugmentConfig(_Strict):
+    """Random augmentation applied to training patches (labels follow the image)."""
+
+    flips: bool = True
+    rot90: bool = True
+    transpose: bool = True
+    brightness: float = Field(default=0.1, ge=0.0, description="max additive shift, in std units")
+    contrast: float = Field(default=0.1, ge=0.0, lt=1.0, description="max relative contrast change")
+
+
+class TrainingConfig(_Strict):
+    """Optimisation settings. Training stops at ``max_minutes`` or ``epochs``."""
+
+    max_minutes: float = Field(default=20.0, gt=0)
+    epochs: int = Field(default=10_000, ge=1)
+    iterations_per_epoch: int = Field(default=50, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    patch_size: list[int] = Field(default=[256, 256], min_length=2, max_length=2)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    seed: int = 0
+    foreground_oversampling: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="fraction of patches centred on a labelled pixel of a randomly chosen foreground class",
+    )
+    class_weights: Literal["auto"] | list[float] | None = "auto"
+    dice_weight: float = Field(default=1.0, ge=0)
+    ce_weight: float = Field(default=1.0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    num_threads: int | None = Field(default=None, ge=1)
+    val_max_slices: int | None = Field(default=None, ge=1, description="cap on validation slices scored per epoch")
+
+    @field_validator("patch_size", mode="before")
+    @classmethod
+    def _square(cls, value: Any) -> Any:
+        return [value, value] if isinstance(value, int) else value
+
+    @field_validator("patch_size")
+    @classmethod
+    def _multiple(cls, value: list[int]) -> list[int]:
+        if any(v < 16 for v in value):
+            raise ValueError(f"patch_size must be at least 16 pixels per axis, got {value}")
+        return value
+
+
+class Config(_Strict):
+    """A whole training configuration."""
+
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        weights = self.training.class_weights
+        if isinstance(weights, list) and len(weights) != len(self.data.classes):
+            raise ValueError(
+                f"training.class_weights has {len(weights)} values but data.classes has "
+                f"{len(self.data.classes)} classes"
+            )
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            key = str(e["loc"][-1])
+            parent = _model_at(e["loc"][:-1])
+            allowed = list(parent.model_fields) if parent else []
+            msg = f"unknown key.{suggest(key, allowed)} Allowed here: {', '.join(allowed)}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return f"invalid configuration {source}:\n" + "\n".join(lines)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        ann = field.annotation
+        for candidate in getattr(ann, "__args__", (ann,)):
+            inner = getattr(candidate, "__args__", (candidate,))
+            found = [c for c in (candidate, *inner) if isinstance(c, type) and issubclass(c, BaseModel)]
+            if found:
+                model = found[0]
+                break
+        else:
+            return None
+    return model
+
+
+def config_from_dict(data: dict[str, Any], *, base_dir: str | os.PathLike | None = None, source: str = "") -> Config:
+    """Validate a configuration dictionary; relative paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration {source}: expected a mapping with keys data, model, training")
+    try:
+        return Config.model_validate(data, context={"base_dir": None if base_dir is None else str(base_dir)})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a YAML configuration file.
+
+    Args:
+        path: the YAML file.
+        overrides: nested mapping merged over the file's content (e.g. from CLI flags).
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys, wrong types, missing files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if overrides:
+        data = _merge(data, overrides)
+    return config_from_dict(data, base_dir=path.resolve().parent, source=f"in {path}")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

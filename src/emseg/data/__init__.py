@@ -1,0 +1,23 @@
+"""Loading labelled slices, normalisation, patch sampling and augmentation."""
+
+from emseg.data._augment import augment_batch
+from emseg.data._load import (
+    IGNORE_INDEX,
+    DataError,
+    LabelledSlices,
+    class_frequencies,
+    load_training_data,
+)
+from emseg.data._normalize import Normalizer
+from emseg.data._sampling import PatchSampler
+
+__all__ = [
+    "IGNORE_INDEX",
+    "DataError",
+    "LabelledSlices",
+    "Normalizer",
+    "PatchSampler",
+    "augment_batch",
+    "class_frequencies",
+    "load_training_data",
+]

@@ -1,0 +1,6 @@
+"""Prediction: sliding-window segmentation of slices, stacks and volumes."""
+
+from emseg.inference._predict import predict
+from emseg.inference._predictor import Predictor
+
+__all__ = ["Predictor", "predict"]

@@ -1,0 +1,179 @@
+"""Sliding-window prediction of 2-D slices and stacks, from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from emseg._device import autocast, default_device, resolve_precision
+from emseg.data._load import _context_stack
+from emseg.data._normalize import Normalizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Predictor"]
+
+
+class Predictor:
+    """Turns raw EM slices into class probabilities and labels.
+
+    Build it with :meth:`from_checkpoint` (a run directory or ``model.pt``),
+    or with :meth:`from_model` during training.
+
+    Parameters
+    ----------
+    model
+        A torch module mapping ``(N, C, Y, X)`` to ``(N, K, Y, X)`` logits, or a
+        trained :class:`~emseg.models.RandomForestSegmenter`.
+    classes
+        The ``K`` class names.
+    normalizer
+        Intensity normalisation fitted on the training data.
+    context_slices
+        Number of neighbouring slices fed as channels (1 = plain 2-D).
+    window
+        Sliding-window size ``(wy, wx)``; Gaussian blending with ``overlap``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        classes: list[str],
+        normalizer: Normalizer,
+        context_slices: int = 1,
+        window: tuple[int, int] = (512, 512),
+        overlap: float = 0.25,
+        batch_size: int = 4,
+        divisor: int = 16,
+        device: torch.device | None = None,
+        precision: str = "auto",
+    ) -> None:
+        self.model = model
+        self.classes = list(classes)
+        self.normalizer = normalizer
+        self.context_slices = context_slices
+        self.window = tuple(int(w) for w in window)
+        self.overlap = overlap
+        self.batch_size = batch_size
+        self.divisor = divisor
+        self.is_torch = isinstance(model, torch.nn.Module)
+        self.device = device or default_device()
+        self.dtype = resolve_precision(precision, self.device)
+        if self.is_torch:
+            self.model.to(self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
+        """Rebuild the model and preprocessing from a run directory or checkpoint file."""
+        from emseg.training._checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        return cls.from_checkpoint_dict(ckpt, **kwargs)
+
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: dict[str, Any], **kwargs: Any) -> Predictor:
+        from emseg.models import MODELS, build_model
+        from emseg.training._checkpoint import CheckpointError
+
+        meta = ckpt["model"]
+        spec = MODELS.get(meta["name"])
+        if ckpt["backend"] != spec.backend:
+            raise CheckpointError(f"checkpoint backend {ckpt['backend']!r} does not match model {meta['name']!r}")
+        if spec.backend == "random-forest":
+            from emseg.models import RandomForestSegmenter
+
+            model = RandomForestSegmenter.from_state_dict(ckpt["state"])
+        else:
+            model = build_model(meta["name"], in_channels=meta["in_channels"], num_classes=len(ckpt["classes"]),
+                                options=meta["options"])
+            try:
+                model.load_state_dict(ckpt["state"])
+            except RuntimeError as err:
+                raise CheckpointError(f"weights do not fit model {meta['name']!r}: {err}") from None
+            model.eval()
+        inference = ckpt.get("inference", {})
+        kwargs.setdefault("window", tuple(inference.get("window", (512, 512))))
+        kwargs.setdefault("overlap", inference.get("overlap", 0.25))
+        return cls(
+            model,
+            classes=ckpt["classes"],
+            normalizer=Normalizer.from_dict(ckpt["normalization"]),
+            context_slices=int(meta.get("context_slices", 1)),
+            divisor=int(inference.get("divisor", 16)),
+            **kwargs,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _roi(self, shape: tuple[int, int]) -> tuple[int, int]:
+        d = self.divisor
+        return tuple(min(w, math.ceil(s / d) * d) for w, s in zip(self.window, shape))
+
+    @torch.no_grad()
+    def predict_proba_slice(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities of one raw slice.
+
+        Args:
+            image: ``(Y, X)`` raw slice or ``(C, Y, X)`` with context slices.
+
+        Returns:
+            ``(K, Y, X)`` float32 probabilities summing to 1 over ``K``.
+        """
+        x = self.normalizer(image)
+        if x.ndim == 2:
+            x = x[None]
+        if not self.is_torch:
+            return self.model.predict_proba(x[0])
+        from monai.inferers import sliding_window_inference
+
+        tensor = torch.from_numpy(x)[None].to(self.device)
+        with autocast(self.device, self.dtype):
+            logits = sliding_window_inference(
+                tensor,
+                roi_size=self._roi(x.shape[1:]),
+                sw_batch_size=self.batch_size,
+                predictor=self.model,
+                overlap=self.overlap,
+                mode="gaussian",
+                padding_mode="reflect",
+            )
+        return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+
+    def iter_slices(self, volume: Any, *, progress: Callable[[int], None] | None = None):
+        """Yield ``(z, probabilities (K, Y, X))`` for every slice of a ``(Z, Y, X)`` volume."""
+        for z in range(volume.shape[0]):
+            if self.context_slices == 1:
+                image = np.asarray(volume[z])
+            else:
+                image = _context_stack(volume, z, self.context_slices)
+            yield z, self.predict_proba_slice(image)
+            if progress is not None:
+                progress(1)
+
+    def predict_volume(
+        self, volume: Any, *, probabilities: bool = False, progress: Callable[[int], None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Segment a whole ``(Z, Y, X)`` volume held in memory or read lazily.
+
+        Returns:
+            labels ``(Z, Y, X)`` uint8 (uint16 for > 255 classes) and, if asked,
+            probabilities ``(K, Z, Y, X)`` float32.
+        """
+        z, y, x = volume.shape
+        dtype = np.uint8 if self.num_classes <= 255 else np.uint16
+        labels = np.empty((z, y, x), dtype)
+        probs = np.empty((self.num_classes, z, y, x), np.float32) if probabilities else None
+        for k, p in self.iter_slices(volume, progress=progress):
+            labels[k] = p.argmax(0)
+            if probs is not None:
+                probs[:, k] = p
+        return labels, probs

@@ -1,0 +1,29 @@
+"""Readers and writers for EM images and volumes.
+
+Every reader returns arrays in ``(Z, Y, X)`` order with the dtype stored in the
+file; chunked formats are read lazily.  Backends are chosen by suffix from an
+explicit list (``emseg.io._registry.BACKENDS``)::
+
+    from emseg.io import open_image, write_image
+
+    with open_image("raw.h5:volumes/raw") as image:   # lazy
+        patch = image.array[0:8, 0:256, 0:256]          # reads only this patch
+    write_image("pred.zarr/foreground", patch, voxel_size=(50.0, 4.0, 4.0))
+
+See :func:`supported_formats` for the formats understood.
+"""
+
+from ._atomic import atomic_output
+from ._base import ImageData, ImageFormatError, ImageReaderWriter
+from ._registry import open_image, read_image, supported_formats, write_image
+
+__all__ = [
+    "ImageData",
+    "ImageFormatError",
+    "ImageReaderWriter",
+    "atomic_output",
+    "open_image",
+    "read_image",
+    "supported_formats",
+    "write_image",
+]

@@ -1,0 +1,121 @@
+"""Atomic output: write to a temporary name, rename only when complete."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["atomic_output", "remove_path", "temporary_sibling"]
+
+TMP_MARKER = ".tmp-"
+
+
+def temporary_sibling(path: str | os.PathLike, tag: str = "tmp") -> Path:
+    """Return an unused hidden name next to ``path`` that keeps its suffix.
+
+    ``out/vol.tif`` -> ``out/.vol.tmp-<pid>-<random>.tif``.  The suffix is kept
+    because some writers (``np.save``, ``torch.save`` users) add or check it.
+    """
+    path = Path(path)
+    suffix = path.suffix
+    stem = path.name[: -len(suffix)] if suffix else path.name
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return path.with_name(f".{stem}.{tag}-{token}{suffix}")
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file, link or directory tree if it exists."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class atomic_output:  # noqa: N801 - used like a function: `with atomic_output(path) as tmp:`
+    """Context manager giving a temporary path that replaces ``path`` on success.
+
+    Usage::
+
+        with atomic_output("out/volume.zarr") as tmp:
+            write_something(tmp)          # a file or a directory
+        # now out/volume.zarr exists and is complete
+
+    The temporary lives in the same folder as ``path`` (so the final rename is
+    atomic for files) under a hidden name containing ``.tmp-``.  On success it
+    is renamed to ``path``: an existing file is replaced atomically; an
+    existing directory is moved aside, replaced, then deleted, so it is only
+    lost once the new output is in place.  On any exception (including
+    KeyboardInterrupt) the temporary is removed and the error re-raised, and
+    ``path`` is left untouched.  Missing parent folders are created.
+
+    Args:
+        path: the final file or directory.
+        overwrite: if False and ``path`` exists, raise :class:`FileExistsError`
+            on entry.  Default True: replace the existing output on success.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FileNotFoundError: the body finished without creating the temporary.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = True):
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.tmp_path: Path | None = None
+
+    def __enter__(self) -> Path:
+        if not self.overwrite and (self.path.exists() or self.path.is_symlink()):
+            raise FileExistsError(
+                f"{self.path} already exists; pass overwrite=True to replace it"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = temporary_sibling(self.path)
+        logger.debug("writing %s via temporary %s", self.path, self.tmp_path)
+        return self.tmp_path
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tmp = self.tmp_path
+        assert tmp is not None  # set in __enter__
+        if exc_type is not None:
+            remove_path(tmp)
+            return None  # re-raise
+        if not (tmp.exists() or tmp.is_symlink()):
+            raise FileNotFoundError(
+                f"nothing was written to the temporary {tmp} for {self.path}; output not created"
+            )
+        try:
+            self._commit(tmp)
+        except BaseException:
+            remove_path(tmp)
+            raise
+        return None
+
+    def _commit(self, tmp: Path) -> None:
+        final = self.path
+        replacing_dir = final.exists() and (final.is_dir() or tmp.is_dir())
+        if not replacing_dir:
+            os.replace(tmp, final)  # atomic for files on POSIX and Windows
+            return
+        backup = temporary_sibling(final, tag="old")
+        os.replace(final, backup)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(backup, final)  # put the previous output back
+            raise
+        remove_path(backup)

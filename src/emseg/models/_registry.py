@@ -1,0 +1,64 @@
+"""The model registry: every network (and the random-forest baseline) by name.
+
+A new architecture is one new module plus one ``MODELS.register(...)`` line in
+``emseg/models/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from emseg._registry import Registry
+
+__all__ = ["MODELS", "ModelSpec", "ModelOptions", "build_model", "validate_model_options"]
+
+
+class ModelOptions(BaseModel):
+    """Base class of a model's options; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry.
+
+    ``builder(in_channels, num_classes, options)`` returns a ``torch.nn.Module``
+    mapping ``(N, C, *spatial)`` to ``(N, num_classes, *spatial)`` logits
+    (``spatial_dims`` spatial axes), or, for ``backend="random-forest"``, an
+    untrained :class:`~emseg.models.RandomForestSegmenter`.
+    """
+
+    name: str
+    description: str
+    options: type[ModelOptions]
+    builder: Callable[[int, int, Any], Any]
+    backend: Literal["torch", "random-forest"] = "torch"
+    spatial_dims: int = 2
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def validate_model_options(name: str, options: dict[str, Any]) -> ModelOptions:
+    """Validate ``options`` for model ``name``; errors name the key and the model."""
+    spec = MODELS.get(name)
+    try:
+        return spec.options(**options)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"model.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        allowed = ", ".join(["name", *spec.options.model_fields])
+        raise ValueError(f"invalid options for model {name!r}: {problems}. Allowed keys: {allowed}") from None
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, options: dict[str, Any] | None = None):
+    """Build a registered model from its name and (validated) options."""
+    spec = MODELS.get(name)
+    opts = validate_model_options(name, options or {})
+    return spec.builder(in_channels, num_classes, opts)

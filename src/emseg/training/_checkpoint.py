@@ -1,0 +1,95 @@
+"""Checkpoints that rebuild themselves: weights plus everything needed to predict.
+
+A checkpoint is a ``torch.save`` of a plain dictionary (tensors, numbers,
+strings, lists, dicts) and is always loaded with ``weights_only=True``: a
+model file is data, never code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "load_checkpoint", "resolve_model_path", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = "emseg-model"
+CHECKPOINT_VERSION = 1
+MODEL_FILENAME = "model.pt"
+
+_REQUIRED = {
+    "format": str,
+    "format_version": int,
+    "backend": str,
+    "model": dict,
+    "classes": list,
+    "normalization": dict,
+    "state": dict,
+}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable emseg model; the message says why."""
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """A run directory (holding ``model.pt``) or a checkpoint file -> the file."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / MODEL_FILENAME
+        if not candidate.is_file():
+            raise CheckpointError(
+                f"{path} is a folder without {MODEL_FILENAME}: pass the run directory written by "
+                f"'emseg train' (training may not have finished its first epoch) or a .pt file"
+            )
+        return candidate
+    if not path.is_file():
+        raise CheckpointError(f"model not found: {path} (expected a run directory or a model .pt file)")
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated model."""
+    from emseg.io import atomic_output
+
+    data = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **checkpoint}
+    for key, kind in _REQUIRED.items():
+        if not isinstance(data.get(key), kind):
+            raise ValueError(f"checkpoint field {key!r} must be a {kind.__name__}")
+    with atomic_output(path) as tmp:
+        torch.save(data, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate a checkpoint (run directory or file) safely.
+
+    Raises:
+        CheckpointError: not a torch file, not an emseg model, a newer format,
+            or missing fields; the message names the file and the field.
+    """
+    file = resolve_model_path(path)
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a safe model file"
+        raise CheckpointError(
+            f"{file} could not be loaded as an emseg model with weights_only=True ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); only files written by emseg are accepted"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{file} is not an emseg model (no format={CHECKPOINT_FORMAT!r} field)")
+    if data.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{file} has format version {data['format_version']}, newer than this emseg understands "
+            f"({CHECKPOINT_VERSION}); upgrade emseg"
+        )
+    for key, kind in _REQUIRED.items():
+        if not isinstance(data.get(key), kind):
+            raise CheckpointError(f"{file} is missing field {key!r} ({kind.__name__}); the file is damaged or incomplete")
+    for key in ("name", "options", "in_channels"):
+        if key not in data["model"]:
+            raise CheckpointError(f"{file} is missing field 'model.{key}'")
+    if len(data["classes"]) < 2:
+        raise CheckpointError(f"{file}: 'classes' must list at least 2 classes")
+    return data

@@ -1,0 +1,55 @@
+"""Shared fixtures: small real crops from ../shared/data, written under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+EPFL = SHARED / "epfl-multiclass"
+EPFL_CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_boundary", "vesicle", "psd", "axon"]
+
+# Two cores: keep torch from oversubscribing when pytest runs next to other work.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def epfl_crop(tmp_path_factory) -> dict[str, Path]:
+    """A 4 x 192 x 256 crop of the EPFL training volume and a 2-slice test crop, as TIFF files."""
+    out = tmp_path_factory.mktemp("epfl")
+    raw = tifffile.imread(EPFL / "train_raw.tif")[:4, 400:592, 160:416]
+    lab = tifffile.imread(EPFL / "train_labels.tif")[:4, 400:592, 160:416]
+    paths = {"raw": out / "raw.tif", "labels": out / "labels.tif"}
+    tifffile.imwrite(paths["raw"], raw, photometric="minisblack")
+    tifffile.imwrite(paths["labels"], lab, photometric="minisblack")
+    return paths
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path, epfl_crop):
+    """A valid config training a tiny U-Net for a few seconds on the EPFL crop."""
+    text = f"""
+data:
+  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
+  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
+  classes: {EPFL_CLASSES}
+model: {{name: unet2d, features: [4, 8]}}
+training: {{max_minutes: 0.2, epochs: 2, iterations_per_epoch: 2, batch_size: 2, patch_size: 64}}
+"""
+    return write_config(tmp_path / "tiny.yaml", text)
+
+
+def majority_iou(truth: np.ndarray, majority: int, num_classes: int) -> float:
+    from emseg.evaluation import evaluate
+
+    return evaluate(np.full_like(truth, majority), truth, classes=[str(i) for i in range(num_classes)]).mean_iou
