@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 
@@ -106,6 +107,7 @@ def evaluate(
     model: Annotated[Optional[Path], typer.Option(help="Take class names from this model instead.")] = None,
     ignore_label: Annotated[Optional[int], typer.Option(help="Ground-truth value excluded from the scores.")] = None,
     background: Annotated[int, typer.Option(help="Class index left out of the foreground mean; -1 for none.")] = 0,
+    slices: Annotated[Optional[str], typer.Option(help="Score only these z slices, e.g. '24:30' or '0,5'.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the scores as JSON.")] = None,
     quiet: _QUIET = False,
 ) -> None:
@@ -119,7 +121,8 @@ def evaluate(
             from emseg.training import load_checkpoint
 
             names = load_checkpoint(model)["classes"]
-        result = _evaluate(prediction, ground_truth, classes=names, ignore_label=ignore_label,
+        pred_in, truth_in = (prediction, ground_truth) if slices is None else _select_slices(prediction, ground_truth, slices)
+        result = _evaluate(pred_in, truth_in, classes=names, ignore_label=ignore_label,
                            background=None if background < 0 else background)
     except _user_errors() as err:
         _fail(err)
@@ -128,6 +131,18 @@ def evaluate(
     if json_out is not None:
         result.save_json(json_out)
         console.print(f"scores: {json_out}")
+
+
+def _select_slices(prediction: str, ground_truth: str, slices: str):
+    """Read only the selected z slices of both images (lazy readers)."""
+    from emseg.config import parse_slices
+    from emseg.io import open_image
+
+    with open_image(prediction) as p, open_image(ground_truth) as t:
+        if p.array.shape != t.array.shape:
+            raise ValueError(f"{prediction} has shape {tuple(p.array.shape)} but {ground_truth} has {tuple(t.array.shape)}")
+        zs = parse_slices(slices, p.array.shape[0])
+        return (np.stack([np.asarray(p.array[z]) for z in zs]), np.stack([np.asarray(t.array[z]) for z in zs]))
 
 
 def _print_confusion(result) -> None:
