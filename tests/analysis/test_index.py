@@ -11,7 +11,8 @@ import tifffile
 import typer
 from typer.testing import CliRunner
 
-from emseg.analysis._index import BOX_NM, ObjectIndex, _measure_simple
+from emseg.analysis._index import BOX_NM, ObjectIndex
+from emseg.analysis._objects import measure_objects
 
 VOXEL = (40.0, 5.0, 5.0)
 CLASSES = {2: "mitochondrion", 4: "vesicle", 5: "psd"}
@@ -71,16 +72,16 @@ def test_schema_meta_and_rtree(built):
     sql = "SELECT o.object_id FROM objects_rtree r CROSS JOIN objects o WHERE r.z0_nm <= ? AND o.object_id = r.id"
     assert any("VIRTUAL TABLE INDEX" in line for line in index.explain(sql, [100.0]))
     index.near("vesicle", "psd", 50.0)
-    assert any("objects_rtree" in line and "VIRTUAL TABLE INDEX" in line
-               for line in index.explain(*index._last_near_sql))
+    # the R*Tree is searched with all six box constraints (rtree index 2, "B0D1B2D3B4D5")
+    assert any("VIRTUAL TABLE INDEX 2:B0D1B2D3B4D5" in line for line in index.explain(*index._last_near_sql))
     assert index.embedding_names == ["log_volume", "log_surface_area", "sphericity", "elongation",
                                      "mean_intensity", "std_intensity"]
 
 
 def test_label_query_matches_pandas(built):
     table, index = built
-    got = index.query(class_name="mitochondrion", ranges={"volume": (2e6, None), "elongation": (None, 3.0)})
-    want = table[(table.class_name == "mitochondrion") & (table.volume >= 2e6) & (table.elongation <= 3.0)]
+    got = index.query(class_name="mitochondrion", ranges={"volume": (5e5, None), "elongation": (None, 3.0)})
+    want = table[(table.class_name == "mitochondrion") & (table.volume >= 5e5) & (table.elongation <= 3.0)]
     assert sorted(got["object_id"]) == sorted(want["object_id"]) and len(got) > 0
     assert got["object_id"].is_monotonic_increasing
     assert len(index.query(limit=7)) == 7
@@ -98,6 +99,7 @@ def test_box_query_matches_pandas(built, mode):
         keep = (p.z0 >= z0) & (p.z1 <= z1) & (p.y0 >= y0) & (p.y1 <= y1) & (p.x0 >= x0) & (p.x1 <= x1)
     else:
         keep = (p.z0 < z1) & (p.z1 > z0) & (p.y0 < y1) & (p.y1 > y0) & (p.x0 < x1) & (p.x1 > x0)
+    assert keep.equals(in_box(p, box, mode))
     got = index.query(box=box, box_mode=mode)
     assert sorted(got["object_id"]) == sorted(p.loc[keep, "object_id"]) and keep.sum() > 0
     got_class = index.query(box=box, box_mode=mode, class_name="psd")
@@ -128,14 +130,24 @@ def test_near_matches_brute_force(built, class_a, class_b, d):
         assert row.distance == pytest.approx(want[(row.id_a, row.id_b)])
 
 
-def test_near_in_region(built):
+def in_box(p: pd.DataFrame, box, mode: str) -> pd.Series:
+    z0, y0, x0, z1, y1, x1 = box
+    if mode == "within":
+        return (p.z0 >= z0) & (p.z1 <= z1) & (p.y0 >= y0) & (p.y1 <= y1) & (p.x0 >= x0) & (p.x1 <= x1)
+    return (p.z0 < z1) & (p.z1 > z0) & (p.y0 < y1) & (p.y1 > y0) & (p.x0 < x1) & (p.x1 > x0)
+
+
+@pytest.mark.parametrize("mode", ["within", "intersects"])
+@pytest.mark.parametrize(("class_a", "class_b"), [("vesicle", "psd"), ("psd", "vesicle")])
+def test_near_in_region(built, class_a, class_b, mode):
+    """Both loop orders (rarer class outside) give the brute-force pairs whose A object is in the box."""
     table, index = built
-    box = (0.0, 0.0, 0.0, 800.0, 1000.0, 1000.0)
-    p = physical(table).set_index("object_id")
-    want = {k for k in brute_near(table, "vesicle", "psd", 80.0)
-            if p.loc[k[0], "y0"] < 1000 and p.loc[k[0], "x0"] < 1000}
-    got = index.near("vesicle", "psd", 80.0, box=box)
-    assert set(zip(got.id_a, got.id_b)) == want
+    box = (0.0, 200.0, 300.0, 800.0, 1000.0, 1200.0)
+    p = physical(table)
+    inside = set(p.loc[in_box(p, box, mode), "object_id"])
+    want = {k for k in brute_near(table, class_a, class_b, 80.0) if k[0] in inside}
+    got = index.near(class_a, class_b, 80.0, box=box, box_mode=mode)
+    assert set(zip(got.id_a, got.id_b)) == want and len(want) > 0
 
 
 def test_similar_object_and_descriptors(built):
@@ -161,20 +173,24 @@ def test_similar_object_and_descriptors(built):
     assert set(only["class_name"]) == {"psd"}
 
 
-def test_describe_crop_finds_the_cropped_object(tmp_path):
+@pytest.mark.parametrize("mode", ["3d", "2d"])
+def test_describe_crop_finds_the_cropped_object(tmp_path, mode):
     rng = np.random.default_rng(1)
     labels = np.zeros((4, 64, 64), np.uint8)
     labels[1:3, 5:15, 5:30] = 2      # elongated
     labels[0:4, 30:50, 30:50] = 2    # compact, big
     labels[2, 55:58, 55:58] = 4      # small
     raw = rng.normal(100, 10, labels.shape) + 50 * (labels == 2)
-    table = _measure_simple(labels, image=raw, voxel_size=VOXEL, classes=CLASSES)
+    names = ["background", "membrane", "mitochondrion", "boundary", "vesicle"]
+    table = measure_objects(labels, image=raw, voxel_size=VOXEL, classes=names, mode=mode)
     index = ObjectIndex.build(table, tmp_path / "i.sqlite", voxel_size=VOXEL)
-    crop = (slice(0, 4), slice(25, 56), slice(25, 56))   # the compact object, plus a bit of background
-    desc = index.describe_crop(raw[crop], labels[crop] == 2)
+    assert index.meta["mode"] == mode
+    crop = (slice(1, 2), slice(25, 56), slice(25, 56)) if mode == "2d" else (slice(0, 4), slice(25, 56),
+                                                                          slice(25, 56))
+    desc = index.describe_crop(raw[crop], labels[crop] == 2)   # the compact object plus some background
     best = index.similar(descriptors=desc, k=1)
-    compact = table.loc[table.voxel_count.idxmax(), "object_id"]
-    assert best["object_id"].iloc[0] == compact and best["distance"].iloc[0] < 1e-4
+    want = table[(table.bbox_y0 == 30) & (table.bbox_z0 == crop[0].start)].object_id.iloc[0]
+    assert best["object_id"].iloc[0] == want and best["distance"].iloc[0] < 1e-4
     with pytest.raises(ValueError, match="raw crop"):
         index.describe_crop(None, labels[crop])
     index.close()
@@ -196,7 +212,7 @@ def test_embedding_columns_used_instead(tmp_path):
 def test_atomic_build_overwrite_and_errors(tmp_path):
     table = random_table(20)
     path = tmp_path / "o.sqlite"
-    ObjectIndex.build(table, path).close()
+    ObjectIndex.build(table, path, voxel_size=VOXEL).close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.sqlite"]  # no temporary left
     with pytest.raises(FileExistsError, match="overwrite"):
         ObjectIndex.build(table, path)
@@ -205,12 +221,12 @@ def test_atomic_build_overwrite_and_errors(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         ObjectIndex.build(pd.concat([table, table.iloc[:1]]), tmp_path / "x.sqlite")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.sqlite"]
-    index = ObjectIndex.build(table.iloc[:5], path, overwrite=True)
+    index = ObjectIndex.build(table.iloc[:5], path, voxel_size=VOXEL, overwrite=True)
     assert len(index) == 5
     with pytest.raises(ValueError, match="unknown class 'axon'.*available: .*mitochondrion"):
         index.query(class_name="axon")
-    with pytest.raises(ValueError, match="unknown column 'bogus'"):
-        index.query(ranges={"bogus; DROP TABLE objects": (1, 2)} | {"bogus": (0, 1)})
+    with pytest.raises(ValueError, match="unknown column 'x; DROP TABLE objects'"):
+        index.query(ranges={"x; DROP TABLE objects": (1, 2)})
     with pytest.raises(ValueError, match="box"):
         index.query(box=(0, 0, 0, 1, 1))
     index.close()
@@ -241,10 +257,10 @@ def test_cli_index_and_query(tmp_path):
     assert result.exit_code == 2 and "already exists" in result.output
 
     out = tmp_path / "mito.csv"
-    result = runner.invoke(app, ["query", str(db), "--class", "mitochondrion", "--min-volume", "2e6",
+    result = runner.invoke(app, ["query", str(db), "--class", "mitochondrion", "--min-volume", "5e5",
                                  "--max-elongation", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    want = table[(table.class_name == "mitochondrion") & (table.volume >= 2e6) & (table.elongation <= 3)]
+    want = table[(table.class_name == "mitochondrion") & (table.volume >= 5e5) & (table.elongation <= 3)]
     assert sorted(pd.read_csv(out)["object_id"]) == sorted(want["object_id"])
 
     out = tmp_path / "near.parquet"
@@ -267,6 +283,16 @@ def test_cli_index_and_query(tmp_path):
     z0, y0, x0 = (max(0, int(row[f"bbox_{a}0"]) - 2) for a in "zyx")
     z1, y1, x1 = (min(s, int(row[f"bbox_{a}1"]) + 2) for a, s in zip("zyx", raw.shape))
     assert np.array_equal(crop, raw[z0:z1, y0:y1, x0:x1].reshape(-1))
+
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:25, 12:30] = 1
+    tifffile.imwrite(tmp_path / "crop_raw.tif", raw[0, :40, :40])
+    tifffile.imwrite(tmp_path / "crop_mask.tif", mask)
+    out = tmp_path / "like.csv"
+    result = runner.invoke(app, ["query", str(db), "--like-crop", str(tmp_path / "crop_raw.tif"),
+                                 str(tmp_path / "crop_mask.tif"), "--k", "4", "--metric", "cosine", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out)) == 4
 
     result = runner.invoke(app, ["query", str(db), "--box", "0", "0", "0", "800", "1000", "1000"])
     assert result.exit_code == 0, result.output and "object_id" in result.output

@@ -22,6 +22,11 @@ under our control.
 A network tells Grad-CAM where its bottleneck is by a ``gradcam_layer``
 attribute (a name from ``model.named_modules()``); networks with an
 ``encoders`` list (:class:`emseg.models.UNet`) default to the last encoder.
+
+Caveat for U-Nets: the skip connections can carry most of the decision, so
+the bottleneck may contribute little (small ``raw_max``, little of the map on
+the target, ``mass_in_target``).  The maps of a later layer, e.g. the last
+decoder (``layer="decoders.<last>"``), are then the more faithful ones.
 """
 
 from __future__ import annotations
@@ -157,7 +162,9 @@ def resolve_layer(model: Any, layer: str = BOTTLENECK) -> tuple[str, Any]:
     name = bottleneck_layer(model) if layer == BOTTLENECK else layer
     modules = dict(model.named_modules())
     if not name or name not in modules:
-        what = f"bottleneck layer {name!r} declared by {type(model).__name__}" if layer == BOTTLENECK else f"layer {name!r}"
+        what = f"layer {name!r}"
+        if layer == BOTTLENECK:
+            what = f"bottleneck layer {name!r} declared by {type(model).__name__}"
         raise ValueError(
             f"{what} is not a module of {type(model).__name__}; use '{BOTTLENECK}' or one of: "
             f"{', '.join(_module_names(model))}"
@@ -176,7 +183,9 @@ def _class_index(class_name: str | int, classes: list[str] | None) -> tuple[int,
             return classes.index(class_name), class_name
         if isinstance(class_name, (int, np.integer)) and 0 <= int(class_name) < len(classes):
             return int(class_name), classes[int(class_name)]
-        raise ValueError(f"class {class_name!r}: expected a name from {', '.join(classes)} or an index 0-{len(classes) - 1}")
+        raise ValueError(
+            f"class {class_name!r}: expected a name from {', '.join(classes)} or an index 0-{len(classes) - 1}"
+        )
     if isinstance(class_name, (int, np.integer)) and not isinstance(class_name, bool) and int(class_name) >= 0:
         return int(class_name), str(int(class_name))
     raise ValueError(

@@ -61,7 +61,9 @@ VERSION = 1
 #: Appearance descriptors, in embedding order, each used when its source
 #: columns are in the table.  ``equivalent_diameter`` is left out on purpose:
 #: it is a function of the volume and would count size twice.
-DESCRIPTORS = ("log_volume", "log_surface_area", "sphericity", "elongation", "mean_intensity", "std_intensity")
+DESCRIPTORS = ("log_volume", "log_surface_area", "sphericity",  # 3-D tables
+               "log_area", "log_perimeter", "circularity",        # 2-D tables (mode="2d")
+               "elongation", "mean_intensity", "std_intensity")
 
 BBOX_COLUMNS = ("bbox_z0", "bbox_y0", "bbox_x0", "bbox_z1", "bbox_y1", "bbox_x1")
 #: Physical box columns of ``objects`` (and the R*Tree), min/max per axis.
@@ -117,23 +119,35 @@ def _check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]
 
 
 def _descriptor_frame(table: pd.DataFrame, voxel_size: Sequence[float]) -> pd.DataFrame:
-    """Every descriptor of :data:`DESCRIPTORS` computable from ``table``, as float64 columns."""
+    """Every descriptor of :data:`DESCRIPTORS` computable from ``table``, as float64 columns.
+
+    3-D tables (``volume``, ``surface_area``) give ``log_volume``,
+    ``log_surface_area`` and ``sphericity`` (``pi^(1/3) (6V)^(2/3) / A``);
+    2-D tables (``area``, ``perimeter``, from ``mode="2d"``) give ``log_area``,
+    ``log_perimeter`` and ``circularity`` (``4 pi A / P^2``).
+    """
     out = {}
-    volume = None
-    if "volume" in table:
-        volume = table["volume"].to_numpy(np.float64)
+    size = boundary = None
+    flat = "volume" not in table and "area" in table
+    if not flat and "volume" in table:
+        size = table["volume"].to_numpy(np.float64)
+    elif flat:
+        size = table["area"].to_numpy(np.float64)
     elif "voxel_count" in table:
-        volume = table["voxel_count"].to_numpy(np.float64) * float(np.prod(voxel_size))
-    area = table["surface_area"].to_numpy(np.float64) if "surface_area" in table else None
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if volume is not None:
-            out["log_volume"] = np.log(volume)
-        if area is not None:
-            out["log_surface_area"] = np.log(area)
-        if "sphericity" in table:
-            out["sphericity"] = table["sphericity"].to_numpy(np.float64)
-        elif volume is not None and area is not None:
-            out["sphericity"] = np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area
+        size = table["voxel_count"].to_numpy(np.float64) * float(np.prod(voxel_size))
+    key = "perimeter" if flat else "surface_area"
+    if key in table:
+        boundary = table[key].to_numpy(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if size is not None:
+            out["log_area" if flat else "log_volume"] = np.log(size)
+        if boundary is not None:
+            out["log_perimeter" if flat else "log_surface_area"] = np.log(boundary)
+        if size is not None and boundary is not None:
+            if flat:
+                out["circularity"] = 4 * np.pi * size / boundary ** 2
+            else:
+                out["sphericity"] = np.pi ** (1 / 3) * (6 * size) ** (2 / 3) / boundary
     for name in ("elongation", "mean_intensity", "std_intensity"):
         if name in table:
             out[name] = table[name].to_numpy(np.float64)
@@ -171,6 +185,7 @@ class ObjectIndex:
         path: the database file.
         voxel_size: ``(z, y, x)`` voxel size the physical coordinates use.
         classes: ``{class_name: class_id}`` of the indexed objects.
+        class_counts: ``{class_name: number of objects}``.
         columns: the columns of the ``objects`` table (query results).
         embedding_names: names of the embedding's dimensions (descriptor names
             or table columns such as ``emb_0``).
@@ -184,7 +199,7 @@ class ObjectIndex:
         self.embedding_names: list[str] = list(meta["embedding_names"])
         rows = connection.execute("SELECT class_name, class_id, count FROM classes ORDER BY class_id").fetchall()
         self.classes: dict[str, int] = {name: int(cid) for name, cid, _ in rows}
-        self._counts = {name: int(n) for name, _, n in rows}
+        self.class_counts = {name: int(n) for name, _, n in rows}
         self.columns: list[str] = [r[1] for r in connection.execute("PRAGMA table_info(objects)")]
         self._vectors: np.ndarray | None = None
         self._ids: np.ndarray | None = None
@@ -198,7 +213,7 @@ class ObjectIndex:
         table: pd.DataFrame | str | os.PathLike,
         db_path: str | os.PathLike,
         *,
-        voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+        voxel_size: Sequence[float] | None = None,
         overwrite: bool = False,
         embedding: str | Sequence[str] = "auto",
     ) -> ObjectIndex:
@@ -214,7 +229,9 @@ class ObjectIndex:
                 descriptors, and any other numeric column (kept for range
                 queries).
             db_path: the SQLite file to write.
-            voxel_size: ``(z, y, x)`` size of a voxel, in nm for EM.
+            voxel_size: ``(z, y, x)`` size of a voxel, in nm for EM; default
+                the table's own (``table.attrs["voxel_size"]``, which
+                ``measure_objects`` sets and Parquet keeps), else ``(1, 1, 1)``.
             overwrite: replace an existing ``db_path``.
             embedding: ``"auto"`` (table columns ``emb_0 .. emb_k`` when
                 present, e.g. pooled CNN features, else the descriptors),
@@ -229,24 +246,27 @@ class ObjectIndex:
             ValueError: a required column is missing, ``object_id`` is not
                 unique, the table is empty, or ``voxel_size`` is invalid.
         """
-        voxel_size = _check_voxel_size(voxel_size)
         source = "table"
         if not isinstance(table, pd.DataFrame):
             source = str(table)
             table = read_object_table(table)
+        if voxel_size is None:
+            voxel_size = table.attrs.get("voxel_size") or (1.0, 1.0, 1.0)
+        voxel_size = _check_voxel_size(voxel_size)
+        mode = table.attrs.get("mode") or ("2d" if "area" in table and "volume" not in table else "3d")
         db_path = Path(db_path)
         if not overwrite and db_path.exists():
             raise FileExistsError(f"{db_path} already exists; pass overwrite=True (--overwrite) to replace it")
         frame = _prepare(table, voxel_size, source)
         emb_columns = _embedding_columns(table, embedding)
         meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "voxel_size": list(voxel_size),
-                                "n_objects": len(frame), "source": source}
+                                "n_objects": len(frame), "source": source, "mode": mode}
         if emb_columns is None:
             desc = _descriptor_frame(table, voxel_size)
             desc = desc.loc[:, desc.notna().any()]
             if desc.shape[1] == 0:
                 raise ValueError(f"object table {source} has none of the columns the appearance descriptors need "
-                                 "(volume or voxel_count, surface_area, elongation, mean_intensity, ...)")
+                                 "(volume/area or voxel_count, surface_area/perimeter, elongation, ...)")
             values = desc.to_numpy(np.float64)
             mean = np.nanmean(values, axis=0)
             std = np.nanstd(values, axis=0)
@@ -282,7 +302,7 @@ class ObjectIndex:
         path = Path(db_path)
         if not path.is_file():
             raise FileNotFoundError(f"object index {path} does not exist")
-        con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+        con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         try:
             rows = dict(con.execute("SELECT key, value FROM emseg_meta").fetchall())
             meta = {k: json.loads(v) for k, v in rows.items()}
@@ -403,16 +423,26 @@ class ObjectIndex:
         if not (math.isfinite(distance) and distance >= 0):
             raise ValueError(f"distance_nm must be a finite number >= 0, got {distance_nm!r}")
         name_a, name_b = self._class(class_a), self._class(class_b)
-        swap = box is None and self._counts[name_b] < self._counts[name_a]
+        # The outer loop runs over the rarer class; each of its objects probes the R*Tree.
+        swap = self.class_counts[name_b] < self.class_counts[name_a]
         outer, inner = (name_b, name_a) if swap else (name_a, name_b)
         where = ["o.class_name = ?"]
         params: list[Any] = [outer]
         head = "objects o"
         if box is not None:
+            box, box_mode = _check_box(box), _check_mode(box_mode)
             head = "objects_rtree rb CROSS JOIN objects o"
-            box_where, box_params = _box_sql("o", "rb", _check_box(box), _check_mode(box_mode))
-            where += box_where + ["o.object_id = rb.id"]
-            params += box_params
+            if swap:  # B objects near the region (box grown by the distance), A objects in it exactly
+                grown = tuple(v - distance for v in box[:3]) + tuple(v + distance for v in box[3:])
+                tree_where, tree_params = _box_sql("o", "rb", grown, box_mode)
+                exact_where, exact_params = _box_sql("i", "rb", box, box_mode)
+                where += tree_where[:6] + exact_where[6:]
+                params += tree_params[:6] + exact_params[6:]
+            else:
+                box_where, box_params = _box_sql("o", "rb", box, box_mode)
+                where += box_where
+                params += box_params
+            where.append("o.object_id = rb.id")
         # R*Tree: inner boxes meeting the outer box grown by `distance` (closed intervals).
         where += ["r.z0_nm <= o.z1_nm + ?", "r.z1_nm >= o.z0_nm - ?",
                   "r.y0_nm <= o.y1_nm + ?", "r.y1_nm >= o.y0_nm - ?",
@@ -499,7 +529,7 @@ class ObjectIndex:
         if class_name is not None:
             cid = self.classes[self._class(class_name)]
             dist[class_of != cid] = np.inf
-        if self_index is not None:
+        if self_index is not None and np.isfinite(dist[self_index]):
             dist[self_index] = -1.0  # first among equals
         k = min(k, int(np.isfinite(dist).sum()))
         top = np.argpartition(dist, k - 1)[:k] if 0 < k < len(dist) else np.arange(len(dist))[:k]
@@ -507,7 +537,7 @@ class ObjectIndex:
         found = dist[top]
         found[found < 0] = 0.0
         result = pd.DataFrame({"rank": np.arange(len(top)), "object_id": ids[top], "distance": found})
-        rows = self._rows(result["object_id"].tolist())
+        rows = self.rows(result["object_id"].tolist())
         return result.merge(rows, on="object_id", how="left")
 
     def standardise(self, descriptors: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -531,9 +561,9 @@ class ObjectIndex:
     ) -> np.ndarray:
         """Raw descriptors (:attr:`embedding_names` order) of the largest object in a crop.
 
-        The crop is measured like the indexed table: with
-        ``emseg.analysis._objects.measure_objects`` when available, else with
-        this module's simple measurement (same column definitions).
+        The crop is measured like the indexed table, with
+        :func:`emseg.analysis._objects.measure_objects` (in the index's mode),
+        so the descriptors are comparable with the stored ones.
 
         Args:
             raw_crop: ``(Y, X)`` or ``(Z, Y, X)`` raw image, or ``None`` when
@@ -542,7 +572,7 @@ class ObjectIndex:
                 connected component of non-zero voxels (of one label value)
                 is described.
             voxel_size: ``(z, y, x)``; default the index's voxel size.
-            mode: ``"2d"`` or ``"3d"``; default ``"2d"`` for 2-D crops.
+            mode: ``"2d"`` or ``"3d"``; default the mode of the indexed table.
 
         Returns:
             float64 vector; pass it to :meth:`similar` as ``descriptors``.
@@ -552,7 +582,7 @@ class ObjectIndex:
                              "which cannot be computed from a crop; pass such a vector to similar(descriptors=...)")
         voxel_size = _check_voxel_size(voxel_size if voxel_size is not None else self.voxel_size)
         mask = np.asarray(mask)
-        mode = mode or ("2d" if mask.ndim == 2 else "3d")
+        mode = mode or self.meta.get("mode") or ("2d" if mask.ndim == 2 else "3d")
         labels = mask[None] if mask.ndim == 2 else mask
         if labels.ndim != 3:
             raise ValueError(f"mask must be 2-D or 3-D, got shape {mask.shape}")
@@ -568,7 +598,9 @@ class ObjectIndex:
         labels = (labels > 0).astype(np.uint8) if labels.dtype == bool else labels.astype(np.uint32)
         if not labels.any():
             raise ValueError("mask has no foreground voxels")
-        table = measure_table(labels, image=image, voxel_size=voxel_size, mode=mode)
+        from emseg.analysis._objects import measure_objects
+
+        table = measure_objects(labels, image=image, voxel_size=voxel_size, mode=mode)
         row = table.loc[[table["voxel_count"].idxmax()]]
         desc = _descriptor_frame(row, voxel_size)
         return np.array([float(desc[n].iloc[0]) if n in desc else np.nan for n in self.embedding_names])
@@ -595,8 +627,9 @@ class ObjectIndex:
         names = [d[0] for d in cursor.description]
         return pd.DataFrame.from_records(cursor.fetchall(), columns=names)
 
-    def _rows(self, object_ids: list[int]) -> pd.DataFrame:
-        """``objects`` rows for these ids (in chunks below SQLite's parameter limit)."""
+    def rows(self, object_ids: Sequence[int]) -> pd.DataFrame:
+        """The ``objects`` rows of these ids (any order; unknown ids are left out)."""
+        object_ids = [int(i) for i in object_ids]
         frames = [self._frame(f"SELECT * FROM objects WHERE object_id IN ({','.join('?' * len(chunk))})", chunk)
                   for chunk in (object_ids[i:i + 500] for i in range(0, len(object_ids), 500))]
         return pd.concat(frames, ignore_index=True) if frames else self._frame(
@@ -662,7 +695,7 @@ def _prepare(table: pd.DataFrame, voxel_size: tuple[float, float, float], source
         if not _IDENT.match(str(column)) or str(column).lower() in {c.lower() for c in (*BOX_NM, *CENTROID_NM)}:
             skipped.append(str(column))
             continue
-        frame[column] = series.astype(np.int64 if pd.api.types.is_bool_dtype(series) else series.dtype)
+        frame[column] = series.astype(np.int64) if pd.api.types.is_bool_dtype(series) else series
     if skipped:
         logger.warning("left out column(s) with names unusable in SQL: %s", ", ".join(skipped))
     bbox = table[list(BBOX_COLUMNS)].to_numpy(np.float64)
@@ -679,15 +712,16 @@ def _prepare(table: pd.DataFrame, voxel_size: tuple[float, float, float], source
         centroid = (lo + hi) / 2
     for axis, name in enumerate(CENTROID_NM):
         frame[name] = centroid[:, axis]
-    if "sphericity" not in frame.columns:
-        desc = _descriptor_frame(table, voxel_size)
-        if "sphericity" in desc:
-            frame["sphericity"] = desc["sphericity"]
-    if "volume" in table.columns and "voxel_count" in table.columns:
-        per_voxel = (table["volume"] / table["voxel_count"].where(table["voxel_count"] > 0)).median()
-        if np.isfinite(per_voxel) and not np.isclose(per_voxel, float(np.prod(size)), rtol=1e-3):
-            logger.warning("the table's volume / voxel_count is %.4g but voxel_size %s gives %.4g per voxel; "
-                           "is voxel_size right?", per_voxel, voxel_size, float(np.prod(size)))
+    desc = _descriptor_frame(table, voxel_size)
+    for shape in ("sphericity", "circularity"):
+        if shape in desc and shape not in frame.columns:
+            frame[shape] = desc[shape]
+    for column, expected in (("volume", float(np.prod(size))), ("area", float(size[1] * size[2]))):
+        if column in table.columns and "voxel_count" in table.columns:
+            per_voxel = (table[column] / table["voxel_count"].where(table["voxel_count"] > 0)).median()
+            if np.isfinite(per_voxel) and not np.isclose(per_voxel, expected, rtol=1e-3):
+                logger.warning("the table's %s / voxel_count is %.4g but voxel_size %s gives %.4g; "
+                               "is voxel_size right?", column, per_voxel, voxel_size, expected)
     return frame.reset_index(drop=True)
 
 
@@ -776,131 +810,3 @@ def _box_sql(obj: str, tree: str, box: tuple[float, ...], mode: str) -> tuple[li
                   f"{obj}.x0_nm < ?", f"{obj}.x1_nm > ?"]
         params += [z1, z0, y1, y0, x1, x0]
     return terms, params
-
-
-# --------------------------------------------------------------------------- measurement
-
-
-def measure_table(
-    labels: np.ndarray,
-    *,
-    image: np.ndarray | None = None,
-    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
-    classes: Mapping[int, str] | None = None,
-    mode: str = "3d",
-) -> pd.DataFrame:
-    """Object table of a label volume: ``measure_objects`` when available, else :func:`_measure_simple`."""
-    try:
-        from emseg.analysis._objects import measure_objects
-    except ImportError:
-        return _measure_simple(labels, image=image, voxel_size=voxel_size, classes=classes, mode=mode)
-    kwargs: dict[str, Any] = {"image": image, "voxel_size": tuple(voxel_size), "mode": mode}
-    if classes is not None:
-        kwargs["classes"] = classes
-    return measure_objects(labels, **kwargs)
-
-
-def _measure_simple(
-    labels: np.ndarray,
-    *,
-    image: np.ndarray | None = None,
-    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
-    classes: Mapping[int, str] | Sequence[int] | None = None,
-    mode: str = "3d",
-) -> pd.DataFrame:
-    """Connected components of each class in a ``(Z, Y, X)`` label volume, measured.
-
-    A fallback for ``emseg.analysis._objects.measure_objects`` with the same
-    column names.  ``mode="3d"``: 26-connected components in 3-D;
-    ``"2d"``: 8-connected components of each slice.  ``surface_area`` is the
-    area of exposed voxel faces (physical units); ``elongation`` is
-    ``sqrt(largest / smallest)`` non-zero eigenvalue of the coordinate
-    covariance (1 for a single voxel or line-free blobs).
-    """
-    import cc3d
-
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise ValueError(f"labels must be (Z, Y, X), got shape {labels.shape}")
-    if mode not in ("2d", "3d"):
-        raise ValueError(f"mode must be '2d' or '3d', got {mode!r}")
-    size = np.asarray(_check_voxel_size(voxel_size))
-    if classes is None:
-        class_ids = [int(c) for c in np.unique(labels) if c != 0]
-        names = {c: str(c) for c in class_ids}
-    elif isinstance(classes, Mapping):
-        class_ids, names = [int(c) for c in classes], {int(c): str(n) for c, n in classes.items()}
-    else:
-        class_ids = [int(c) for c in classes]
-        names = {c: str(c) for c in class_ids}
-    components = np.zeros(labels.shape, dtype=np.uint32)
-    class_of: list[int] = []
-    for cid in class_ids:
-        binary = labels == cid
-        if mode == "3d":
-            cc, n = cc3d.connected_components(binary, connectivity=26, return_N=True)
-            cc = cc.astype(np.uint32)
-        else:
-            cc = np.zeros(labels.shape, dtype=np.uint32)
-            n = 0
-            for z in range(labels.shape[0]):
-                part, m = cc3d.connected_components(binary[z], connectivity=8, return_N=True)
-                cc[z] = np.where(part > 0, part.astype(np.uint32) + n, 0)
-                n += m
-        offset = len(class_of)
-        components[cc > 0] = cc[cc > 0] + offset
-        class_of += [cid] * int(n)
-    n = len(class_of)
-    columns = ["object_id", "class_id", "class_name", "voxel_count", "volume", "surface_area", *BBOX_COLUMNS,
-               "centroid_z", "centroid_y", "centroid_x", "equivalent_diameter", "elongation"]
-    if n == 0:
-        return pd.DataFrame(columns=columns)
-    flat = components.ravel()
-    counts = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    coords = np.indices(labels.shape, dtype=np.float64).reshape(3, -1)
-    fg = flat > 0
-    lab = flat[fg]
-    pts = coords[:, fg] * size[:, None]
-    mean = np.stack([np.bincount(lab, p, n + 1) for p in pts]) / np.maximum(counts, 1)
-    cov = np.empty((n + 1, 3, 3))
-    for i in range(3):
-        for j in range(i, 3):
-            cov[:, i, j] = cov[:, j, i] = np.bincount(lab, pts[i] * pts[j], n + 1) / np.maximum(counts, 1) \
-                - mean[i] * mean[j]
-    axes = (1, 2) if mode == "2d" else (0, 1, 2)
-    sub = cov[1:][:, axes][:, :, axes] + np.eye(len(axes)) * (size[list(axes)].min() ** 2 / 12)  # voxel extent
-    eig = np.linalg.eigvalsh(sub)
-    elongation = np.sqrt(eig[:, -1] / eig[:, 0])
-    area = np.zeros(n + 1)
-    face = {0: size[1] * size[2], 1: size[0] * size[2], 2: size[0] * size[1]}
-    padded = np.pad(components, 1)
-    for axis in range(3):
-        a = np.moveaxis(padded, axis, 0)
-        lo, hi = a[:-1], a[1:]
-        edge = lo != hi
-        area += face[axis] * (np.bincount(lo[edge], minlength=n + 1) + np.bincount(hi[edge], minlength=n + 1))
-    stats = cc3d.statistics(components)
-    boxes = stats["bounding_boxes"][1:]
-    bbox = np.array([[s.start for s in b] + [s.stop for s in b] for b in boxes], dtype=np.int64)
-    voxel_volume = float(np.prod(size))
-    volume = counts[1:] * voxel_volume
-    table = pd.DataFrame({
-        "object_id": np.arange(1, n + 1, dtype=np.int64),
-        "class_id": np.asarray(class_of, dtype=np.int64),
-        "class_name": [names[c] for c in class_of],
-        "voxel_count": counts[1:].astype(np.int64),
-        "volume": volume,
-        "surface_area": area[1:],
-        **{name: bbox[:, i] for i, name in enumerate(BBOX_COLUMNS)},
-        "centroid_z": mean[0, 1:] / size[0], "centroid_y": mean[1, 1:] / size[1],
-        "centroid_x": mean[2, 1:] / size[2],
-        "equivalent_diameter": (6 * volume / np.pi) ** (1 / 3),
-        "elongation": elongation,
-    })
-    if image is not None:
-        values = np.asarray(image, dtype=np.float64).ravel()[fg]
-        mean_i = np.bincount(lab, values, n + 1)[1:] / counts[1:]
-        sq = np.bincount(lab, values * values, n + 1)[1:] / counts[1:]
-        table["mean_intensity"] = mean_i
-        table["std_intensity"] = np.sqrt(np.maximum(sq - mean_i ** 2, 0))
-    return table

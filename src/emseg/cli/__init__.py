@@ -1,5 +1,7 @@
 """The ``emseg`` command: thin wrappers over the library."""
 
-from emseg.cli._main import app, main
+from emseg.cli._main import _register_subcommands, app, main
+
+_register_subcommands()
 
 __all__ = ["app", "main"]

@@ -18,13 +18,18 @@ def register(app: typer.Typer) -> None:
 def explain(
     models: Annotated[list[Path], typer.Argument(
         help="Run directory or model.pt; several for an ensemble (one subfolder per member).",
-        metavar="MODEL...")],
-    image: Annotated[str, typer.Argument(help="EM image or stack: .tif, PNG, file.h5:dataset, store.zarr/path, .mrc")],
+        metavar="MODEL")],
+    image: Annotated[str, typer.Argument(help="EM image or stack: .tif, PNG, file.h5:dataset, store.zarr/path, .mrc",
+                                         metavar="IMAGE")],
     classes: Annotated[list[str], typer.Option("--class", "-c", help="Class to explain; repeat for several.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for gradcam_<class>.npy/.png and gradcam_summary.json.")],
-    layer: Annotated[str, typer.Option(help="'bottleneck' (the deepest encoder) or a module name of the network.")] = "bottleneck",
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for gradcam_<class>.npy/.png and gradcam_summary.json.")],
+    layer: Annotated[str, typer.Option(help=(
+        "'bottleneck' (the deepest encoder) or a module name of the network, e.g. 'decoders.3' (a low raw max "
+        "means the layer contributes little: U-Net skips can bypass the bottleneck)."))] = "bottleneck",
     slice_: Annotated[int, typer.Option("--slice", "-z", help="Slice of a stack to explain.")] = 0,
-    mask: Annotated[Optional[str], typer.Option(help="Target mask image (non-zero = target); default: pixels predicted as the class.")] = None,
+    mask: Annotated[Optional[str], typer.Option(
+        help="Target mask image (non-zero = target); default: pixels predicted as the class.")] = None,
     array_format: Annotated[str, typer.Option("--format", help="Map file format: npy or tif.")] = "npy",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,

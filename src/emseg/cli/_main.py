@@ -214,6 +214,14 @@ def formats() -> None:
         console.print(f"- {line}")
 
 
+def _register_subcommands() -> None:
+    # Analysis commands live in their own modules; each adds its commands here.
+    from emseg.cli import _cmd_explain, _cmd_objects
+
+    for module in (_cmd_objects, _cmd_explain):
+        module.register(app)
+
+
 def main() -> None:
     app()
 
