@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ObjectIndex",
     "compare_fractions",
     "compute_grad_cam",
     "explain",
@@ -18,6 +19,7 @@ _LAZY = {
     "write_table": "emseg.analysis._objects",
     "volume_fractions": "emseg.analysis._fractions",
     "compare_fractions": "emseg.analysis._fractions",
+    "ObjectIndex": "emseg.analysis._index",
     "grad_cam": "emseg.analysis._gradcam",
     "compute_grad_cam": "emseg.analysis._gradcam",
     "explain": "emseg.analysis._gradcam",

@@ -17,8 +17,7 @@ logger = logging.getLogger(__name__)
 
 #: Columns shown on the terminal, in this order, when present (``--out`` keeps them all).
 _SHOWN = ("rank", "id_a", "id_b", "distance", "centroid_distance", "object_id", "class_name", "voxel_count",
-          "volume", "surface_area", "sphericity", "elongation", "mean_intensity", "z0_nm", "y0_nm", "x0_nm",
-          "z1_nm", "y1_nm", "x1_nm")
+          "volume", "area", "sphericity", "circularity", "elongation", "cz_nm", "cy_nm", "cx_nm")
 _MAX_ROWS = 20
 
 
@@ -50,8 +49,9 @@ def index(
 def query(
     db: Annotated[Path, typer.Argument(help="Object index from `emseg index`.")],
     class_name: Annotated[Optional[str], typer.Option("--class", help="Class name (or id).")] = None,
-    min_volume: Annotated[Optional[float], typer.Option(help="Smallest volume (nm^3).")] = None,
-    max_volume: Annotated[Optional[float], typer.Option(help="Largest volume (nm^3).")] = None,
+    min_volume: Annotated[Optional[float], typer.Option(
+        help="Smallest volume (nm^3); area (nm^2) for an index of 2-D objects.")] = None,
+    max_volume: Annotated[Optional[float], typer.Option(help="Largest volume (nm^3), or area.")] = None,
     min_elongation: Annotated[Optional[float], typer.Option(help="Smallest elongation.")] = None,
     max_elongation: Annotated[Optional[float], typer.Option(help="Largest elongation.")] = None,
     range_: Annotated[Optional[list[str]], typer.Option(
@@ -88,6 +88,8 @@ def query(
         if kinds and ranges:
             raise ValueError(f"ranges (--min-volume, --range, ...) apply to label queries, not to {kinds[0]}")
         with ObjectIndex.open(db) as idx:
+            if "volume" in ranges and "volume" not in idx.columns and "area" in idx.columns:
+                ranges["area"] = ranges.pop("volume")  # 2-D objects (measure_objects mode="2d")
             if near is not None:
                 if class_name is None or distance is None:
                     raise ValueError("--near needs --class (the objects asked about) and --distance (nm)")
