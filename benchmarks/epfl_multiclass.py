@@ -33,11 +33,17 @@ def main() -> None:
     parser.add_argument("--models", default="unet2d,random-forest")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/epfl_multiclass"))
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--tag", default="", help="suffix for the run names, e.g. '-weighted'")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra training option, e.g. --set class_weights=auto (YAML value)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    for name in args.models.split(","):
+    summary_path = args.out.parent / "epfl_multiclass.json"
+    rows = json.loads(summary_path.read_text())["results"] if summary_path.exists() else {}
+    extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    for model_name in args.models.split(","):
+        name = model_name + args.tag
         run_dir = args.out / name
         config = {
             "data": {
@@ -46,8 +52,8 @@ def main() -> None:
                 "val_fraction": 0.1,
                 "classes": CLASSES,
             },
-            "model": {"name": name},
-            "training": {"max_minutes": args.minutes, "seed": 0},
+            "model": {"name": model_name},
+            "training": {"max_minutes": args.minutes, "seed": 0, **extra},
         }
         config_path = args.out / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -60,7 +66,13 @@ def main() -> None:
         predict_s = time.perf_counter() - t0
         scores = emseg.evaluate(pred, args.data / "test_labels.tif", classes=CLASSES)
         scores.save_json(run_dir / "test_scores.json")
-        rows[name] = {
+        if model_name != "random-forest":  # flip test-time augmentation, reported as its own row
+            emseg.predict(run_dir, args.data / "test_raw.tif", run_dir / "test_prediction_tta.tif", overwrite=True,
+                          progress=False, tta=True)
+            tta = emseg.evaluate(run_dir / "test_prediction_tta.tif", args.data / "test_labels.tif", classes=CLASSES)
+            rows[name + " --tta"] = {"iou": {c: tta.per_class[c]["iou"] for c in CLASSES}, "mean_iou": tta.mean_iou,
+                                     "mean_iou_foreground": tta.mean_iou_foreground, "train_s": round(train_s, 1)}
+        rows[name] = {"config": config["training"],
             "train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "epochs": result.epochs,
             "best_epoch": result.best_epoch,
             "iou": {c: scores.per_class[c]["iou"] for c in CLASSES},
@@ -69,7 +81,7 @@ def main() -> None:
         print(f"{name}: mean foreground IoU {scores.mean_iou_foreground:.3f}", flush=True)
     report = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
               "minutes": args.minutes, "results": rows}
-    (args.out.parent / "epfl_multiclass.json").write_text(json.dumps(report, indent=2))
+    summary_path.write_text(json.dumps(report, indent=2))
     header = "| model | " + " | ".join(CLASSES[1:]) + " | mean fg | train s |"
     print(header)
     print("|" + "---|" * (len(CLASSES) + 2))

@@ -199,7 +199,11 @@ class TrainingConfig(_Strict):
         default=0.5, ge=0.0, le=1.0,
         description="fraction of patches centred on a labelled pixel of a randomly chosen foreground class",
     )
-    class_weights: Literal["auto"] | list[float] | None = "auto"
+    class_weights: Literal["auto"] | list[float] | None = Field(
+        default=None,
+        description="cross-entropy class weights: null (none; the sampler and Dice already balance classes), "
+        "'auto' (1/sqrt frequency) or one value per class",
+    )
     dice_weight: float = Field(default=1.0, ge=0)
     ce_weight: float = Field(default=1.0, ge=0)
     augment: AugmentConfig = AugmentConfig()

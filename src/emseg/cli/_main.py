@@ -85,6 +85,7 @@ def predict(
     probabilities: Annotated[Optional[str], typer.Option(help="Also write class probabilities (.tif, .zarr or .h5).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
+    tta: Annotated[bool, typer.Option(help="Test-time augmentation: average over flips (4x slower).")] = False,
     quiet: _QUIET = False,
 ) -> None:
     """Segment INPUT with MODEL; write a uint8 label image of the input's shape to OUTPUT."""
@@ -93,7 +94,7 @@ def predict(
 
     try:
         path = _predict(model, input, output, probabilities=probabilities, overwrite=overwrite,
-                        progress=not quiet, precision=precision)
+                        progress=not quiet, precision=precision, tta=tta)
     except _user_errors() as err:
         _fail(err)
     console.print(f"labels: {path}" + (f"\nprobabilities: {probabilities}" if probabilities else ""))

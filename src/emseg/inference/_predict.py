@@ -56,6 +56,7 @@ def predict(
     overwrite: bool = False,
     progress: bool = True,
     precision: str = "auto",
+    tta: bool = False,
 ) -> Path:
     """Segment ``image`` with ``model`` and write a label image to ``output``.
 
@@ -69,6 +70,8 @@ def predict(
             :func:`write_probabilities`).
         overwrite: replace existing outputs.
         progress: show a progress bar (only on a terminal).
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+        tta: average over the image and its flips (4x slower, usually a little more accurate).
 
     Returns:
         The output path.
@@ -80,7 +83,7 @@ def predict(
     for path in (output, probabilities):
         if path is not None and Path(str(path).split(":")[0]).exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model, precision=precision)
+    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model, precision=precision, tta=tta)
     start = time.perf_counter()
     with open_image(image) as data:
         volume = data.array

@@ -39,6 +39,9 @@ class Predictor:
         Number of neighbouring slices fed as channels (1 = plain 2-D).
     window
         Sliding-window size ``(wy, wx)``; Gaussian blending with ``overlap``.
+    tta
+        Test-time augmentation: average the probabilities of the slice and its
+        three flips (4x the compute).
     """
 
     def __init__(
@@ -54,8 +57,10 @@ class Predictor:
         divisor: int = 16,
         device: torch.device | None = None,
         precision: str = "auto",
+        tta: bool = False,
     ) -> None:
         self.model = model
+        self.tta = tta
         self.classes = list(classes)
         self.normalizer = normalizer
         self.context_slices = context_slices
@@ -136,17 +141,24 @@ class Predictor:
         from monai.inferers import sliding_window_inference
 
         tensor = torch.from_numpy(x)[None].to(self.device)
-        with autocast(self.device, self.dtype):
-            logits = sliding_window_inference(
-                tensor,
-                roi_size=self._roi(x.shape[1:]),
-                sw_batch_size=self.batch_size,
-                predictor=self.model,
-                overlap=self.overlap,
-                mode="gaussian",
-                padding_mode="reflect",
-            )
-        return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+        flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
+        probs = None
+        for dims in flips:
+            inp = torch.flip(tensor, dims) if dims else tensor
+            with autocast(self.device, self.dtype):
+                logits = sliding_window_inference(
+                    inp,
+                    roi_size=self._roi(x.shape[1:]),
+                    sw_batch_size=self.batch_size,
+                    predictor=self.model,
+                    overlap=self.overlap,
+                    mode="gaussian",
+                    padding_mode="reflect",
+                )
+            p = torch.softmax(logits.float(), dim=1)
+            p = torch.flip(p, dims) if dims else p
+            probs = p if probs is None else probs + p
+        return (probs / len(flips))[0].cpu().numpy()
 
     def iter_slices(self, volume: Any, *, progress: Callable[[int], None] | None = None):
         """Yield ``(z, probabilities (K, Y, X))`` for every slice of a ``(Z, Y, X)`` volume."""

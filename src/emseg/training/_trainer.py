@@ -266,7 +266,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    losses.append(float(loss))
+                    losses.append(loss.item())
                     iteration += 1
                     advance(completed=100 * fraction_done(), status=f"epoch {epoch + 1} loss {np.mean(losses):.3f}")
                 if not losses:
