@@ -1,5 +1,12 @@
 """Scoring segmentations against ground truth: confusion matrices and per-class metrics.
 
+Pixel scores (:func:`evaluate`, :func:`pixel_scores`, :func:`mean_iou`,
+:func:`probability_auc`, :func:`threshold_sweep`), ISBI 2012 boundary scores
+(:func:`rand_info_scores`, :func:`membrane_scores`), object scores
+(:func:`detection_scores`, :func:`object_scores`, :func:`hausdorff_distance`,
+:func:`aggregated_jaccard_index`, :func:`panoptic_quality`) and agreement
+between annotators (:func:`annotation_agreement`).
+
 >>> import numpy as np
 >>> from emseg.evaluation import evaluate
 >>> truth = np.array([[0, 0, 1], [0, 1, 1]])
@@ -9,7 +16,36 @@
 0.75
 """
 
+from ._agreement import annotation_agreement
+from ._boundary import membrane_scores, membrane_segments, rand_info_scores
 from ._confusion import confusion_matrix
 from ._metrics import EvaluationResult, evaluate
+from ._objects import (
+    aggregated_jaccard_index,
+    connected_components,
+    detection_scores,
+    hausdorff_distance,
+    object_scores,
+    panoptic_quality,
+)
+from ._pixel import mean_iou, pixel_scores, probability_auc, threshold_sweep
 
-__all__ = ["EvaluationResult", "confusion_matrix", "evaluate"]
+__all__ = [
+    "EvaluationResult",
+    "aggregated_jaccard_index",
+    "annotation_agreement",
+    "confusion_matrix",
+    "connected_components",
+    "detection_scores",
+    "evaluate",
+    "hausdorff_distance",
+    "mean_iou",
+    "membrane_scores",
+    "membrane_segments",
+    "object_scores",
+    "panoptic_quality",
+    "pixel_scores",
+    "probability_auc",
+    "rand_info_scores",
+    "threshold_sweep",
+]
