@@ -200,9 +200,9 @@ class TrainingConfig(_Strict):
         description="fraction of patches centred on a labelled pixel of a randomly chosen foreground class",
     )
     class_weights: Literal["auto"] | list[float] | None = Field(
-        default=None,
-        description="cross-entropy class weights: null (none; the sampler and Dice already balance classes), "
-        "'auto' (1/sqrt frequency) or one value per class",
+        default="auto",
+        description="cross-entropy class weights: 'auto' (1/sqrt frequency, the default: on EPFL it beat "
+        "no weights, docs/BENCHMARKS.md), null (none) or one value per class",
     )
     dice_weight: float = Field(default=1.0, ge=0)
     ce_weight: float = Field(default=1.0, ge=0)
