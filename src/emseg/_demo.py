@@ -22,7 +22,7 @@ def sample_path(name: str = "") -> Path:
     return folder / name if name else folder
 
 
-def demo_config(minutes: float) -> dict[str, Any]:
+def demo_config(minutes: float, *, epochs: int | None = None) -> dict[str, Any]:
     """The configuration the demo trains with (a plain dict, as a YAML file would hold)."""
     classes = json.loads(sample_path("classes.json").read_text())
     return {
@@ -35,13 +35,13 @@ def demo_config(minutes: float) -> dict[str, Any]:
         },
         "model": {"name": "unet2d"},
         "training": {"max_minutes": minutes, "batch_size": 4, "patch_size": 192, "iterations_per_epoch": 25,
-                     "learning_rate": 2e-3, "seed": 0},
+                     "learning_rate": 2e-3, "seed": 0, **({"epochs": epochs} if epochs else {})},
     }
 
 
-def run_demo(out_dir: str | os.PathLike = "emseg-demo", *, minutes: float = 5.0, progress: bool = True,
-             overwrite: bool = True) -> dict[str, Any]:
-    """Train ``unet2d`` for ``minutes`` on the sample, segment its test crop and evaluate.
+def run_demo(out_dir: str | os.PathLike = "emseg-demo", *, minutes: float = 5.0, epochs: int | None = None,
+             progress: bool = True, overwrite: bool = True) -> dict[str, Any]:
+    """Train ``unet2d`` for ``minutes`` (or ``epochs`` of 25 steps) on the sample, segment its test crop, evaluate.
 
     Returns a dict with the paths written and the :class:`~emseg.evaluation.EvaluationResult`.
     """
@@ -55,7 +55,7 @@ def run_demo(out_dir: str | os.PathLike = "emseg-demo", *, minutes: float = 5.0,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "demo.yaml"
-    config_path.write_text(yaml.safe_dump(demo_config(minutes), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(demo_config(minutes, epochs=epochs), sort_keys=False))
     run = train(config_path, out / "run", overwrite=overwrite, progress=progress)
     prediction = out / "test_prediction.tif"
     probabilities = out / "test_probabilities.tif"

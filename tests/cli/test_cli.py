@@ -45,8 +45,8 @@ def test_train_predict_evaluate(tmp_path, tiny_config, epfl_crop):
 def test_evaluate_with_class_names_and_ignore_label(tmp_path):
     truth = np.array([[[0, 1, 255], [1, 1, 0]]], np.uint8)
     pred = np.array([[[0, 1, 1], [1, 0, 0]]], np.uint8)
-    tifffile.imwrite(tmp_path / "t.tif", truth)
-    tifffile.imwrite(tmp_path / "p.tif", pred)
+    tifffile.imwrite(tmp_path / "t.tif", truth, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "p.tif", pred, photometric="minisblack")
     result = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "t.tif"), "--classes", "bg,mito",
                                  "--ignore-label", "255", "--json", str(tmp_path / "s.json")])
     assert result.exit_code == 0, result.output
