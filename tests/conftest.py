@@ -53,3 +53,21 @@ def majority_iou(truth: np.ndarray, majority: int, num_classes: int) -> float:
     from emseg.evaluation import evaluate
 
     return evaluate(np.full_like(truth, majority), truth, classes=[str(i) for i in range(num_classes)]).mean_iou
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, epfl_crop):
+    """A tiny U-Net trained for 2 epochs of 2 steps on the EPFL crop (a real run directory)."""
+    import emseg
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cfg = out / "c.yaml"
+    cfg.write_text(f"""
+data:
+  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
+  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
+  classes: {EPFL_CLASSES}
+model: {{name: unet2d, features: [4, 8]}}
+training: {{max_minutes: 0.5, epochs: 2, iterations_per_epoch: 2, batch_size: 2, patch_size: 64}}
+""")
+    return emseg.train(cfg, out / "run", progress=False)

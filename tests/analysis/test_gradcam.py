@@ -234,22 +234,9 @@ def test_overlay_is_rgb_with_the_slice_then_a_colour_bar(tmp_path):
         render_overlay(image, cam[:10])
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, epfl_crop):
-    import emseg
-    from conftest import EPFL_CLASSES
-
-    out = tmp_path_factory.mktemp("gradcam_run")
-    cfg = out / "c.yaml"
-    cfg.write_text(f"""
-data:
-  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
-  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
-  classes: {EPFL_CLASSES}
-model: {{name: unet2d, features: [4, 8]}}
-training: {{max_minutes: 0.5, epochs: 1, iterations_per_epoch: 2, batch_size: 2, patch_size: 64}}
-""")
-    return emseg.train(cfg, out / "run", progress=False).run_dir
+@pytest.fixture
+def tiny_run_dir(tiny_run):
+    return tiny_run.run_dir
 
 
 def _cli() -> typer.Typer:
@@ -265,14 +252,14 @@ def _cli() -> typer.Typer:
     return app
 
 
-def test_cli_explains_an_ensemble_with_a_mask(tiny_run, epfl_crop, tmp_path):
+def test_cli_explains_an_ensemble_with_a_mask(tiny_run_dir, epfl_crop, tmp_path):
     from PIL import Image
 
     mask = np.zeros((4, 192, 256), np.uint8)
     mask[:, 50:120, 60:200] = 1
     tifffile.imwrite(tmp_path / "mask.tif", mask, photometric="minisblack")
     out = tmp_path / "explain"
-    args = ["explain", str(tiny_run), str(tiny_run / "model.pt"), str(epfl_crop["raw"]), "--class", "mitochondrion",
+    args = ["explain", str(tiny_run_dir), str(tiny_run_dir / "model.pt"), str(epfl_crop["raw"]), "--class", "mitochondrion",
             "--class", "membrane", "--slice", "1", "--mask", str(tmp_path / "mask.tif"), "--out", str(out), "-q"]
     result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 0, result.output
@@ -292,7 +279,7 @@ def test_cli_explains_an_ensemble_with_a_mask(tiny_run, epfl_crop, tmp_path):
 
     again = CliRunner().invoke(_cli(), args)
     assert again.exit_code == 2 and "--overwrite" in again.output
-    bad = CliRunner().invoke(_cli(), ["explain", str(tiny_run), str(epfl_crop["raw"]), "--class", "nucleus",
+    bad = CliRunner().invoke(_cli(), ["explain", str(tiny_run_dir), str(epfl_crop["raw"]), "--class", "nucleus",
                                       "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "mitochondrion" in bad.output
 

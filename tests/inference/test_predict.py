@@ -13,23 +13,6 @@ from emseg.inference import Predictor
 from emseg.io import read_image
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, epfl_crop):
-    from conftest import EPFL_CLASSES
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = out / "c.yaml"
-    cfg.write_text(f"""
-data:
-  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
-  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
-  classes: {EPFL_CLASSES}
-model: {{name: unet2d, features: [4, 8]}}
-training: {{max_minutes: 0.5, epochs: 2, iterations_per_epoch: 2, batch_size: 2, patch_size: 64}}
-""")
-    return emseg.train(cfg, out / "run", progress=False)
-
-
 def test_run_directory_contents(tiny_run):
     names = {p.name for p in tiny_run.run_dir.iterdir()}
     assert {"model.pt", "last.pt", "metrics.jsonl", "config.yaml", "summary.json"} <= names

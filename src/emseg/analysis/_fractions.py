@@ -24,27 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from emseg.analysis._objects import _open
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["compare_fractions", "volume_fractions"]
 
 #: Voxels read from each input per slab (whole z-slices, at least one).
 _SLAB_VOXELS = 1 << 24
-
-
-def _open(data: Any, name: str) -> tuple[Any, Any]:
-    if isinstance(data, (str, os.PathLike)):
-        from emseg.io import open_image  # lazy: only needed for paths
-
-        image = open_image(data)
-        return image.array, image.close
-    if not (hasattr(data, "shape") and hasattr(data, "__getitem__")):
-        data = np.asarray(data)
-    if len(data.shape) == 2:
-        data = np.asarray(data)[None]
-    if len(data.shape) != 3:
-        raise ValueError(f"{name} must be a (Z, Y, X) or (Y, X) array or a path; got shape {tuple(data.shape)}")
-    return data, None
 
 
 def _slabs(shape: Sequence[int]):
