@@ -190,7 +190,10 @@ class TrainingConfig(_Strict):
     epochs: int = Field(default=10_000, ge=1)
     iterations_per_epoch: int = Field(default=50, ge=1)
     batch_size: int = Field(default=8, ge=1)
-    patch_size: list[int] = Field(default=[256, 256], min_length=2, max_length=2)
+    patch_size: list[int] = Field(
+        default=[256, 256], min_length=2, max_length=3,
+        description="(y, x) for 2-D models; (z, y, x) for 3-D models (default: the model's window)",
+    )
     learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-5, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
@@ -219,8 +222,10 @@ class TrainingConfig(_Strict):
     @field_validator("patch_size")
     @classmethod
     def _multiple(cls, value: list[int]) -> list[int]:
-        if any(v < 16 for v in value):
-            raise ValueError(f"patch_size must be at least 16 pixels per axis, got {value}")
+        if any(v < 16 for v in value[-2:]):
+            raise ValueError(f"patch_size must be at least 16 pixels per axis in y and x, got {value}")
+        if len(value) == 3 and value[0] < 1:
+            raise ValueError(f"patch_size z (first of 3 values) must be at least 1, got {value}")
         return value
 
 
@@ -239,6 +244,17 @@ class Config(_Strict):
                 f"training.class_weights has {len(weights)} values but data.classes has "
                 f"{len(self.data.classes)} classes"
             )
+        from emseg.models import MODELS
+
+        spatial_dims = MODELS.get(self.model.name).spatial_dims
+        if len(self.training.patch_size) == 3 and spatial_dims != 3:
+            raise ValueError(
+                f"training.patch_size {self.training.patch_size} has 3 values (z, y, x) but model "
+                f"{self.model.name!r} is 2-D: give 2 values (y, x)"
+            )
+        if spatial_dims == 3 and self.model.context_slices != 1:
+            raise ValueError(f"model.context_slices must be 1 for the 3-D model {self.model.name!r} "
+                             f"(it sees neighbouring sections through its window), got {self.model.context_slices}")
         return self
 
 

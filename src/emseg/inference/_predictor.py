@@ -42,6 +42,15 @@ class Predictor:
     tta
         Test-time augmentation: average the probabilities of the slice and its
         three flips (4x the compute).
+    window_3d
+        Window ``(wz, wy, wx)`` of a 3-D model (default 5 x 256 x 256); ``wz``
+        is clipped to the depth of the volume predicted.
+    spatial_dims
+        2 or 3; default: the model's ``spatial_dims`` attribute, else 2.
+
+    Valid-padding models (``unet-original``, with an ``output_margin``) are
+    tiled so their smaller outputs cover every pixel; ``window`` is then their
+    input window, rounded up to a valid size.
     """
 
     def __init__(
@@ -58,6 +67,8 @@ class Predictor:
         device: torch.device | None = None,
         precision: str = "auto",
         tta: bool = False,
+        window_3d: tuple[int, int, int] | None = None,
+        spatial_dims: int | None = None,
     ) -> None:
         self.model = model
         self.tta = tta
@@ -73,6 +84,9 @@ class Predictor:
         self.dtype = resolve_precision(precision, self.device)
         if self.is_torch:
             self.model.to(self.device)
+        self.spatial_dims = int(spatial_dims or getattr(model, "spatial_dims", 2))
+        self.window_3d = tuple(int(w) for w in (window_3d or (5, 256, 256)))
+        self.margin = int(getattr(model, "output_margin", 0)) if self.is_torch else 0
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
@@ -104,6 +118,12 @@ class Predictor:
                 raise CheckpointError(f"weights do not fit model {meta['name']!r}: {err}") from None
             model.eval()
         inference = ckpt.get("inference", {})
+        if spec.valid_padding and int(inference.get("margin", -1)) != int(getattr(model, "output_margin", -2)):
+            raise CheckpointError(f"checkpoint margin {inference.get('margin')} does not match model "
+                                  f"{meta['name']!r} (output margin {getattr(model, 'output_margin', None)})")
+        if spec.spatial_dims == 3 and inference.get("window_3d") is not None:
+            kwargs.setdefault("window_3d", tuple(inference["window_3d"]))
+        kwargs.setdefault("spatial_dims", spec.spatial_dims)
         kwargs.setdefault("window", tuple(inference.get("window", (512, 512))))
         kwargs.setdefault("overlap", inference.get("overlap", 0.25))
         return cls(
@@ -133,6 +153,8 @@ class Predictor:
         Returns:
             ``(K, Y, X)`` float32 probabilities summing to 1 over ``K``.
         """
+        if self.spatial_dims == 3:  # a 3-D model sees the slice as a one-section volume
+            return self.predict_proba_volume(np.asarray(image)[None])[:, 0]
         x = self.normalizer(image)
         if x.ndim == 2:
             x = x[None]
@@ -146,7 +168,7 @@ class Predictor:
         for dims in flips:
             inp = torch.flip(tensor, dims) if dims else tensor
             with autocast(self.device, self.dtype):
-                logits = sliding_window_inference(
+                logits = self._valid_padding_logits(inp) if self.margin else sliding_window_inference(
                     inp,
                     roi_size=self._roi(x.shape[1:]),
                     sw_batch_size=self.batch_size,
@@ -159,6 +181,55 @@ class Predictor:
             p = torch.flip(p, dims) if dims else p
             probs = p if probs is None else probs + p
         return (probs / len(flips))[0].cpu().numpy()
+
+    def _valid_padding_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """``(1, C, Y, X)`` -> ``(1, K, Y, X)`` logits of a valid-padding model by stitched output tiles."""
+        from emseg.inference._valid_tiling import predict_valid_tiles
+
+        return predict_valid_tiles(self.model, image, window=self.window, batch_size=self.batch_size)
+
+    @torch.no_grad()
+    def predict_proba_volume(self, volume: Any) -> np.ndarray:
+        """Class probabilities of every voxel of a raw ``(Z, Y, X)`` volume (or block).
+
+        The contract blockwise prediction builds on: the input is the *raw*
+        (unnormalised) array, any dtype, held in memory (or anything
+        ``np.asarray`` reads); the output covers exactly the same voxels. 2-D
+        models (and 2.5-D ones with context slices, read from within the block)
+        predict slice by slice; 3-D models run a Gaussian-blended sliding window
+        of :attr:`window_3d` (z clipped to the volume's depth, y/x to its size)
+        over the whole volume. Nothing outside the block is seen: give a block a
+        halo to avoid edge effects at its borders.
+
+        Args:
+            volume: ``(Z, Y, X)`` raw intensities.
+
+        Returns:
+            ``(K, Z, Y, X)`` float32 probabilities summing to 1 over ``K``.
+        """
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise ValueError(f"volume must be (Z, Y, X), got shape {volume.shape}")
+        if self.spatial_dims != 3:
+            probs = np.empty((self.num_classes, *volume.shape), np.float32)
+            for z, p in self.iter_slices(volume):
+                probs[:, z] = p
+            return probs
+        from monai.inferers import sliding_window_inference
+
+        tensor = torch.from_numpy(self.normalizer(volume))[None, None].to(self.device)
+        roi = tuple(min(w, s) for w, s in zip(self.window_3d, volume.shape))
+        flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
+        probs = None
+        for dims in flips:
+            inp = torch.flip(tensor, dims) if dims else tensor
+            with autocast(self.device, self.dtype):
+                logits = sliding_window_inference(inp, roi_size=roi, sw_batch_size=self.batch_size, predictor=self.model,
+                                                  overlap=self.overlap, mode="gaussian", padding_mode="reflect")
+            p = torch.softmax(logits.float(), dim=1)
+            p = torch.flip(p, dims) if dims else p
+            probs = p if probs is None else probs + p
+        return (probs / len(flips))[0].cpu().numpy().astype(np.float32, copy=False)
 
     def iter_slices(self, volume: Any, *, progress: Callable[[int], None] | None = None):
         """Yield ``(z, probabilities (K, Y, X))`` for every slice of a ``(Z, Y, X)`` volume."""
@@ -182,6 +253,11 @@ class Predictor:
         """
         z, y, x = volume.shape
         dtype = np.uint8 if self.num_classes <= 255 else np.uint16
+        if self.spatial_dims == 3:  # one 3-D sliding window over the whole volume
+            p = self.predict_proba_volume(volume)
+            if progress is not None:
+                progress(z)
+            return p.argmax(0).astype(dtype), (p if probabilities else None)
         labels = np.empty((z, y, x), dtype)
         probs = np.empty((self.num_classes, z, y, x), np.float32) if probabilities else None
         for k, p in self.iter_slices(volume, progress=progress):

@@ -31,6 +31,12 @@ class ModelSpec:
     mapping ``(N, C, *spatial)`` to ``(N, num_classes, *spatial)`` logits
     (``spatial_dims`` spatial axes), or, for ``backend="random-forest"``, an
     untrained :class:`~emseg.models.RandomForestSegmenter`.
+
+    ``default_patch``: the training / prediction window ``(z, y, x)`` of a 3-D
+    model when the configuration gives none.  ``valid_padding``: the network
+    uses unpadded convolutions, so its output is smaller than its input by
+    ``model.output_margin`` pixels per side (training crops the labels,
+    prediction tiles accordingly).
     """
 
     name: str
@@ -39,6 +45,8 @@ class ModelSpec:
     builder: Callable[[int, int, Any], Any]
     backend: Literal["torch", "random-forest"] = "torch"
     spatial_dims: int = 2
+    default_patch: tuple[int, ...] | None = None
+    valid_padding: bool = False
 
 
 MODELS: Registry[ModelSpec] = Registry("model")

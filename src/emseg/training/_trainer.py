@@ -21,17 +21,27 @@ from emseg.config import Config, load_config
 from emseg.data import (
     IGNORE_INDEX,
     LabelledSlices,
+    LabelledVolumes,
     Normalizer,
     PatchSampler,
     augment_batch,
+    augment_volume_batch,
     class_frequencies,
-    load_training_data,
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
 from emseg.inference._predictor import Predictor
 from emseg.models import MODELS, build_model, count_parameters
 from emseg.training._checkpoint import MODEL_FILENAME, load_checkpoint, save_checkpoint
 from emseg.training._losses import DiceCELoss
+from emseg.training._spatial import (
+    evaluate_volumes,
+    inference_metadata,
+    load_data,
+    match_target,
+    resolve_patch_size,
+    volume_sampler,
+    with_aux_heads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +85,8 @@ def _prepare_run_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
 
 
 def _evaluate_slices(predictor: Predictor, val: LabelledSlices, num_classes: int, background: int | None) -> EvaluationResult:
+    if isinstance(val, LabelledVolumes):  # 3-D model: sliding-window prediction of the sub-stacks
+        return evaluate_volumes(predictor, val, num_classes, background)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for image, labels in zip(val.images, val.labels):
         pred = predictor.predict_proba_slice(image).argmax(0)
@@ -98,7 +110,7 @@ def _checkpoint(config: Config, *, backend: str, state: dict, normalizer: Normal
         "ignore_label": config.data.ignore_label,
         "background": config.data.background,
         "normalization": normalizer.to_dict(),
-        "inference": {"window": [512, 512], "overlap": 0.25, "divisor": 16},
+        "inference": {"window": [512, 512], "overlap": 0.25, "divisor": 16, **inference_metadata(config)},
         "state": state,
         "training": training,
     }
@@ -139,7 +151,7 @@ def train(
     if not isinstance(config, Config):
         config = load_config(config)
     out_dir = Path(out_dir)
-    train_data, val_data = load_training_data(config)  # all data checks before anything is written
+    train_data, val_data = load_data(config)  # all data checks before anything is written; 3-D: sub-stacks
     _prepare_run_dir(out_dir, overwrite=overwrite, resume=resume)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     spec = MODELS.get(config.model.name)
@@ -197,9 +209,13 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     in_channels = config.model.context_slices
 
     normalizer = Normalizer.fit(train_data.images)
-    norm_images = [normalizer(im) if im.ndim == 3 else normalizer(im)[None] for im in train_data.images]
-    sampler = PatchSampler(norm_images, train_data.labels, patch_size=tuple(tc.patch_size), num_classes=num_classes,
-                           background=config.data.background, foreground_oversampling=tc.foreground_oversampling, rng=rng)
+    if isinstance(train_data, LabelledVolumes):  # 3-D model: (z, y, x) patches of sub-stacks
+        sampler, augment = volume_sampler(config, train_data, normalizer, rng), augment_volume_batch
+    else:
+        norm_images = [normalizer(im) if im.ndim == 3 else normalizer(im)[None] for im in train_data.images]
+        sampler = PatchSampler(norm_images, train_data.labels, patch_size=resolve_patch_size(config), num_classes=num_classes,
+                               background=config.data.background, foreground_oversampling=tc.foreground_oversampling, rng=rng)
+        augment = augment_batch
     freqs = class_frequencies(train_data.labels, num_classes)
     if tc.class_weights == "auto":
         weights = torch.from_numpy(class_weights_from_frequencies(freqs))
@@ -210,9 +226,10 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     criterion = DiceCELoss(class_weights=weights, dice_weight=tc.dice_weight, ce_weight=tc.ce_weight).to(device)
     model = build_model(config.model.name, in_channels=in_channels, num_classes=num_classes,
                         options=config.model.options).to(device)
+    criterion = with_aux_heads(criterion, model)  # hybrid2d3d: 3-D loss + c2d x 2-D head loss
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     predictor = Predictor(model, classes=config.data.classes, normalizer=normalizer, context_slices=in_channels,
-                          device=device, precision=tc.precision)
+                          device=device, precision=tc.precision, window_3d=inference_metadata(config).get("window_3d"))
     val = val_data if tc.val_max_slices is None else val_data.take(list(range(min(len(val_data), tc.val_max_slices))))
     logger.info("model %s: %.2f M parameters; %d training slices, %d validation slices; precision %s; "
                 "class weights %s", config.model.name, count_parameters(model) / 1e6, len(train_data), len(val),
@@ -258,11 +275,11 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                         for group in optimizer.param_groups:
                             group["lr"] = tc.learning_rate * 0.5 * (1 + math.cos(math.pi * fraction_done()))
                     x, y = sampler.sample(tc.batch_size)
-                    x, y = augment_batch(x, y, tc.augment, rng)
+                    x, y = augment(x, y, tc.augment, rng)
                     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
                     with autocast(device, dtype):
                         logits = model(x)
-                    loss = criterion(logits, y)
+                    loss = criterion(logits, match_target(logits, y))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

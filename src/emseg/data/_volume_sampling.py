@@ -1,0 +1,244 @@
+"""Training data for 3-D models: labelled ``(Z, Y, X)`` sub-stacks, 3-D patches, 3-D augmentation.
+
+The 2-D path (:class:`~emseg.data.LabelledSlices`, :class:`~emseg.data.PatchSampler`,
+:func:`~emseg.data.augment_batch`) works on independent slices; a 3-D model
+(``spatial_dims == 3`` in the registry) needs contiguous sections, so each
+``data.train`` / ``data.val`` entry becomes one sub-stack here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emseg.config import AugmentConfig, Config, VolumeSource, parse_slices
+from emseg.data._load import IGNORE_INDEX, DataError, _load_source
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LabelledVolumes", "VolumePatchSampler", "augment_volume_batch", "load_training_volumes"]
+
+
+@dataclass
+class LabelledVolumes:
+    """Labelled ``(Z, Y, X)`` sub-stacks, possibly of different sizes.
+
+    ``images[i]`` is ``(Z, Y, X)`` (raw dtype); ``labels[i]`` is ``(Z, Y, X)``
+    int16 with class indices and :data:`~emseg.data.IGNORE_INDEX` for
+    unlabelled voxels; ``names[i]`` says where it came from.
+    """
+
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, indices: list[int]) -> LabelledVolumes:
+        """The sub-stacks at ``indices``."""
+        return LabelledVolumes(
+            [self.images[i] for i in indices], [self.labels[i] for i in indices], [self.names[i] for i in indices]
+        )
+
+    @property
+    def num_slices(self) -> int:
+        return sum(im.shape[0] for im in self.images)
+
+
+def _contiguous_range(source: VolumeSource, key: str) -> tuple[int, int]:
+    from emseg.io import open_image
+
+    try:
+        with open_image(source.image) as raw:
+            depth = raw.array.shape[0]
+    except (OSError, ValueError) as err:
+        raise DataError(f"{key}: {err}") from None
+    try:
+        zs = parse_slices(source.slices, depth)
+    except ValueError as err:
+        raise DataError(f"{key}.slices: {err} ({source.image})") from None
+    if zs != list(range(zs[0], zs[-1] + 1)):
+        raise DataError(
+            f"{key}.slices: {source.slices!r} selects non-contiguous slices {zs[:8]}{'...' if len(zs) > 8 else ''}; "
+            f"a 3-D model trains on sub-stacks of neighbouring sections: give one range such as "
+            f"'{zs[0]}:{zs[-1] + 1}' per entry (use a list of entries for several ranges)"
+        )
+    return zs[0], zs[-1] + 1
+
+
+def _load_volumes(sources: list[VolumeSource], key: str, config: Config) -> LabelledVolumes:
+    out = LabelledVolumes()
+    for i, source in enumerate(sources):
+        name = f"{key}[{i}]" if len(sources) > 1 else key
+        z0, z1 = _contiguous_range(source, name)
+        part = _load_source(source, name, num_classes=len(config.data.classes), ignore_label=config.data.ignore_label,
+                            classes=config.data.classes, context=1)  # same label checks as the 2-D path
+        out.images.append(np.stack(part.images))
+        out.labels.append(np.stack(part.labels))
+        out.names.append(f"{source.image} z={z0}:{z1}")
+    return out
+
+
+def load_training_volumes(config: Config) -> tuple[LabelledVolumes, LabelledVolumes]:
+    """Read and check the training and validation sub-stacks of ``config`` for a 3-D model.
+
+    Every ``data.train`` / ``data.val`` entry must select contiguous slices
+    (one range). Without ``data.val``, the last ``data.val_fraction`` of the
+    slices of the last training entry (at least one, leaving one) are held out
+    for validation: a contiguous block, not random slices, so no validation
+    section sits between training sections.
+
+    Raises:
+        DataError: non-contiguous slices, unreadable files, shape mismatches,
+            label values outside the class list; each message names the key.
+    """
+    train = _load_volumes(config.data.train, "data.train", config)
+    if config.data.val is not None:
+        val = _load_volumes(config.data.val, "data.val", config)
+    elif config.data.val_fraction > 0 and train.images[-1].shape[0] >= 2:
+        image, labels, name = train.images[-1], train.labels[-1], train.names[-1]
+        depth = image.shape[0]
+        n_val = min(max(1, round(config.data.val_fraction * depth)), depth - 1)
+        train.images[-1], train.labels[-1] = image[: depth - n_val], labels[: depth - n_val]
+        train.names[-1] = f"{name} (first {depth - n_val} slices)"
+        val = LabelledVolumes([image[depth - n_val :]], [labels[depth - n_val :]], [f"{name} (last {n_val} slices)"])
+    else:
+        val = LabelledVolumes()
+    if not any((lab != IGNORE_INDEX).any() for lab in train.labels):
+        raise DataError("data.train: every training voxel is unlabelled (ignore_label); nothing to learn from")
+    logger.info("training on %d sub-stacks (%d slices), validating on %d (%d slices)", len(train), train.num_slices,
+                len(val), val.num_slices)
+    return train, val
+
+
+class VolumePatchSampler:
+    """Draw ``(image, label)`` 3-D patches from sub-stacks, oversampling foreground classes.
+
+    As :class:`~emseg.data.PatchSampler`, in 3-D: with probability
+    ``foreground_oversampling`` a patch is centred (with jitter) on a random
+    voxel of a foreground class chosen uniformly among those present;
+    otherwise its position is uniform.  Stacks smaller than the patch are
+    padded (reflect, or edge for a single slice, for images;
+    :data:`~emseg.data.IGNORE_INDEX` for labels).
+
+    Parameters
+    ----------
+    images
+        Normalised sub-stacks, each ``(C, Z, Y, X)`` float32.
+    labels
+        Label sub-stacks, each ``(Z, Y, X)`` int16.
+    patch_size
+        ``(pz, py, px)``.
+    num_classes, background, foreground_oversampling, rng
+        As :class:`~emseg.data.PatchSampler`.
+    """
+
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        labels: list[np.ndarray],
+        *,
+        patch_size: tuple[int, int, int],
+        num_classes: int,
+        background: int | None = 0,
+        foreground_oversampling: float = 0.5,
+        rng: np.random.Generator,
+    ) -> None:
+        if len(patch_size) != 3:
+            raise ValueError(f"patch_size must be (z, y, x), got {tuple(patch_size)}")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.rng = rng
+        self.foreground_oversampling = foreground_oversampling
+        self.images, self.labels = [], []
+        for im, lab in zip(images, labels):
+            pads = [max(0, p - s) for p, s in zip(self.patch_size, lab.shape)]
+            if any(pads):
+                modes = ["reflect" if s > 1 and pad < s else "edge" for s, pad in zip(lab.shape, pads)]
+                for axis, (pad, mode) in enumerate(zip(pads, modes)):
+                    if pad:
+                        width = [(0, 0)] * im.ndim
+                        width[axis + 1] = (0, pad)
+                        im = np.pad(im, width, mode=mode)
+                lab = np.pad(lab, [(0, p) for p in pads], constant_values=IGNORE_INDEX)
+            self.images.append(im)
+            self.labels.append(lab)
+        self.class_voxels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for c in range(num_classes):
+            if c == background:
+                continue
+            where = [(i, np.flatnonzero(lab == c)) for i, lab in enumerate(self.labels)]
+            where = [(i, f) for i, f in where if f.size]
+            if where:
+                self.class_voxels[c] = (np.concatenate([np.full(f.size, i, np.int32) for i, f in where]),
+                                        np.concatenate([f for _, f in where]))
+        sizes = np.array([lab.size for lab in self.labels], float)
+        self.volume_p = sizes / sizes.sum()
+
+    def _corner(self, shape: tuple[int, ...], center: tuple[int, ...] | None) -> tuple[int, ...]:
+        if center is None:
+            return tuple(int(self.rng.integers(0, s - p + 1)) for s, p in zip(shape, self.patch_size))
+        corner = []
+        for c, s, p in zip(center, shape, self.patch_size):
+            jitter = int(self.rng.integers(-(p // 4), p // 4 + 1))
+            corner.append(int(np.clip(c - p // 2 + jitter, 0, s - p)))
+        return tuple(corner)
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return images ``(B, C, pz, py, px)`` float32 and labels ``(B, pz, py, px)`` int64."""
+        xs, ys = [], []
+        classes = list(self.class_voxels)
+        for _ in range(batch_size):
+            center = None
+            if classes and self.rng.random() < self.foreground_oversampling:
+                volumes, flat = self.class_voxels[classes[self.rng.integers(len(classes))]]
+                k = self.rng.integers(flat.size)
+                i = int(volumes[k])
+                center = tuple(int(v) for v in np.unravel_index(int(flat[k]), self.labels[i].shape))
+            else:
+                i = int(self.rng.choice(len(self.labels), p=self.volume_p))
+            z0, y0, x0 = self._corner(self.labels[i].shape, center)
+            pz, py, px = self.patch_size
+            xs.append(self.images[i][:, z0 : z0 + pz, y0 : y0 + py, x0 : x0 + px])
+            ys.append(self.labels[i][z0 : z0 + pz, y0 : y0 + py, x0 : x0 + px])
+        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64)
+
+
+def augment_volume_batch(
+    images: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Randomly flip (z, y, x), rotate by 90 degrees / transpose in-plane, and jitter intensity.
+
+    Only in-plane rotations and transposes: anisotropic stacks have a coarser
+    z axis, so z is never swapped with y or x (it is only flipped).
+
+    Args:
+        images: ``(B, C, Z, Y, X)`` float32 normalised patches.
+        labels: ``(B, Z, Y, X)`` int labels (they follow every geometric transform).
+        config: which transforms are on (``flips`` covers z, y and x), intensity ranges.
+        rng: the random generator (seeded by the trainer).
+
+    Returns:
+        New ``(images, labels)`` of the same shapes.
+    """
+    out_x, out_y = [], []
+    square = images.shape[-1] == images.shape[-2]
+    for x, y in zip(images, labels):
+        if config.flips:
+            for axis in (0, 1, 2):  # z, y, x of the label; +1 for the image's channel axis
+                if rng.random() < 0.5:
+                    x, y = np.flip(x, axis + 1), np.flip(y, axis)
+        if config.rot90 and square:
+            k = int(rng.integers(4))
+            x, y = np.rot90(x, k, axes=(2, 3)), np.rot90(y, k, axes=(1, 2))
+        if config.transpose and square and rng.random() < 0.5:
+            x, y = x.transpose(0, 1, 3, 2), y.transpose(0, 2, 1)
+        if config.contrast or config.brightness:
+            gain = 1.0 + rng.uniform(-config.contrast, config.contrast)
+            shift = rng.uniform(-config.brightness, config.brightness)
+            x = x * np.float32(gain) + np.float32(shift)
+        out_x.append(np.ascontiguousarray(x, dtype=np.float32))
+        out_y.append(np.ascontiguousarray(y))
+    return np.stack(out_x), np.stack(out_y)
