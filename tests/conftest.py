@@ -71,3 +71,18 @@ model: {{name: unet2d, features: [4, 8]}}
 training: {{max_minutes: 0.5, epochs: 2, iterations_per_epoch: 2, batch_size: 2, patch_size: 64}}
 """)
     return emseg.train(cfg, out / "run", progress=False)
+
+
+ISBI = SHARED / "isbi2012-membranes"
+
+
+@pytest.fixture(scope="session")
+def isbi_crop(tmp_path_factory) -> dict[str, Path]:
+    """An 8 x 96 x 96 crop of the contiguous anisotropic ISBI 2012 stack (0 interior, 1 membrane), as TIFF files."""
+    out = tmp_path_factory.mktemp("isbi")
+    raw = tifffile.imread(ISBI / "train_raw.tif")[:8, 100:196, 100:196]
+    lab = tifffile.imread(ISBI / "train_labels.tif")[:8, 100:196, 100:196]
+    paths = {"raw": out / "raw.tif", "labels": out / "labels.tif"}
+    tifffile.imwrite(paths["raw"], raw, photometric="minisblack")
+    tifffile.imwrite(paths["labels"], lab, photometric="minisblack")
+    return paths

@@ -41,6 +41,8 @@ __all__ = [
 
 #: Output size of the default prediction window of a valid-padding network (Ronneberger's 388).
 VALID_OUTPUT_WINDOW = 388
+#: Smallest in-plane (y, x) size of a 3-D model's prediction window.
+MIN_PREDICT_WINDOW_YX = 256
 
 
 def load_data(config: Config):
@@ -91,8 +93,11 @@ def resolve_patch_size(config: Config) -> tuple[int, ...]:
 def inference_metadata(config: Config) -> dict[str, Any]:
     """What the checkpoint's ``inference`` dict needs beyond the 2-D defaults.
 
-    ``spatial_dims``; for 3-D models ``window_3d`` (the training patch, z
-    clipped to the volume when predicting); for valid-padding models
+    ``spatial_dims``; for 3-D models ``window_3d``: the training patch's z
+    (clipped to the volume when predicting) and at least
+    :data:`MIN_PREDICT_WINDOW_YX` in y and x (the networks are fully
+    convolutional; larger in-plane windows mean fewer overlapping windows to
+    compute, which matters on CPUs, where 3-D convolutions are slow); for valid-padding models
     ``margin`` (pixels lost per side) and ``window``, the valid input window
     whose output is about 388 x 388.
     """
@@ -101,7 +106,8 @@ def inference_metadata(config: Config) -> dict[str, Any]:
     if spec.backend != "torch":
         return meta
     if spec.spatial_dims == 3:
-        meta["window_3d"] = list(resolve_patch_size(config))
+        pz, py, px = resolve_patch_size(config)
+        meta["window_3d"] = [pz, max(py, MIN_PREDICT_WINDOW_YX), max(px, MIN_PREDICT_WINDOW_YX)]
     if spec.valid_padding:
         model = _meta_model(config)
         size = model.valid_input_size(VALID_OUTPUT_WINDOW + 2 * model.output_margin)
