@@ -22,8 +22,14 @@ import numpy as np
 import torch
 
 from emseg.config import Config
-from emseg.data import IGNORE_INDEX, LabelledVolumes, Normalizer, VolumePatchSampler, load_training_data
-from emseg.data import load_training_volumes
+from emseg.data import (
+    IGNORE_INDEX,
+    LabelledVolumes,
+    Normalizer,
+    VolumePatchSampler,
+    load_training_data,
+    load_training_volumes,
+)
 from emseg.evaluation import EvaluationResult, confusion_matrix
 from emseg.models import MODELS, build_model
 
@@ -63,7 +69,7 @@ def _meta_model(config: Config) -> Any:
                            num_classes=len(config.data.classes), options=config.model.options)
 
 
-def resolve_patch_size(config: Config) -> tuple[int, ...]:
+def resolve_patch_size(config: Config, *, log: bool = True) -> tuple[int, ...]:
     """The training patch: ``(y, x)`` for 2-D models, ``(z, y, x)`` for 3-D models.
 
     3-D models: ``training.patch_size`` with 3 values is used as is; when it is
@@ -83,7 +89,7 @@ def resolve_patch_size(config: Config) -> tuple[int, ...]:
     if spec.valid_padding:
         model = _meta_model(config)
         valid = tuple(model.valid_input_size(p) for p in patch)
-        if valid != patch:
+        if valid != patch and log:
             logger.info("patch_size %s rounded up to %s, valid input sizes of %s (output %s)", list(patch),
                         list(valid), config.model.name, [model.output_size(v) for v in valid])
         return valid
@@ -106,7 +112,7 @@ def inference_metadata(config: Config) -> dict[str, Any]:
     if spec.backend != "torch":
         return meta
     if spec.spatial_dims == 3:
-        pz, py, px = resolve_patch_size(config)
+        pz, py, px = resolve_patch_size(config, log=False)
         meta["window_3d"] = [pz, max(py, MIN_PREDICT_WINDOW_YX), max(px, MIN_PREDICT_WINDOW_YX)]
     if spec.valid_padding:
         model = _meta_model(config)
