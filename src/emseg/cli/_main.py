@@ -237,9 +237,9 @@ def formats() -> None:
 
 def _register_subcommands() -> None:
     # Analysis commands live in their own modules; each adds its commands here.
-    from emseg.cli import _cmd_explain, _cmd_index, _cmd_objects
+    from emseg.cli import _cmd_benchmark, _cmd_explain, _cmd_index, _cmd_objects
 
-    for module in (_cmd_objects, _cmd_index, _cmd_explain):
+    for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_benchmark):
         module.register(app)
 
 

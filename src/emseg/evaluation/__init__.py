@@ -18,6 +18,7 @@ between annotators (:func:`annotation_agreement`); every group at once with
 """
 
 from ._agreement import annotation_agreement
+from ._benchmark import BenchConfig, combine_probabilities, load_bench_config, run_benchmark
 from ._boundary import class_rand_info_scores, membrane_scores, membrane_segments, rand_info_scores
 from ._confusion import confusion_matrix
 from ._metrics import EvaluationResult, evaluate
@@ -33,17 +34,20 @@ from ._pixel import mean_iou, pixel_scores, probability_auc, threshold_sweep
 from ._suite import METRIC_GROUPS, flatten_scores, parse_metrics, parse_subsets, score_segmentation
 
 __all__ = [
+    "BenchConfig",
     "METRIC_GROUPS",
     "EvaluationResult",
     "aggregated_jaccard_index",
     "annotation_agreement",
     "class_rand_info_scores",
+    "combine_probabilities",
     "confusion_matrix",
     "connected_components",
     "detection_scores",
     "evaluate",
     "flatten_scores",
     "hausdorff_distance",
+    "load_bench_config",
     "mean_iou",
     "membrane_scores",
     "membrane_segments",
@@ -54,6 +58,7 @@ __all__ = [
     "pixel_scores",
     "probability_auc",
     "rand_info_scores",
+    "run_benchmark",
     "score_segmentation",
     "threshold_sweep",
 ]

@@ -188,7 +188,7 @@ def score_segmentation(
     if "sweep" in groups and probabilities is not None:
         positive = positive_class if positive_class is not None else (1 if len(names) == 2 else None)
         if positive is None:
-            logger.warning("threshold sweep skipped: name positive_class for a %d-class task", len(names))
+            logger.info("threshold sweep skipped: name positive_class for a %d-class task", len(names))
         else:
             k = _class_index(positive, names, "positive_class")
             sweep = threshold_sweep(np.asarray(probabilities)[k], true, positive_label=k, ignore_label=ignore_label)
@@ -246,7 +246,7 @@ def flatten_scores(scores: dict[str, Any]) -> dict[str, float]:
     per-class pixel rate (``iou``, ``f1``, ``accuracy``, ``sensitivity``,
     ``specificity``, ``ppv``, ``npv``), ``mean_auc_roc``, ``mean_pr_auc``,
     ``auc_roc/<class>``, ``pr_auc/<class>``, ``v_rand/<class>``,
-    ``v_info/<class>``, ``v_rand_membrane``, ``v_info_membrane``,
+    ``v_info/<class>``, ``mean_v_rand``, ``mean_v_info``, ``v_rand_membrane``, ``v_info_membrane``,
     ``detected_percent``, ``mean_aji``, ``mean_pq``, ``detected_percent/<class>``,
     ``aji/<class>``, ``pq/<class>``, ``hd95``, ``hd95/<class>``.
     """
@@ -279,6 +279,8 @@ def flatten_scores(scores: dict[str, Any]) -> dict[str, float]:
         for name, values in boundary["per_class"].items():
             flat[f"v_rand/{name}"] = values["v_rand"]
             flat[f"v_info/{name}"] = values["v_info"]
+        flat["mean_v_rand"] = _nanmean(np.array([v["v_rand"] for v in boundary["per_class"].values()], dtype=float))
+        flat["mean_v_info"] = _nanmean(np.array([v["v_info"] for v in boundary["per_class"].values()], dtype=float))
         if "membrane" in boundary:
             flat["v_rand_membrane"] = boundary["membrane"]["v_rand"]
             flat["v_info_membrane"] = boundary["membrane"]["v_info"]
