@@ -127,8 +127,7 @@ def _heatmap(runs: list[dict]) -> str:
             scaled = np.where(np.isfinite(col), 1.0 if hi == lo else (col - lo) / (hi - lo), np.nan)
             norm[:, j] = scaled if up else 1 - scaled
     fig, ax = plt.subplots(figsize=(max(6, 0.75 * len(columns) + 2.5), 0.45 * len(runs) + 2.2))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(columns)), [c[0] for c in columns], rotation=50, ha="right", fontsize=9)
     ax.set_yticks(range(len(runs)), [r["run"] for r in runs], fontsize=9)
