@@ -183,7 +183,7 @@ def _complexity(runs: list[dict]) -> str:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     flops = [r["flops_per_slice"] for r in runs if r.get("flops_per_slice")]
     biggest = max(flops) if flops else 1
-    for r in runs:
+    for i, r in enumerate(runs):
         params, score = r.get("parameters"), _value(r, "metrics.mean_iou_foreground")
         if not params or score is None:
             continue
@@ -194,7 +194,7 @@ def _complexity(runs: list[dict]) -> str:
             ax.scatter(params, score, s=60 + 1500 * r["flops_per_slice"] / biggest, alpha=0.5, edgecolors="k")
         else:
             ax.scatter(params, score, s=80, marker="X", color="tab:red")
-        ax.annotate(r["run"], (params, score), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(r["run"], (params, score), fontsize=7, xytext=(6, 10 * (i % 3) - 10), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("parameters (networks: weights; random forest: tree nodes, red X)")
     ax.set_ylabel("mean IoU, foreground classes")
@@ -271,10 +271,10 @@ def _overlay_section(results: dict, runs: list[dict], base: Path, image: np.ndar
 # ----------------------------------------------------------------------------- page
 
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1400px;color:#222;padding:0 16px}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1800px;color:#222;padding:0 16px}
 h1{font-size:1.6em;margin-bottom:0.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px}
 p.note{color:#555;max-width:70em} img.figure{max-width:100%;height:auto;display:block;margin:8px 0}
-table.results{border-collapse:collapse;font-size:13px} table.results th,table.results td{border:1px solid #ccc;padding:3px 6px}
+table.results{border-collapse:collapse;font-size:12px} table.results th,table.results td{border:1px solid #ccc;padding:3px 6px}
 table.results td.num{text-align:right;font-variant-numeric:tabular-nums} table.results tr.ensemble{background:#f3f0ff}
 table.results thead th{background:#f4f4f4;position:sticky;top:0}
 table.overlays{border-collapse:collapse;font-size:12px} table.overlays td,table.overlays th{padding:2px;vertical-align:middle}
@@ -371,7 +371,11 @@ def write_report(
         sections.append(f'<h2 id="{ident}-title">{html.escape(title)}</h2><p class="note">{html.escape(note)}</p>'
                         + _img(uri, f"fig-{ident}", alt))
     overlays = _overlay_section(results, runs, results_path.parent, np.asarray(test_image), np.asarray(test_truth))
-    legend = (f'<p class="legend">Each class column: <span style="background:rgb{_TP}"></span>true positive '
+    class_colours = _labels_rgb(np.arange(len(results["classes"])), len(results["classes"]))
+    legend = ('<p class="legend">Labels column: ' + " ".join(
+        f'<span style="background:rgb{tuple(int(v) for v in class_colours[k])}"></span>{html.escape(c)}'
+        for k, c in enumerate(results["classes"])) + "</p>")
+    legend += (f'<p class="legend">Each class column: <span style="background:rgb{_TP}"></span>true positive '
               f'<span style="background:rgb{_FP}"></span>false positive (predicted, not in the truth) '
               f'<span style="background:rgb{_FN}"></span>false negative (missed) '
               f'<span style="background:#555"></span>true negative (dimmed image)</p>')
