@@ -96,3 +96,33 @@ def test_bench_config_errors(tmp_path, epfl_crop):
         load_bench_config(bench)
     result = CliRunner().invoke(app, ["benchmark", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_folds_split_training_slices_without_overlap(tmp_path, epfl_crop):
+    from emseg.evaluation._benchmark import _fold_sources, _plan, _training_config
+
+    bench_file = write_bench(tmp_path, epfl_crop)
+    text = bench_file.read_text()
+    text = text.replace("  val: {image: " + str(epfl_crop["raw"]) + ", labels: " + str(epfl_crop["labels"]) + ', slices: "3"}\n', "")
+    text = text.replace('slices: "0:3"}', 'slices: "0:4"}').replace("seeds: [0]", "folds: 2\nseeds: [0]")
+    bench_file.write_text(text)
+    bench = load_bench_config(bench_file)
+    names = [run["name"] for run in _plan(bench)]
+    assert names[:2] == ["unet-a__dice-ce__fold0", "unet-a__dice-ce__fold1"] and len(names) == 6
+    train0, val0 = _fold_sources(bench, 0)
+    train1, val1 = _fold_sources(bench, 1)
+    assert [s["slices"] for s in train0 + val0] == ["1,3", "0,2"]
+    assert [s["slices"] for s in train1 + val1] == ["0,2", "1,3"]
+    config, _, _ = _training_config(bench, _plan(bench)[1])
+    assert config.data.val[0].slices == "1,3" and config.data.train[0].slices == "0,2"
+
+
+def test_report_without_matplotlib_names_the_extra(tiny_benchmark, tmp_path, monkeypatch):
+    import sys
+
+    from emseg.evaluation._report import write_report
+
+    _, out, _ = tiny_benchmark
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"emseg\[report\]"):
+        write_report(out / "results.json", tmp_path / "r.html")
