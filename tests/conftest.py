@@ -94,7 +94,7 @@ models:
 losses:
   - {{name: dice-ce, training: {{dice_weight: 1, ce_weight: 1}}}}
 seeds: [0]
-budget: {{minutes: 0.3, device: cpu}}
+budget: {{minutes: 0.3, device: auto}}
 training: {{epochs: 2, iterations_per_epoch: 2, batch_size: 2, patch_size: 64, num_threads: 1}}
 evaluation: {{subsets: {{org: [mitochondrion, vesicle]}}}}
 overlays: {{slices: [0, 1], width: 80}}

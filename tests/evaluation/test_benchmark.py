@@ -126,3 +126,17 @@ def test_report_without_matplotlib_names_the_extra(tiny_benchmark, tmp_path, mon
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"emseg\[report\]"):
         write_report(out / "results.json", tmp_path / "r.html")
+
+
+def test_budget_device_is_checked(monkeypatch):
+    import torch
+
+    from emseg.evaluation._benchmark import Budget, _check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        _check_device(Budget(minutes=1, device="cpu"))
+    assert _check_device(Budget(minutes=1, device="auto")) == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        _check_device(Budget(minutes=1, device="cuda"))

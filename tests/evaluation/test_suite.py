@@ -228,3 +228,19 @@ def test_cli_evaluate_metrics_probabilities_and_subsets(tmp_path):
     bad = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "t.tif"),
                                    "--classes", ",".join(CLASSES), "--metrics", "pixels", "--ignore-label", "9"])
     assert bad.exit_code == 2 and "Did you mean 'pixel'" in " ".join(bad.output.split())
+
+
+def test_weight_search_prefers_the_member_that_is_right_on_validation():
+    from types import SimpleNamespace
+
+    from emseg.evaluation._benchmark import _search_weights
+
+    truth = np.array([[[0, 1, 1, 0]]])
+    good = np.stack([(truth == 0) * 0.6 + 0.2, (truth == 1) * 0.6 + 0.2]).astype(float)  # (K, Z, Y, X), right
+    bad = np.stack([(truth == 1) * 0.9 + 0.05, (truth == 0) * 0.9 + 0.05]).astype(float)  # confidently wrong
+    bench = SimpleNamespace(classes=["bg", "fg"], ignore_label=None, background=0)
+    weights = _search_weights([good, bad], truth, bench)
+    # equal weights follow the confident wrong member; the search weights the right one up
+    assert combine_probabilities([good, bad], "mean").argmax(0).tolist() != truth.tolist()
+    assert weights[0] > weights[1] and weights.sum() == pytest.approx(1)
+    assert combine_probabilities([good, bad], "weighted", weights).argmax(0).tolist() == truth.tolist()

@@ -374,6 +374,10 @@ def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, va
         logger.info("%s: %s (budget %.2f min)", run["name"], "resuming training" if resume else "training", budget.minutes)
         train(config, run_dir, resume=resume, overwrite=not resume, progress=progress)
     summary = json.loads((run_dir / "summary.json").read_text())
+    over_budget = summary["elapsed_s"] > 1.1 * budget.minutes * 60 + 5
+    if over_budget:  # e.g. a random forest: it is fitted in one go, the budget cannot stop it
+        logger.warning("%s: training took %.0f s, over its budget of %.1f min", run["name"], summary["elapsed_s"],
+                       budget.minutes)
     curve = _read_curve(run_dir)
     best = next((c for c in curve if c["epoch"] == summary["best_epoch"]), None)
 
@@ -396,7 +400,8 @@ def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, va
         "seed": run["seed"], "fold": run["fold"], "budget_minutes": budget.minutes, "device": device,
         "parameters": complexity["parameters"], "parameters_kind": complexity["parameters_kind"],
         "flops_per_slice": complexity["flops"], "flops_shape": complexity["flops_shape"],
-        "train_seconds": summary["elapsed_s"], "time_to_best_s": None if best is None else best["elapsed_s"],
+        "train_seconds": summary["elapsed_s"], "over_budget": over_budget,
+        "time_to_best_s": None if best is None else best["elapsed_s"],
         "best_epoch": summary["best_epoch"], "epochs": summary["epochs"], "stop_reason": summary["stop_reason"],
         "best_val_mean_iou": summary["best_val_mean_iou"],
         "predict_seconds": round(predict_seconds, 3), "test_voxels": int(labels.size),
@@ -594,6 +599,10 @@ def run_benchmark(
         shapes = {p[0].shape[1:] for p in parts}
         if len(shapes) == 1:
             val = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    if not any(spec.method == "weighted" for spec in bench.ensembles):
+        val_for_runs = None  # validation probabilities are only needed to fit ensemble weights
+    else:
+        val_for_runs = val
     records = []
     for run in plan:
         if only and not any(o == run["name"] or o in run["name"] for o in only):
@@ -601,7 +610,7 @@ def run_benchmark(
             if marker.is_file():
                 records.append(json.loads(marker.read_text()))
             continue
-        records.append(_run_one(bench, run, out, test, val, progress=progress))
+        records.append(_run_one(bench, run, out, test, val_for_runs, progress=progress))
     for spec in bench.ensembles:
         record = _run_ensemble(bench, spec, records, out, test, None if val is None else val[1])
         if record is not None:
