@@ -79,6 +79,7 @@ def write_bench(folder, epfl_crop, *, extra: str = "") -> Path:
     test_lab = tifffile.imread(EPFL / "test_labels.tif")[:2, 300:428, 300:460]
     tifffile.imwrite(folder / "test_raw.tif", test_raw)
     tifffile.imwrite(folder / "test_labels.tif", test_lab)
+    tifffile.imwrite(folder / "test_labels_b.tif", np.roll(test_lab, 1, axis=2))  # a "second annotator", 1 px off
     path = folder / "bench.yaml"
     path.write_text(f"""
 title: tiny benchmark
@@ -86,6 +87,7 @@ dataset:
   train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
   val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
   test: {{image: test_raw.tif, labels: test_labels.tif}}
+  second_annotation: test_labels_b.tif
 classes: {EPFL_CLASSES}
 models:
   - {{name: unet2d, label: unet-a, features: [4, 8]}}

@@ -21,7 +21,7 @@ ENSEMBLES = ["ensemble-mean-all", "ensemble-weighted-top2", "ensemble-vote-all"]
 def test_benchmark_records_every_run_and_ensemble(tiny_benchmark):
     _, out, results = tiny_benchmark
     names = [r["run"] for r in results["runs"]]
-    assert names == RUNS + ENSEMBLES
+    assert names == RUNS + ENSEMBLES + ["second annotator"]
     for r in results["runs"][:3]:
         assert (out / "runs" / r["run"] / "result.json").is_file()
         m = r["metrics"]
@@ -41,12 +41,35 @@ def test_benchmark_records_every_run_and_ensemble(tiny_benchmark):
     assert results["runs"][3]["members"] == RUNS
     # an ensemble's mean IoU is computed from its own labels, not copied from a member
     assert all(0 <= r["metrics"]["mean_iou"] <= 1 for r in results["runs"][3:])
+    # inter-annotator variability next to the models: the second annotation scored against the truth
+    import numpy as np
+    import tifffile
+
+    from emseg.evaluation import evaluate
+
+    truth = tifffile.imread(bench_dir(out) / "test_labels.tif")
+    second = tifffile.imread(bench_dir(out) / "test_labels_b.tif")
+    annotator = results["runs"][-1]
+    expected = evaluate(second, truth, classes=results["classes"])
+    assert annotator["kind"] == "annotator"
+    assert annotator["metrics"]["mean_iou"] == pytest.approx(expected.mean_iou)
+    assert annotator["agreement"]["mean_iou"] == pytest.approx(expected.mean_iou)  # symmetric
+    for r in results["runs"]:
+        fractions = r["fractions"]
+        assert sum(v["predicted"] for v in fractions.values()) == pytest.approx(1)
+        mito = fractions["mitochondrion"]
+        assert mito["truth"] == pytest.approx(np.mean(truth == 2))
+        assert r["metrics"]["fraction_difference/mitochondrion"] == pytest.approx(mito["predicted"] - mito["truth"])
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["run"] for row in rows] == names
     assert float(rows[0]["mean_iou"]) == pytest.approx(unet["metrics"]["mean_iou"])
     assert json.loads((out / "results.json").read_text())["runs"][1]["run"] == RUNS[1]
     assert (out / "report.html").stat().st_size > 10_000
+
+
+def bench_dir(out):
+    return out.parent
 
 
 def test_second_invocation_does_not_retrain(tiny_benchmark):

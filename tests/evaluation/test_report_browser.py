@@ -69,7 +69,7 @@ def test_report_in_headless_chromium(tiny_benchmark, tmp_path):
     assert len(verdict["images"]) == 4 + 2 * (2 + 7 * len(results["runs"]))
     assert {"fig-heatmap", "fig-iou-bars", "fig-curves", "fig-complexity"} <= {i["id"] for i in verdict["images"]}
     assert problems(verdict, results) == []
-    assert len(verdict["rows"]) == 6 and len(verdict["rows"][0]["cells"]) >= 15
+    assert len(verdict["rows"]) == 7 and len(verdict["rows"][0]["cells"]) >= 15
     shot = tmp_path / "report.png"
     _chromium(["--hide-scrollbars", "--window-size=1400,2400", f"--screenshot={shot}", report.resolve().as_uri()],
               tmp_path / "profile2")

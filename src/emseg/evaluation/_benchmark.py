@@ -41,9 +41,9 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from emseg.config import ConfigError, VolumeSource, _format_errors, _merge, config_from_dict, parse_slices
+from emseg.config import ConfigError, VolumeSource, _format_errors, _merge, _resolve, config_from_dict, parse_slices
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,27 @@ class BenchDataset(_Strict):
     val: list[VolumeSource] | None = None
     val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
     test: VolumeSource
+    second_annotation: str | None = Field(
+        default=None, description="a second annotator's labels of the test image (same shape): reported as a row "
+        "'second annotator' to show inter-annotator variability next to the models")
 
     @field_validator("train", "val", mode="before")
     @classmethod
     def _as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
+
+    @field_validator("second_annotation")
+    @classmethod
+    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        from emseg.io._registry import resolve
+
+        path = _resolve(value, info)
+        found = resolve(path)
+        if not Path(found[1].file if found else path).exists():
+            raise ValueError(f"file not found: {path}")
+        return path
 
 
 class Budget(_Strict):
@@ -340,6 +356,49 @@ def _score(bench: BenchConfig, labels: np.ndarray, truth: np.ndarray, probs: np.
                               per_slice=ev.per_slice, spacing=ev.spacing, membrane_class=ev.membrane_class)
 
 
+def _fractions(bench: BenchConfig, labels: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, float]]:
+    """Volume fraction of each class in the prediction and the truth (counted pixels), and their difference.
+
+    Whole test volume, no cell mask: :func:`emseg.analysis.volume_fractions`
+    does per-cell fractions; here one number per class is what a table needs.
+    """
+    keep = np.ones(truth.shape, bool) if bench.ignore_label is None else truth != bench.ignore_label
+    k = len(bench.classes)
+    n = max(int(keep.sum()), 1)
+    pred_counts = np.bincount(labels[keep].ravel().astype(np.int64), minlength=k)[:k] / n
+    true_counts = np.bincount(truth[keep].ravel().astype(np.int64), minlength=k)[:k] / n
+    return {c: {"truth": float(true_counts[i]), "predicted": float(pred_counts[i]),
+                "difference": float(pred_counts[i] - true_counts[i])} for i, c in enumerate(bench.classes)}
+
+
+def _annotator_row(bench: BenchConfig, out: Path, test: tuple) -> dict[str, Any]:
+    """The second annotation scored against the truth like a model (no probabilities, no training)."""
+    from emseg.evaluation._agreement import annotation_agreement
+    from emseg.evaluation._suite import flatten_scores
+
+    source = bench.dataset.test.model_copy(update={"labels": bench.dataset.second_annotation})
+    _, raw_second, _ = _load_volume(source)
+    agreement = annotation_agreement(test[1], raw_second, classes=bench.classes, ignore_label=bench.ignore_label,
+                                     background=bench.background)
+    # pixels the second annotator left unlabelled count as background when it is scored like a model
+    second = raw_second if bench.ignore_label is None else np.where(raw_second == bench.ignore_label, 0, raw_second)
+    scores = _score(bench, second.astype(np.uint8), test[1], None)
+    _save_npy(out / "annotator" / "test_labels.npy", second.astype(np.uint8))
+    metrics = flatten_scores(scores)
+    for name, value in _fractions(bench, second, test[1]).items():
+        metrics[f"fraction_difference/{name}"] = value["difference"]
+    return {
+        "run": "second annotator", "kind": "annotator", "model": "second annotator", "model_name": "annotation",
+        "model_options": {}, "loss": "-", "loss_training": {}, "seed": None, "fold": None, "budget_minutes": None,
+        "device": None, "parameters": None, "parameters_kind": None, "flops_per_slice": None, "flops_shape": None,
+        "train_seconds": None, "over_budget": False, "time_to_best_s": None, "best_epoch": None, "epochs": None,
+        "stop_reason": None, "best_val_mean_iou": None, "predict_seconds": None, "test_voxels": int(second.size),
+        "mvox_per_s": None, "curve": [], "metrics": metrics, "scores": scores, "config_hash": None,
+        "agreement": agreement.to_dict(), "fractions": _fractions(bench, second, test[1]),
+        "labels_path": "annotator/test_labels.npy",
+    }
+
+
 def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, val: tuple | None,
              *, progress: bool) -> dict[str, Any]:
     from emseg.evaluation._complexity import model_complexity
@@ -394,6 +453,10 @@ def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, va
         _, val_probs = predictor.predict_volume(val[0], probabilities=True)
         _save_npy(run_dir / "val_probabilities.npy", _quantise(val_probs))
     model: BenchModel = run["model"]
+    fractions = _fractions(bench, labels, truth)
+    metrics = flatten_scores(scores)
+    for name, value in fractions.items():
+        metrics[f"fraction_difference/{name}"] = value["difference"]
     record = {
         "run": run["name"], "kind": "run", "model": model.display, "model_name": model.name,
         "model_options": model.options, "loss": run["loss"].name, "loss_training": run["loss"].training,
@@ -406,7 +469,7 @@ def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, va
         "best_val_mean_iou": summary["best_val_mean_iou"],
         "predict_seconds": round(predict_seconds, 3), "test_voxels": int(labels.size),
         "mvox_per_s": labels.size / 1e6 / predict_seconds if predict_seconds > 0 else None,
-        "curve": curve, "metrics": flatten_scores(scores), "scores": scores, "config_hash": digest,
+        "curve": curve, "metrics": metrics, "scores": scores, "fractions": fractions, "config_hash": digest,
         "labels_path": f"runs/{run['name']}/test_labels.npy",
     }
     _write_json(marker, record)  # last: its presence means the run is finished
@@ -519,6 +582,10 @@ def _run_ensemble(bench: BenchConfig, spec: EnsembleSpec, records: list[dict], o
     labels = probs.argmax(0).astype(np.uint8)
     scores = _score(bench, labels, test[1], probs)
     _save_npy(out / "ensembles" / name / "test_labels.npy", labels)
+    fractions = _fractions(bench, labels, test[1])
+    metrics = flatten_scores(scores)
+    for cls_name, value in fractions.items():
+        metrics[f"fraction_difference/{cls_name}"] = value["difference"]
     per_member = [r["predict_seconds"] for r in members]
     total_predict = sum(per_member) + combine_seconds
     sum_or_none = lambda key: None if any(r[key] is None for r in members) else sum(r[key] for r in members)  # noqa: E731
@@ -533,7 +600,7 @@ def _run_ensemble(bench: BenchConfig, spec: EnsembleSpec, records: list[dict], o
         "epochs": None, "stop_reason": None, "best_val_mean_iou": None,
         "predict_seconds": round(total_predict, 3), "test_voxels": int(labels.size),
         "mvox_per_s": labels.size / 1e6 / total_predict if total_predict > 0 else None,
-        "curve": [], "metrics": flatten_scores(scores), "scores": scores, "config_hash": None,
+        "curve": [], "metrics": metrics, "scores": scores, "fractions": fractions, "config_hash": None,
         "labels_path": f"ensembles/{name}/test_labels.npy",
     }
 
@@ -542,7 +609,7 @@ def _run_ensemble(bench: BenchConfig, spec: EnsembleSpec, records: list[dict], o
 
 #: Scalar columns of results.csv before the metric columns.
 CSV_FIELDS = ("run", "kind", "model", "model_name", "loss", "seed", "fold", "budget_minutes", "device", "parameters",
-              "parameters_kind", "flops_per_slice", "train_seconds", "time_to_best_s", "best_epoch", "epochs",
+              "parameters_kind", "flops_per_slice", "train_seconds", "over_budget", "time_to_best_s", "best_epoch", "epochs",
               "stop_reason", "best_val_mean_iou", "predict_seconds", "mvox_per_s")
 
 
@@ -615,6 +682,8 @@ def run_benchmark(
         record = _run_ensemble(bench, spec, records, out, test, None if val is None else val[1])
         if record is not None:
             records.append(record)
+    if bench.dataset.second_annotation is not None:
+        records.append(_annotator_row(bench, out, test))
     _write_results(out, bench, records, str(bench_file))
     if report:
         from emseg.evaluation._report import write_report

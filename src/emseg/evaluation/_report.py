@@ -275,7 +275,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24p
 h1{font-size:1.6em;margin-bottom:0.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px}
 p.note{color:#555;max-width:70em} img.figure{max-width:100%;height:auto;display:block;margin:8px 0}
 table.results{border-collapse:collapse;font-size:12px} table.results th,table.results td{border:1px solid #ccc;padding:3px 6px}
-table.results td.num{text-align:right;font-variant-numeric:tabular-nums} table.results tr.ensemble{background:#f3f0ff}
+table.results td.num{text-align:right;font-variant-numeric:tabular-nums} table.results tr.ensemble{background:#f3f0ff} table.results tr.annotator{background:#fff6e0}
 table.results thead th{background:#f4f4f4;position:sticky;top:0}
 table.overlays{border-collapse:collapse;font-size:12px} table.overlays td,table.overlays th{padding:2px;vertical-align:middle}
 table.overlays th{text-align:left;max-width:12em;word-break:break-all;font-weight:600} img.tile{display:block;margin:auto}
