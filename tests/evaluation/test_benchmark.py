@@ -163,3 +163,16 @@ def test_budget_device_is_checked(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU"):
         _check_device(Budget(minutes=1, device="cuda"))
+
+
+def test_cli_benchmark_resumes_and_redraws_report(tiny_benchmark, tmp_path):
+    bench, out, _ = tiny_benchmark
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    result = CliRunner().invoke(app, ["benchmark", str(bench), "--out", str(copy), "--no-report", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "unet-a__dice-ce__seed0" in result.output and not (copy / "report.html").exists()
+    result = CliRunner().invoke(app, ["benchmark", str(bench), "--out", str(copy), "--report-only", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (copy / "report.html").stat().st_size > 10_000
