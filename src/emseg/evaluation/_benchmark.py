@@ -499,7 +499,7 @@ def combine_probabilities(probs: list[np.ndarray], method: str, weights: np.ndar
     if not probs:
         raise ValueError("an ensemble needs at least one member")
     if method == "mean":
-        return np.mean(np.stack([p.astype(np.float32) for p in probs]), axis=0)
+        return combine_probabilities(probs, "weighted", np.ones(len(probs)))  # one running sum, no (M, K, ...) stack
     if method == "weighted":
         w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.shape != (len(probs),) or (w < 0).any() or w.sum() <= 0:
@@ -577,7 +577,10 @@ def _run_ensemble(bench: BenchConfig, spec: EnsembleSpec, records: list[dict], o
         else:
             weights = _search_weights([load(r, "val") for r in members], val_truth, bench)
     start = time.perf_counter()
-    probs = combine_probabilities([load(r, "test") for r in members], spec.method, weights)
+    probs = combine_probabilities([np.load(out / "runs" / r["run"] / "test_probabilities.npy", mmap_mode="r")
+                                   for r in members], spec.method, weights)
+    if spec.method != "vote":
+        probs /= 255  # the cache holds probabilities in 1/255 steps; vote fractions need no scaling
     combine_seconds = time.perf_counter() - start
     labels = probs.argmax(0).astype(np.uint8)
     scores = _score(bench, labels, test[1], probs)
