@@ -86,3 +86,51 @@ def isbi_crop(tmp_path_factory) -> dict[str, Path]:
     tifffile.imwrite(paths["raw"], raw, photometric="minisblack")
     tifffile.imwrite(paths["labels"], lab, photometric="minisblack")
     return paths
+
+
+# --- issue 5: a tiny benchmark (2 tiny U-Nets x 1 loss + a small random forest + 3 ensembles) ---
+def write_bench(folder, epfl_crop, *, extra: str = "") -> Path:
+    test_raw = tifffile.imread(EPFL / "test_raw.tif")[:2, 300:428, 300:460]
+    test_lab = tifffile.imread(EPFL / "test_labels.tif")[:2, 300:428, 300:460]
+    tifffile.imwrite(folder / "test_raw.tif", test_raw)
+    tifffile.imwrite(folder / "test_labels.tif", test_lab)
+    tifffile.imwrite(folder / "test_labels_b.tif", np.roll(test_lab, 1, axis=2))  # a "second annotator", 1 px off
+    path = folder / "bench.yaml"
+    path.write_text(f"""
+title: tiny benchmark
+dataset:
+  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
+  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
+  test: {{image: test_raw.tif, labels: test_labels.tif}}
+  second_annotation: test_labels_b.tif
+classes: {EPFL_CLASSES}
+models:
+  - {{name: unet2d, label: unet-a, features: [4, 8]}}
+  - {{name: unet2d, label: unet-b, features: [4, 8], act: prelu, dropout: 0.1}}
+  - {{name: random-forest, n_estimators: 4, sigmas: [1.0, 3.0], samples_per_class: 200}}
+losses:
+  - {{name: dice-ce, training: {{dice_weight: 1, ce_weight: 1}}}}
+seeds: [0]
+budget: {{minutes: 0.3, device: auto}}
+training: {{epochs: 2, iterations_per_epoch: 2, batch_size: 2, patch_size: 64, num_threads: 1}}
+evaluation: {{subsets: {{org: [mitochondrion, vesicle]}}}}
+overlays: {{slices: [0, 1], width: 80}}
+ensembles:
+  - {{method: mean}}
+  - {{method: weighted, members: top2}}
+  - {{method: vote}}
+{extra}
+""")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory, epfl_crop):
+    """``(bench.yaml, out dir, results)`` of a finished tiny benchmark."""
+    from emseg.evaluation import run_benchmark
+
+    folder = tmp_path_factory.mktemp("bench")
+    bench = write_bench(folder, epfl_crop)
+    out = folder / "out"
+    results = run_benchmark(bench, out, progress=False)
+    return bench, out, results

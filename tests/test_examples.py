@@ -21,3 +21,13 @@ def test_readme_shows_the_two_setup_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert "examples/isbi2012.yaml" in readme
+
+
+def test_epfl_benchmark_example_validates():
+    from emseg.evaluation import load_bench_config
+    from emseg.evaluation._benchmark import _plan
+
+    bench = load_bench_config(ROOT / "examples" / "bench_epfl.yaml")
+    names = [run["name"] for run in _plan(bench)]
+    assert len(names) == 9 and "random-forest__none__seed0" in names
+    assert sum(name.startswith("unet") for name in names) == 8

@@ -17,10 +17,10 @@ RATES = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
     [
         # N = 9; class 0: TP 5, FN 1, FP 1, TN 2; class 1: TP 2, FN 1, FP 1, TN 5
         ([[5, 1], [1, 2]], [(7 / 9, 5 / 6, 2 / 3, 5 / 6, 2 / 3), (7 / 9, 2 / 3, 5 / 6, 2 / 3, 5 / 6)]),
-        # class 2 in neither: sensitivity and PPV undefined, the rest trivially 1 (TN = 6)
+        # class 2 in neither: undefined, every rate nan (not the trivial 1 a TN of 6 would give)
         (
             [[2, 1, 0], [1, 2, 0], [0, 0, 0]],
-            [(4 / 6, 2 / 3, 2 / 3, 2 / 3, 2 / 3), (4 / 6, 2 / 3, 2 / 3, 2 / 3, 2 / 3), (1, nan, 1, nan, 1)],
+            [(4 / 6, 2 / 3, 2 / 3, 2 / 3, 2 / 3), (4 / 6, 2 / 3, 2 / 3, 2 / 3, 2 / 3), (nan, nan, nan, nan, nan)],
         ),
         # everything predicted as class 0: class 0 has TN = FN = 0 (NPV nan), class 1 is never predicted (PPV nan)
         ([[3, 0], [2, 0]], [(3 / 5, 1, 0, 3 / 5, nan), (3 / 5, 0, 1, nan, 3 / 5)]),

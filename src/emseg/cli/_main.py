@@ -110,9 +110,15 @@ def evaluate(
     background: Annotated[int, typer.Option(help="Class index left out of the foreground mean; -1 for none.")] = 0,
     slices: Annotated[Optional[str], typer.Option(help="Score only these z slices, e.g. '24:30' or '0,5'.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the scores as JSON.")] = None,
+    metrics: Annotated[Optional[str], typer.Option(help="Metric groups, comma-separated: pixel, auc, sweep, boundary, "
+                                                   "objects, hausdorff, or all (see README). Default: the IoU/F1 table only.")] = None,
+    probabilities: Annotated[Optional[str], typer.Option(help="Class probabilities from `emseg predict --probabilities` (for auc, sweep).")] = None,
+    subset: Annotated[Optional[list[str]], typer.Option(help="Named class subset for mean IoU, e.g. org=mitochondrion,vesicle (repeatable).")] = None,
+    per_slice: Annotated[bool, typer.Option(help="Objects and distances per z slice (2-D data sets).")] = False,
+    membrane_class: Annotated[Optional[str], typer.Option(help="Class scored as a membrane map by the boundary group (default: class 1 of a binary task).")] = None,
     quiet: _QUIET = False,
 ) -> None:
-    """Per-class IoU, F1, precision, recall, mean IoU and confusion matrix."""
+    """Per-class IoU, F1, precision, recall, mean IoU and confusion matrix (more with --metrics)."""
     _setup(quiet)
     from emseg.evaluation import evaluate as _evaluate
 
@@ -125,12 +131,26 @@ def evaluate(
         pred_in, truth_in = (prediction, ground_truth) if slices is None else _select_slices(prediction, ground_truth, slices)
         result = _evaluate(pred_in, truth_in, classes=names, ignore_label=ignore_label,
                            background=None if background < 0 else background)
+        scores = None
+        if metrics is not None or subset:
+            from emseg.cli._evaluate_metrics import evaluate_groups
+
+            scores = evaluate_groups(pred_in, truth_in, result, metrics=metrics, probabilities=probabilities,
+                                     subset=subset, slices=slices, ignore_label=ignore_label, per_slice=per_slice,
+                                     membrane_class=membrane_class)
     except _user_errors() as err:
         _fail(err)
     console.print(result.to_table())
     _print_confusion(result)
+    if scores is not None:
+        from emseg.cli._evaluate_metrics import print_groups, save_json
+
+        print_groups(console, scores)
     if json_out is not None:
-        result.save_json(json_out)
+        if scores is not None:
+            save_json(json_out, scores)
+        else:
+            result.save_json(json_out)
         console.print(f"scores: {json_out}")
 
 
@@ -217,9 +237,9 @@ def formats() -> None:
 
 def _register_subcommands() -> None:
     # Analysis commands live in their own modules; each adds its commands here.
-    from emseg.cli import _cmd_explain, _cmd_index, _cmd_objects
+    from emseg.cli import _cmd_benchmark, _cmd_explain, _cmd_index, _cmd_objects
 
-    for module in (_cmd_objects, _cmd_index, _cmd_explain):
+    for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_benchmark):
         module.register(app)
 
 

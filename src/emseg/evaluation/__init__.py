@@ -5,7 +5,8 @@ Pixel scores (:func:`evaluate`, :func:`pixel_scores`, :func:`mean_iou`,
 (:func:`rand_info_scores`, :func:`membrane_scores`), object scores
 (:func:`detection_scores`, :func:`object_scores`, :func:`hausdorff_distance`,
 :func:`aggregated_jaccard_index`, :func:`panoptic_quality`) and agreement
-between annotators (:func:`annotation_agreement`).
+between annotators (:func:`annotation_agreement`); every group at once with
+:func:`score_segmentation` (what ``emseg evaluate --metrics`` runs).
 
 >>> import numpy as np
 >>> from emseg.evaluation import evaluate
@@ -17,7 +18,8 @@ between annotators (:func:`annotation_agreement`).
 """
 
 from ._agreement import annotation_agreement
-from ._boundary import membrane_scores, membrane_segments, rand_info_scores
+from ._benchmark import BenchConfig, combine_probabilities, load_bench_config, run_benchmark
+from ._boundary import class_rand_info_scores, membrane_scores, membrane_segments, rand_info_scores
 from ._confusion import confusion_matrix
 from ._metrics import EvaluationResult, evaluate
 from ._objects import (
@@ -29,23 +31,34 @@ from ._objects import (
     panoptic_quality,
 )
 from ._pixel import mean_iou, pixel_scores, probability_auc, threshold_sweep
+from ._suite import METRIC_GROUPS, flatten_scores, parse_metrics, parse_subsets, score_segmentation
 
 __all__ = [
+    "BenchConfig",
+    "METRIC_GROUPS",
     "EvaluationResult",
     "aggregated_jaccard_index",
     "annotation_agreement",
+    "class_rand_info_scores",
+    "combine_probabilities",
     "confusion_matrix",
     "connected_components",
     "detection_scores",
     "evaluate",
+    "flatten_scores",
     "hausdorff_distance",
+    "load_bench_config",
     "mean_iou",
     "membrane_scores",
     "membrane_segments",
     "object_scores",
     "panoptic_quality",
+    "parse_metrics",
+    "parse_subsets",
     "pixel_scores",
     "probability_auc",
     "rand_info_scores",
+    "run_benchmark",
+    "score_segmentation",
     "threshold_sweep",
 ]

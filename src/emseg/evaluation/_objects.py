@@ -345,6 +345,7 @@ def hausdorff_distance(
     background: int | None = 0,
     spacing: float | Sequence[float] | None = None,
     percentile: float = 95,
+    ignore_label: int | None = None,
 ) -> dict[str, float]:
     """Percentile (default 95th) symmetric Hausdorff distance between class boundaries.
 
@@ -364,6 +365,8 @@ def hausdorff_distance(
         spacing: pixel/voxel size per axis (e.g. ``(z, y, x)`` in nm), or one
             number for all axes; ``None`` = 1.
         percentile: in [0, 100]; 100 gives the classic Hausdorff distance.
+        ignore_label: truth value of unlabelled pixels; they are removed from
+            both masks before boundaries are taken.
 
     Returns:
         ``{class name: distance}``; ``nan`` for a class missing from the
@@ -371,7 +374,8 @@ def hausdorff_distance(
     """
     from scipy import ndimage
 
-    pred, true, names, _ = _check_semantic(prediction, truth, classes, background, None)
+    pred, true, names, ignore_label = _check_semantic(prediction, truth, classes, background, ignore_label)
+    keep = None if ignore_label is None else (true != ignore_label)
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be in [0, 100]; got {percentile!r}")
     if spacing is None:
@@ -385,6 +389,8 @@ def hausdorff_distance(
     result = {}
     for k, name in _foreground_classes(names, background):
         pred_mask, true_mask = pred == k, true == k
+        if keep is not None:
+            pred_mask &= keep
         if not pred_mask.any() or not true_mask.any():
             result[name] = math.nan
             continue

@@ -57,8 +57,9 @@ def pixel_scores(confusion: Any, classes: Sequence[Any]) -> dict[str, dict[str, 
     Each rate is ``nan`` when its denominator is 0: sensitivity for a class
     absent from the truth, ppv for a class never predicted, and all of them
     when nothing was counted. A class absent from both truth and prediction
-    keeps its (trivial) specificity, npv and accuracy of 1 where other pixels
-    were counted.
+    is undefined: all five rates are ``nan`` (not the trivial 1 that
+    specificity, npv and accuracy would give), so means over classes leave it
+    out.
 
     Args:
         confusion: ``(K, K)`` non-negative integer counts, rows = true class,
@@ -81,6 +82,9 @@ def pixel_scores(confusion: Any, classes: Sequence[Any]) -> dict[str, dict[str, 
     specificity = _ratio(tn, tn + fp)
     ppv = _ratio(tp, tp + fp)
     npv = _ratio(tn, tn + fn)
+    empty = (tp + fp + fn) == 0  # absent from truth and prediction: no rate is meaningful
+    for rates in (accuracy, specificity, npv):
+        rates[empty] = np.nan
     return {
         name: {
             "accuracy": float(accuracy[i]),

@@ -1,0 +1,127 @@
+"""``emseg evaluate --metrics ...``: the metric groups beyond the per-class table, printed and saved."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def read_probabilities(path: str, classes: list[str]) -> np.ndarray:
+    """Read ``(K, Z, Y, X)`` probabilities written by ``emseg predict --probabilities``.
+
+    ``.tif``: the ImageJ ``(Z, C, Y, X)`` hyperstack (or ``(C, Y, X)`` for one
+    slice); ``.zarr`` / ``.h5``: one array per class name inside the container.
+    """
+    from emseg.io import open_image
+
+    k = len(classes)
+    text = str(path)
+    if text.lower().endswith((".tif", ".tiff")):
+        import tifffile
+
+        data = np.asarray(tifffile.imread(text), dtype=np.float32)
+        if data.ndim == 4 and data.shape[1] == k:
+            data = data.transpose(1, 0, 2, 3)
+        elif data.ndim == 3 and data.shape[0] == k:
+            data = data[:, None]
+    else:
+        sep = "/" if text.lower().endswith(".zarr") else ":"
+        arrays = []
+        for name in classes:
+            with open_image(f"{text}{sep}{name}") as image:
+                arrays.append(np.asarray(image.array, dtype=np.float32))
+        data = np.stack(arrays)
+    if data.ndim != 4 or data.shape[0] != k:
+        raise ValueError(f"--probabilities {path}: expected {k} class channels (K, Z, Y, X) for classes {classes}; "
+                         f"got shape {data.shape}")
+    return data
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def print_groups(console, scores: dict[str, Any]) -> None:
+    """Rich tables for each computed group except the pixel table printed before."""
+    from rich.table import Table
+
+    pixel = scores.get("pixel")
+    if pixel:
+        table = Table(title="one-vs-rest pixel rates", title_justify="left")
+        for header in ("class", "accuracy", "sensitivity", "specificity", "PPV", "NPV"):
+            table.add_column(header, justify="left" if header == "class" else "right")
+        for name, v in pixel["per_class"].items():
+            table.add_row(name, *(_fmt(v[k]) for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv")))
+        console.print(table)
+        for name, value in pixel["mean_iou_subsets"].items():
+            console.print(f"MIoU({name}) = {_fmt(value)}")
+    for group, columns in (("auc", ("auc_roc", "average_precision")),
+                           ("boundary", ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split", "v_info_merge")),
+                           ("objects", ("objects", "detected_percent", "under_detected_percent", "missed_percent", "aji", "pq")),
+                           ):
+        part = scores.get(group)
+        if not part:
+            continue
+        table = Table(title=f"{group} scores", title_justify="left")
+        table.add_column("class")
+        for c in columns:
+            table.add_column(c, justify="right")
+        for name, v in part["per_class"].items():
+            table.add_row(name, *(_fmt(v[c]) for c in columns))
+        if group == "boundary" and "membrane" in part:
+            table.add_row(f"membrane map ({part['membrane']['class']}, thinned)",
+                          *(_fmt(part["membrane"][c]) for c in columns))
+        console.print(table)
+    if scores.get("hausdorff"):
+        hd = scores["hausdorff"]
+        console.print("95th-percentile Hausdorff distance: " + ", ".join(
+            f"{n} {_fmt(v)}" for n, v in hd["per_class"].items()) + f"; mean {_fmt(hd['mean'])}")
+    if scores.get("sweep"):
+        sweep = scores["sweep"]
+        table = Table(title=f"threshold sweep ({sweep['class']})", title_justify="left")
+        for c in ("threshold", "iou", "f1", "precision", "recall"):
+            table.add_column(c, justify="right")
+        for row in zip(*(sweep[c] for c in ("threshold", "iou", "f1", "precision", "recall"))):
+            table.add_row(*(_fmt(float(v)) for v in row))
+        console.print(table)
+
+
+def save_json(path: Path, scores: dict[str, Any]) -> None:
+    from emseg.evaluation._metrics import _json_safe
+
+    Path(path).write_text(json.dumps(_json_safe(scores), indent=2, allow_nan=False) + "\n")
+
+
+def evaluate_groups(pred_in, truth_in, result, *, metrics, probabilities, subset, slices, ignore_label, per_slice,
+                     membrane_class):
+    """The --metrics groups (emseg.evaluation.score_segmentation) on the same inputs."""
+    from emseg.config import parse_slices
+    from emseg.evaluation import score_segmentation
+    from emseg.io import open_image
+
+    def load(x):
+        if isinstance(x, np.ndarray):
+            return x
+        with open_image(x) as image:
+            return np.asarray(image.array)
+
+    pred, truth = load(pred_in), load(truth_in)
+    probs = None
+    if probabilities is not None:
+        probs = read_probabilities(probabilities, result.classes)
+        if slices is not None:
+            probs = probs[:, parse_slices(slices, probs.shape[1])]
+        if probs.shape[1:] != truth.shape:
+            raise ValueError(f"--probabilities {probabilities}: shape {probs.shape[1:]} per class does not match the "
+                             f"labels' {truth.shape}")
+    return score_segmentation(pred, truth, classes=result.classes, metrics=metrics or "pixel", probabilities=probs,
+                              subsets=subset, ignore_label=ignore_label, background=result.background,
+                              per_slice=per_slice, membrane_class=membrane_class)
