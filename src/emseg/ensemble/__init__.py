@@ -29,7 +29,7 @@ from emseg.ensemble._combine import (
     vote_tie_epsilon,
 )
 from emseg.ensemble._predictor import EnsemblePredictor, member_probabilities
-from emseg.ensemble._runs import FoldsResult, SeedsResult, run_scores, train_folds, train_seeds
+from emseg.ensemble._runs import FoldsResult, SeedsResult, run_scores, train_folds, train_once, train_seeds
 from emseg.ensemble._splits import FOLD_SPLITS, fold_configs, format_slices, freeze_validation_split, training_slices
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "simplex_grid",
     "split_ensembles",
     "train_folds",
+    "train_once",
     "train_seeds",
     "training_slices",
     "vote_probabilities",

@@ -23,7 +23,7 @@ from emseg.ensemble._splits import fold_configs, freeze_validation_split
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FoldsResult", "SeedsResult", "run_scores", "train_folds", "train_seeds"]
+__all__ = ["FoldsResult", "SeedsResult", "run_scores", "train_folds", "train_once", "train_seeds"]
 
 RANKING_FILENAME = "ranking.json"
 FOLDS_FILENAME = "folds.json"
@@ -72,8 +72,16 @@ def run_scores(run_dir: str | os.PathLike) -> dict[str, Any]:
             "val_iou": record.get("val_iou", {})}
 
 
-def _train_one(config: Config, run_dir: Path, *, overwrite: bool, progress: bool) -> str:
-    """Train into ``run_dir`` unless it holds a finished run of the same config; returns what happened."""
+def train_once(config: Config, run_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = True) -> str:
+    """Train into ``run_dir`` unless it holds a finished run of the same config.
+
+    A finished run (``summary.json``) is skipped, an interrupted one resumes
+    from ``last.pt``, a run of a different configuration raises ``ValueError``.
+
+    Returns:
+        ``"trained"``, ``"resumed"`` or ``"skipped (finished)"``.
+    """
+    run_dir = Path(run_dir)
     from emseg.training import train
     from emseg.training._trainer import LAST_FILENAME
 
@@ -144,7 +152,7 @@ def train_seeds(config: Config | str | os.PathLike, out_dir: str | os.PathLike, 
         data["training"]["seed"] = int(seed)
         seed_config = config_from_dict(data, source=f"(seed {seed})")
         run_dir = out_dir / f"seed-{seed}"
-        status = _train_one(seed_config, run_dir, overwrite=overwrite, progress=progress)
+        status = train_once(seed_config, run_dir, overwrite=overwrite, progress=progress)
         rows.append({"seed": int(seed), "status": status, **run_scores(run_dir)})
     rows = _sorted_rows(rows)
     for rank, row in enumerate(rows, 1):
@@ -195,7 +203,7 @@ def train_folds(config: Config | str | os.PathLike, out_dir: str | os.PathLike, 
         run_dir = out_dir / f"fold-{i}"
         logger.info("fold %d/%d: training on %s, validating on %s", i + 1, folds,
                     [s.slices for s in fold_config.data.train], [s.slices for s in fold_config.data.val or []])
-        status = _train_one(fold_config, run_dir, overwrite=overwrite, progress=progress)
+        status = train_once(fold_config, run_dir, overwrite=overwrite, progress=progress)
         scores = run_scores(run_dir)
         rows.append({"fold": i, "status": status,
                      "train_slices": [{"image": s.image, "slices": s.slices} for s in fold_config.data.train],
