@@ -139,11 +139,13 @@ def test_cli_ensemble_predict_evaluate_explain(seed_runs, tmp_path, epfl_crop):
     _, runs = seed_runs
     ens = tmp_path / "ens"
     result = runner.invoke(app, ["ensemble", str(runs.out_dir), "--out", str(ens), "--method", "weighted",
-                                 "--step", "0.25", "--top", "2", "--quiet"])
+                                 "--step", "0.25", "--top", "2", "--val", str(epfl_crop["raw"]),
+                                 str(epfl_crop["labels"]), "--val-slices", "3", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "equal-weight mean:" in result.output and "weighted:" in result.output and "best member" in result.output
     report = json.loads((ens / "ensemble.json").read_text())
     assert report["weighted"]["grid_points"] == 5 and report["top"] == 2
+    assert report["validation"] == [{"image": str(epfl_crop["raw"]), "labels": str(epfl_crop["labels"]), "slices": "3"}]
     result = runner.invoke(app, ["predict", str(ens), str(epfl_crop["raw"]), str(tmp_path / "pred.tif"), "--quiet"])
     assert result.exit_code == 0, result.output
     pred = tifffile.imread(tmp_path / "pred.tif")
@@ -164,3 +166,37 @@ def test_cli_ensemble_predict_evaluate_explain(seed_runs, tmp_path, epfl_crop):
     summary = json.loads((tmp_path / "cam" / "gradcam_summary.json").read_text())
     n = len(load_checkpoint(ens)["members"])
     assert len(summary["members"]) == n and summary["members"][0]["model"].endswith("]")
+
+
+class _FakeMember:
+    """A stand-in with the Predictor interface: fixed probabilities, 2-D or volumetric."""
+
+    def __init__(self, probs, *, volumetric=False, context_slices=1):
+        self.probs, self.classes, self.context_slices = probs, ["a", "b"], context_slices
+        self.spatial_dims = 3 if volumetric else 2
+        self.volume_calls, self.slice_calls = 0, 0
+
+    def predict_proba_volume(self, volume):
+        self.volume_calls += 1
+        return self.probs[:, : volume.shape[0]]
+
+    def predict_proba_slice(self, image):
+        self.slice_calls += 1
+        expected = (image.shape[-2], image.shape[-1]) if self.context_slices == 1 else (self.context_slices, *image.shape[-2:])
+        assert image.shape == expected
+        z = int(np.asarray(image).reshape(-1)[0]) if self.context_slices == 1 else int(image[self.context_slices // 2, 0, 0])
+        return self.probs[:, z]
+
+
+def test_volumetric_members_predict_the_whole_volume_once():
+    rng = np.random.default_rng(1)
+    p3d = rng.dirichlet([1, 1], size=(4, 2, 3)).transpose(3, 0, 1, 2).astype(np.float32)   # (K=2, Z=4, Y=2, X=3)
+    p2d = rng.dirichlet([1, 1], size=(4, 2, 3)).transpose(3, 0, 1, 2).astype(np.float32)
+    volume = np.repeat(np.arange(4)[:, None, None], 6, axis=1).reshape(4, 2, 3)          # slice z holds the value z
+    a, b = _FakeMember(p3d, volumetric=True), _FakeMember(p2d, context_slices=3)
+    ensemble = EnsemblePredictor([a, b], method="weighted", weights=[3, 1], spatial_dims=[3, 2])
+    probs = ensemble.predict_proba_volume(volume)
+    np.testing.assert_allclose(probs, 0.75 * p3d + 0.25 * p2d, rtol=1e-6)
+    assert a.volume_calls == 1 and b.slice_calls == 4 and ensemble.context_slices == 3
+    with pytest.raises(ValueError, match="same classes"):
+        EnsemblePredictor([a, type("Other", (), {"classes": ["b", "a"]})()])
