@@ -96,7 +96,7 @@ data:
   train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "{'0:3' if val else '0:4'}"}}
 {val_line}  classes: {EPFL_CLASSES}
 model: {{name: unet2d, features: {list(features)}}}
-training: {{max_minutes: 0.3, epochs: 1, iterations_per_epoch: 2, batch_size: 2, patch_size: 64}}
+training: {{max_minutes: 1, epochs: 1, iterations_per_epoch: 2, batch_size: 2, patch_size: 64}}
 """
 
 
