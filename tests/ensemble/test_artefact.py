@@ -73,9 +73,11 @@ def test_artefact_round_trip_predicts_the_manual_combination(seed_runs, tmp_path
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "pred.tif"), labels)
 
 
-def test_vote_artefact_and_mixed_members(seed_runs, tmp_path, epfl_crop):
+def test_vote_artefact_and_mixed_members(seed_runs, tmp_path, epfl_crop, monkeypatch):
     """A 2-D U-Net, a 2.5-D U-Net (3 context slices) and a random forest: each keeps its own input."""
     from emseg.models import build_model
+
+    monkeypatch.setattr("emseg.ensemble._build.MEMMAP_BYTES", 0)  # exercise the memory-mapped cache
 
     _, runs = seed_runs
     torch.manual_seed(0)
@@ -97,6 +99,8 @@ model: {{name: random-forest, n_estimators: 4, samples_per_class: 200, sigmas: [
     paths = [runs.out_dir / "seed-0", tmp_path / "ctx3.pt", tmp_path / "rf"]
     result = build_ensemble(paths, tmp_path / "vote", method="vote", progress=False)  # validation of seed-0's config
     assert result.report["validation"][0]["slices"] == "3" and len(result.report["members"]) == 3
+    rf_summary = json.loads((tmp_path / "rf" / "summary.json").read_text())
+    assert result.report["members"][2]["val_mean_iou"] == pytest.approx(rf_summary["best_val_mean_iou"], abs=1e-6)
     ensemble = Predictor.from_checkpoint(tmp_path / "vote")
     assert ensemble.context_slices == 3 and ensemble.method == "vote"
     volume = tifffile.imread(epfl_crop["raw"])[:3, :96, :128]
