@@ -204,3 +204,41 @@ def test_volumetric_members_predict_the_whole_volume_once():
     assert a.volume_calls == 1 and b.slice_calls == 4 and ensemble.context_slices == 3
     with pytest.raises(ValueError, match="same classes"):
         EnsemblePredictor([a, type("Other", (), {"classes": ["b", "a"]})()])
+
+
+def test_2d_and_3d_members_in_one_artefact(tmp_path, isbi_crop):
+    """A 3-D U-Net (whole-volume sliding window) and a 2-D U-Net on the ISBI crop, through save / load / predict."""
+    from emseg.models import build_model
+
+    classes = ["interior", "membrane"]
+    paths = []
+    for name, dims, extra in (("unet3d-thin", 3, {"inference": {"window_3d": [5, 64, 64]}}), ("unet2d", 2, {})):
+        torch.manual_seed(0)
+        net = build_model(name, in_channels=1, num_classes=2, options={"features": [4, 8]})
+        paths.append(tmp_path / f"{name}.pt")
+        save_checkpoint(paths[-1], {
+            "backend": "torch", "classes": classes, "normalization": {"mean": 120.0, "std": 40.0},
+            "model": {"name": name, "options": {"features": [4, 8]}, "in_channels": 1, "spatial_dims": dims},
+            "state": net.state_dict(), **extra,
+        })
+    volume = tifffile.imread(isbi_crop["raw"])[:6, :64, :64]
+    truth = tifffile.imread(isbi_crop["labels"])[:6, :64, :64]
+    tifffile.imwrite(tmp_path / "raw.tif", volume, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "lab.tif", truth, photometric="minisblack")
+    from emseg.ensemble import ValidationSource
+
+    result = build_ensemble(paths, tmp_path / "ens", method="mean",
+                            val=ValidationSource(str(tmp_path / "raw.tif"), str(tmp_path / "lab.tif"), "2:4"),
+                            progress=False)
+    ckpt = torch.load(result.model_path, map_location="cpu", weights_only=True)
+    assert ckpt["model"]["spatial_dims"] == 3 and result.weights == [0.5, 0.5]
+    ensemble = Predictor.from_checkpoint(tmp_path / "ens")
+    members = [Predictor.from_checkpoint(p) for p in paths]
+    assert members[0].spatial_dims == 3 and members[1].spatial_dims == 2
+    member_probs = {p.stem: m.predict_proba_volume(volume) for p, m in zip(paths, members)}
+    expected = sum(w * member_probs[n] for n, w in zip(result.names, result.weights))
+    np.testing.assert_allclose(ensemble.predict_proba_volume(volume), expected, atol=1e-5)
+    # the report's member scores are those of the members' own volume predictions on slices 2-3
+    for row in result.report["members"]:
+        scores = emseg.evaluate(member_probs[row["name"]].argmax(0)[2:4].astype(np.uint8), truth[2:4], classes=classes)
+        assert row["val_mean_iou"] == pytest.approx(scores.mean_iou, abs=1e-9)

@@ -157,7 +157,14 @@ class EnsemblePredictor(Predictor):
                 progress(1)
 
     def predict_proba_volume(self, volume: Any, *, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Combined probabilities of a whole ``(Z, Y, X)`` volume, ``(K, Z, Y, X)`` float32."""
+        """Combined probabilities of a raw ``(Z, Y, X)`` volume (or block), ``(K, Z, Y, X)`` float32.
+
+        As :meth:`Predictor.predict_proba_volume`: nothing outside the given
+        array is seen (2.5-D members take their context slices from within it).
+        """
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise ValueError(f"volume must be (Z, Y, X), got shape {volume.shape}")
         z, y, x = volume.shape
         out = np.empty((self.num_classes, z, y, x), np.float32)
         for k, p in self.iter_slices(volume, progress=progress):
