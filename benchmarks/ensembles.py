@@ -66,7 +66,7 @@ def parse_member(spec: str) -> tuple[str, str, int, dict]:
         if not sep:
             raise SystemExit(f"--models {spec!r}: options are key=value, got {item!r}")
         options[key] = yaml.safe_load(value)
-    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec.replace("@", "-s").replace(":", "-"))
+    name = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.-]+", "_", spec.replace("@", "-s").replace(":", "-"))).strip("_")
     return name, model, int(seed or 0), options
 
 
@@ -174,7 +174,7 @@ def main() -> None:
             continue
         result = build_ensemble([args.out / n for n in chosen], args.out / f"ensemble-{label}", method=method,
                                 step=args.step, overwrite=True, progress=False)
-        weights = dict(zip(result.names, result.weights))
+        weights = {n: dict(zip(result.names, result.weights)).get(n, 0.0) for n in chosen}  # 0: left out
         combined = combine_probabilities([test_probs[n] for n in result.names], method=method,
                                          weights=result.weights)
         entry = {"kind": "ensemble", "method": method, "members": chosen, "weights": weights,

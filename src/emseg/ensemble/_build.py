@@ -334,7 +334,8 @@ def build_ensemble(
             labels, _ = majority_vote([sub[i] for i in range(len(kept))])
             report["vote"] = _scores(np.bincount(truth * k + labels, minlength=k * k).reshape(k, k), classes, background)
             if method == "weighted":
-                search = grid_search_weights(sub, truth, step=step, background=background, foreground=foreground)
+                search = grid_search_weights(sub, truth, step=step, background=background, foreground=foreground,
+                                             progress=progress)
                 report["weighted"] = {"weights": search.weights.tolist(), "grid_points": len(search.grid),
                                       "ties": search.ties, **_scores(search.confusion, classes, background)}
                 weights = search.weights.tolist()

@@ -236,7 +236,7 @@ def score_weights(cache: np.ndarray, truth: np.ndarray, weights: Sequence[float]
 
 
 def grid_search_weights(cache: np.ndarray, truth: np.ndarray, *, step: float = 0.1, background: int | None = None,
-                        foreground: bool = False) -> WeightSearch:
+                        foreground: bool = False, progress: bool = False) -> WeightSearch:
     """Find the simplex weights maximising validation mean IoU (WAE-Net's weighted average).
 
     Every point of :func:`simplex_grid` is scored from the cached member
@@ -250,15 +250,20 @@ def grid_search_weights(cache: np.ndarray, truth: np.ndarray, *, step: float = 0
         step: grid step (0.1 or finer).
         background: class left out when ``foreground`` is true.
         foreground: maximise the mean over foreground classes instead of all classes.
+        progress: show a progress bar (only on a terminal).
     """
+    from emseg._progress import progress_bar
+
     m, k, n = cache.shape
     if truth.shape != (n,):
         raise ValueError(f"truth has shape {truth.shape}; expected ({n},) to match the cached probabilities")
     grid = simplex_grid(m, step=step)
     logger.info("scoring %d weight vectors (step %g) over %d members on %d validation voxels", len(grid), step, m, n)
     scores = np.empty(len(grid))
-    for i, w in enumerate(grid):
-        scores[i], _ = score_weights(cache, truth, w, background=background, foreground=foreground)
+    with progress_bar("Weights", total=len(grid), unit="vectors", enabled=progress) as advance:
+        for i, w in enumerate(grid):
+            scores[i], _ = score_weights(cache, truth, w, background=background, foreground=foreground)
+            advance(1)
     valid = np.where(np.isnan(scores), -np.inf, scores)
     best = valid.max()
     tied = np.flatnonzero(valid >= best - 1e-12)
