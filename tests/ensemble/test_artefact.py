@@ -198,7 +198,8 @@ def test_volumetric_members_predict_the_whole_volume_once():
     p2d = rng.dirichlet([1, 1], size=(4, 2, 3)).transpose(3, 0, 1, 2).astype(np.float32)
     volume = np.repeat(np.arange(4)[:, None, None], 6, axis=1).reshape(4, 2, 3)          # slice z holds the value z
     a, b = _FakeMember(p3d, volumetric=True), _FakeMember(p2d, context_slices=3)
-    ensemble = EnsemblePredictor([a, b], method="weighted", weights=[3, 1], spatial_dims=[3, 2])
+    ensemble = EnsemblePredictor([a, b], method="weighted", weights=[3, 1])
+    assert ensemble.member_dims == [3, 2] and ensemble.spatial_dims == 3
     probs = ensemble.predict_proba_volume(volume)
     np.testing.assert_allclose(probs, 0.75 * p3d + 0.25 * p2d, rtol=1e-6)
     assert a.volume_calls == 1 and b.slice_calls == 4 and ensemble.context_slices == 3
@@ -235,6 +236,7 @@ def test_2d_and_3d_members_in_one_artefact(tmp_path, isbi_crop):
     ensemble = Predictor.from_checkpoint(tmp_path / "ens")
     members = [Predictor.from_checkpoint(p) for p in paths]
     assert members[0].spatial_dims == 3 and members[1].spatial_dims == 2
+    assert ensemble.member_dims == [3, 2] and ensemble.spatial_dims == 3 and ensemble.window_3d == (5, 64, 64)
     member_probs = {p.stem: m.predict_proba_volume(volume) for p, m in zip(paths, members)}
     expected = sum(w * member_probs[n] for n, w in zip(result.names, result.weights))
     np.testing.assert_allclose(ensemble.predict_proba_volume(volume), expected, atol=1e-5)

@@ -59,12 +59,18 @@ class EnsemblePredictor(Predictor):
         One non-negative weight per member (``weighted``); normalised to sum 1.
     names
         A label per member (shown in logs and reports).
-    spatial_dims
-        Per member: 3 for members that predict whole volumes, 2 otherwise.
+    member_dims
+        Per member: 3 for members that predict whole volumes, 2 otherwise
+        (default: each member's ``spatial_dims`` attribute).
+
+    Attributes ``spatial_dims`` (3 when any member is 3-D), ``context_slices``
+    (the largest member context), ``device``, ``window``, ``window_3d`` and
+    ``overlap`` summarise the members for code written against a single
+    :class:`Predictor`.
     """
 
     def __init__(self, members: Sequence[Any], *, method: str = "mean", weights: Sequence[float] | None = None,
-                 names: Sequence[str] | None = None, spatial_dims: Sequence[int] | None = None) -> None:
+                 names: Sequence[str] | None = None, member_dims: Sequence[int] | None = None) -> None:
         # Deliberately no super().__init__: there is no single model; only the public interface is shared.
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -82,12 +88,20 @@ class EnsemblePredictor(Predictor):
         if len(self.weights) != m:
             raise ValueError(f"weights: expected {m} values (one per member), got {len(self.weights)}")
         self.names = list(names) if names is not None else [f"member-{i}" for i in range(m)]
-        self.spatial_dims = list(spatial_dims) if spatial_dims is not None else [2] * m
+        self.member_dims = (list(member_dims) if member_dims is not None
+                            else [int(getattr(p, "spatial_dims", 2)) for p in members])
         self.classes = classes
         self.context_slices = max(int(getattr(p, "context_slices", 1)) for p in members)
+        self.spatial_dims = 3 if any(_is_volumetric(p, d) for p, d in zip(members, self.member_dims)) else 2
         self.model = None
+        self.normalizer = None  # each member normalises its own input
         self.is_torch = False
         self.tta = any(getattr(p, "tta", False) for p in members)
+        self.device = getattr(members[0], "device", None)
+        self.window = getattr(members[0], "window", None)
+        self.overlap = getattr(members[0], "overlap", None)
+        windows_3d = [tuple(p.window_3d) for p in members if getattr(p, "window_3d", None) is not None]
+        self.window_3d = max(windows_3d) if windows_3d else None
 
     @classmethod
     def from_checkpoint_dict(cls, ckpt: dict[str, Any], **kwargs: Any) -> EnsemblePredictor:
@@ -95,7 +109,7 @@ class EnsemblePredictor(Predictor):
         members = [Predictor.from_checkpoint_dict(member, **kwargs) for member in ckpt["members"]]
         names = ckpt.get("member_names") or None
         dims = [int(member["model"].get("spatial_dims", 2)) for member in ckpt["members"]]
-        return cls(members, method=ckpt["method"], weights=ckpt["weights"], names=names, spatial_dims=dims)
+        return cls(members, method=ckpt["method"], weights=ckpt["weights"], names=names, member_dims=dims)
 
     def _combine(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         return combine_probabilities(probs, method=self.method, weights=self.weights)
@@ -119,7 +133,7 @@ class EnsemblePredictor(Predictor):
             raise ValueError(f"image must be (Y, X) or (C, Y, X) with odd C; got shape {image.shape}")
         centre = stack.shape[0] // 2
         probs = []
-        for member, dims, name in zip(self.members, self.spatial_dims, self.names):
+        for member, dims, name in zip(self.members, self.member_dims, self.names):
             if _is_volumetric(member, dims):
                 probs.append(np.asarray(member.predict_proba_volume(stack))[:, centre])
                 continue
@@ -140,7 +154,7 @@ class EnsemblePredictor(Predictor):
         slice with their own context slices.
         """
         volumetric = {i: np.asarray(m.predict_proba_volume(volume))
-                      for i, (m, d) in enumerate(zip(self.members, self.spatial_dims)) if _is_volumetric(m, d)}
+                      for i, (m, d) in enumerate(zip(self.members, self.member_dims)) if _is_volumetric(m, d)}
         for z in range(volume.shape[0]):
             stack = _context_stack(volume, z, self.context_slices)
             centre = self.context_slices // 2
