@@ -100,7 +100,8 @@ class EnsemblePredictor(Predictor):
         self.device = getattr(members[0], "device", None)
         self.window = getattr(members[0], "window", None)
         self.overlap = getattr(members[0], "overlap", None)
-        windows_3d = [tuple(p.window_3d) for p in members if getattr(p, "window_3d", None) is not None]
+        windows_3d = [tuple(p.window_3d) for p, d in zip(members, self.member_dims)
+                      if _is_volumetric(p, d) and getattr(p, "window_3d", None) is not None]
         self.window_3d = max(windows_3d) if windows_3d else None
 
     @classmethod
