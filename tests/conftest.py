@@ -134,3 +134,26 @@ def tiny_benchmark(tmp_path_factory, epfl_crop):
     out = folder / "out"
     results = run_benchmark(bench, out, progress=False)
     return bench, out, results
+
+
+def tiny_ensemble_config(epfl_crop, *, val: bool = True, features=(4, 8)) -> str:
+    """YAML of a tiny U-Net on the EPFL crop (tests/ensemble); ``val=False``: train on all 4 slices, no data.val."""
+    val_line = f"  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: \"3\"}}\n" if val else ""
+    return f"""
+data:
+  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "{'0:3' if val else '0:4'}"}}
+{val_line}  classes: {EPFL_CLASSES}
+model: {{name: unet2d, features: {list(features)}}}
+training: {{max_minutes: 1, epochs: 1, iterations_per_epoch: 2, batch_size: 2, patch_size: 64}}
+"""
+
+
+@pytest.fixture(scope="session")
+def seed_runs(tmp_path_factory, epfl_crop):
+    """``emseg.ensemble.train_seeds`` with seeds 0 and 1 of a tiny U-Net: (config path, SeedsResult)."""
+    from emseg.ensemble import train_seeds
+
+    out = tmp_path_factory.mktemp("seeds")
+    cfg = out / "c.yaml"
+    cfg.write_text(tiny_ensemble_config(epfl_crop))
+    return cfg, train_seeds(cfg, out / "seeds", seeds=[0, 1], progress=False)

@@ -545,7 +545,10 @@ def explain(
     if array_format not in ARRAY_FORMATS:
         raise ValueError(f"array_format {array_format!r}: expected one of {', '.join(ARRAY_FORMATS)}")
     out_dir = Path(out_dir)
-    member_dirs = [out_dir] if len(paths) == 1 else [out_dir / f"member_{i}" for i in range(len(paths))]
+    from emseg.ensemble import split_ensembles
+
+    models = split_ensembles(paths)  # an ensemble model.pt counts as its members: one map each
+    member_dirs = [out_dir] if len(models) == 1 else [out_dir / f"member_{i}" for i in range(len(models))]
     planned = [out_dir / SUMMARY_FILENAME] + [d / f"gradcam_{_safe(c)}.{ext}" for d in member_dirs for c in names
                                                for ext in (array_format, "png")]
     if not overwrite:
@@ -563,8 +566,8 @@ def explain(
         mask = _read_mask(mask_path, z, depth, raw.shape) if mask_path is not None else None
         stacks: dict[int, np.ndarray] = {1: raw}
         members = []
-        for path, member_dir in zip(paths, member_dirs):
-            predictor = Predictor.from_checkpoint(path)
+        for (path, ckpt), member_dir in zip(models, member_dirs):
+            predictor = Predictor.from_checkpoint_dict(ckpt)
             _torch_model(predictor)  # refuses random forests before any work
             context = predictor.context_slices
             if context not in stacks:

@@ -60,6 +60,11 @@ def train(
     max_minutes: Annotated[Optional[float], typer.Option(help="Override training.max_minutes.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start again in a non-empty run directory.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from last.pt in the run directory.")] = False,
+    seeds: Annotated[Optional[str], typer.Option(help="Seed ensemble: one run per seed into OUT/seed-<s>/, e.g. "
+                                                      "0,1,2,3; ranked in OUT/ranking.json.")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="K-fold cross-validation over the training slices into "
+                                                      "OUT/fold-<i>/; table in OUT/folds.json.")] = None,
+    fold_split: Annotated[str, typer.Option(help="--folds: contiguous or interleaved slice blocks.")] = "contiguous",
     quiet: _QUIET = False,
 ) -> None:
     """Train a model; the best checkpoint (by validation mean IoU) is OUT/model.pt."""
@@ -70,6 +75,11 @@ def train(
     try:
         overrides = {"training": {"max_minutes": max_minutes}} if max_minutes is not None else None
         cfg = load_config(config, overrides=overrides)
+        if seeds is not None or folds is not None:  # several runs: emseg.ensemble (resumable, skips finished runs)
+            from emseg.cli._cmd_ensemble import train_many
+
+            return train_many(cfg, out, seeds=seeds, folds=folds, fold_split=fold_split, overwrite=overwrite,
+                              progress=not quiet)
         result = _train(cfg, out, overwrite=overwrite, resume=resume, progress=not quiet)
     except _user_errors() as err:
         _fail(err)
@@ -237,9 +247,9 @@ def formats() -> None:
 
 def _register_subcommands() -> None:
     # Analysis commands live in their own modules; each adds its commands here.
-    from emseg.cli import _cmd_benchmark, _cmd_explain, _cmd_index, _cmd_objects
+    from emseg.cli import _cmd_benchmark, _cmd_ensemble, _cmd_explain, _cmd_index, _cmd_objects
 
-    for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_benchmark):
+    for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_benchmark, _cmd_ensemble):
         module.register(app)
 
 

@@ -99,8 +99,12 @@ class Predictor:
     @classmethod
     def from_checkpoint_dict(cls, ckpt: dict[str, Any], **kwargs: Any) -> Predictor:
         from emseg.models import MODELS, build_model
-        from emseg.training._checkpoint import CheckpointError
+        from emseg.training._checkpoint import ENSEMBLE_BACKEND, CheckpointError
 
+        if ckpt.get("backend") == ENSEMBLE_BACKEND:  # an ensemble artefact predicts like one model
+            from emseg.ensemble._predictor import EnsemblePredictor
+
+            return EnsemblePredictor.from_checkpoint_dict(ckpt, **kwargs)
         meta = ckpt["model"]
         spec = MODELS.get(meta["name"])
         if ckpt["backend"] != spec.backend:

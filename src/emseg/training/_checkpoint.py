@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "load_checkpoint", "resolve_model_path", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "ENSEMBLE_BACKEND", "CheckpointError", "load_checkpoint", "resolve_model_path", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "emseg-model"
 CHECKPOINT_VERSION = 1
@@ -27,6 +27,20 @@ _REQUIRED = {
     "classes": list,
     "normalization": dict,
     "state": dict,
+}
+
+
+#: An ensemble artefact (emseg.ensemble): ``classes``, ``method``, ``weights`` and
+#: ``members`` (full member checkpoints) instead of one model's weights.
+ENSEMBLE_BACKEND = "ensemble"
+_ENSEMBLE_REQUIRED = {
+    "format": str,
+    "format_version": int,
+    "backend": str,
+    "classes": list,
+    "method": str,
+    "weights": list,
+    "members": list,
 }
 
 
@@ -55,7 +69,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None
     from emseg.io import atomic_output
 
     data = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **checkpoint}
-    for key, kind in _REQUIRED.items():
+    required = _ENSEMBLE_REQUIRED if data.get("backend") == ENSEMBLE_BACKEND else _REQUIRED
+    for key, kind in required.items():
         if not isinstance(data.get(key), kind):
             raise ValueError(f"checkpoint field {key!r} must be a {kind.__name__}")
     with atomic_output(path) as tmp:
@@ -84,12 +99,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{file} has format version {data['format_version']}, newer than this emseg understands "
             f"({CHECKPOINT_VERSION}); upgrade emseg"
         )
+    if data.get("backend") == ENSEMBLE_BACKEND:
+        _check_ensemble(data, str(file))
+    else:
+        _check_fields(data, str(file))
+    return data
+
+
+def _check_fields(data: dict[str, Any], where: str) -> None:
     for key, kind in _REQUIRED.items():
         if not isinstance(data.get(key), kind):
-            raise CheckpointError(f"{file} is missing field {key!r} ({kind.__name__}); the file is damaged or incomplete")
+            raise CheckpointError(f"{where} is missing field {key!r} ({kind.__name__}); the file is damaged or incomplete")
     for key in ("name", "options", "in_channels"):
         if key not in data["model"]:
-            raise CheckpointError(f"{file} is missing field 'model.{key}'")
+            raise CheckpointError(f"{where} is missing field 'model.{key}'")
     if len(data["classes"]) < 2:
-        raise CheckpointError(f"{file}: 'classes' must list at least 2 classes")
-    return data
+        raise CheckpointError(f"{where}: 'classes' must list at least 2 classes")
+
+
+def _check_ensemble(data: dict[str, Any], where: str) -> None:
+    """An ensemble: its own fields, then every member checked like a single model."""
+    for key, kind in _ENSEMBLE_REQUIRED.items():
+        if not isinstance(data.get(key), kind):
+            raise CheckpointError(f"{where} is missing field {key!r} ({kind.__name__}); the file is damaged or incomplete")
+    members = data["members"]
+    if not members or len(data["weights"]) != len(members):
+        raise CheckpointError(f"{where}: an ensemble needs at least one member and one weight per member "
+                              f"(got {len(members)} members, {len(data['weights'])} weights)")
+    for i, member in enumerate(members):
+        name = f"{where} member {i}"
+        if not isinstance(member, dict) or member.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{name} is not an emseg model checkpoint")
+        if member.get("backend") == ENSEMBLE_BACKEND:
+            raise CheckpointError(f"{name} is itself an ensemble; nested ensembles are not supported")
+        _check_fields(member, name)
+        if list(member["classes"]) != list(data["classes"]):
+            raise CheckpointError(f"{name} has classes {member['classes']} but the ensemble has {data['classes']}")

@@ -1,0 +1,274 @@
+"""Combining members' class probabilities: mean, weighted mean, majority vote; the weight grid search.
+
+Everything here works on probabilities already computed (numpy arrays), so the
+weight search scores every candidate weight vector from one cached prediction
+per member and never runs a network twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "METHODS",
+    "WeightSearch",
+    "combine_probabilities",
+    "grid_search_weights",
+    "majority_vote",
+    "mean_iou_from_confusion",
+    "score_weights",
+    "simplex_grid",
+    "vote_probabilities",
+    "vote_tie_epsilon",
+]
+
+#: Ways of combining members: ``mean`` (equal weights), ``weighted`` (grid-searched
+#: weights, WAE-Net) and ``vote`` (per-voxel majority of the members' labels).
+METHODS = ("mean", "weighted", "vote")
+
+#: Refuse weight grids larger than this (they would take hours); use --top or a coarser step.
+MAX_GRID_POINTS = 2_000_000
+
+
+def _check_members(member_probs: Sequence[np.ndarray]) -> None:
+    if len(member_probs) == 0:
+        raise ValueError("no member probabilities: an ensemble needs at least one member")
+    shape = member_probs[0].shape
+    for i, p in enumerate(member_probs):
+        if p.shape != shape:
+            raise ValueError(f"member {i} gave probabilities of shape {p.shape}, member 0 gave {shape}; "
+                             "members must predict the same classes on the same voxels")
+
+
+def vote_tie_epsilon(num_members: int) -> float:
+    """Share of the mean probability mixed into vote fractions: ``1 / (2 (M + 1))``.
+
+    Two classes whose vote counts differ differ by at least ``1 / M`` in vote
+    fraction; mixing in ``eps`` times the mean probability (which differs by at
+    most 1) cannot reorder them when ``eps < 1 / (M + 1)``, but it does order
+    classes with equal counts by their mean probability.
+    """
+    return 1.0 / (2.0 * (num_members + 1))
+
+
+def majority_vote(member_probs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel majority of the members' argmax labels.
+
+    Args:
+        member_probs: ``M`` arrays of probabilities ``(K, ...)``.
+
+    Returns:
+        labels ``(...)`` int64 and vote fractions ``(K, ...)`` float32 (the share of
+        members voting for each class). Ties between classes with the same number
+        of votes go to the class with the highest mean probability over the
+        members; a tie in that too goes to the lowest class index.
+    """
+    _check_members(member_probs)
+    counts, mean = _vote_counts(member_probs)
+    m = len(member_probs)
+    eps = vote_tie_epsilon(m)
+    labels = np.argmax((1.0 - eps) * counts / m + eps * mean / m, axis=0)
+    return labels, (counts / m).astype(np.float32)
+
+
+def _vote_counts(member_probs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Votes per class ``(K, ...)`` and the summed probabilities ``(K, ...)``."""
+    k = member_probs[0].shape[0]
+    counts = np.zeros(member_probs[0].shape, np.float32)
+    total = np.zeros(member_probs[0].shape, np.float32)
+    index = np.arange(k).reshape((k,) + (1,) * (member_probs[0].ndim - 1))
+    for p in member_probs:
+        counts += np.argmax(p, axis=0)[None] == index
+        total += p
+    return counts, total
+
+
+def vote_probabilities(member_probs: Sequence[np.ndarray]) -> np.ndarray:
+    """The vote's "probabilities": ``(1 - eps) * vote fraction + eps * mean probability``.
+
+    ``eps`` is :func:`vote_tie_epsilon` (``1 / (2 (M + 1))``), small enough that
+    the argmax is exactly the majority label with ties broken by mean
+    probability (see :func:`majority_vote`), and the values still sum to 1 over
+    the classes, so ``argmax`` everywhere (predict, evaluate) gives the vote.
+
+    Args:
+        member_probs: ``M`` arrays ``(K, ...)``.
+
+    Returns:
+        ``(K, ...)`` float32.
+    """
+    _check_members(member_probs)
+    m = len(member_probs)
+    counts, total = _vote_counts(member_probs)
+    eps = vote_tie_epsilon(m)
+    return ((1.0 - eps) * counts / m + eps * total / m).astype(np.float32)
+
+
+def combine_probabilities(member_probs: Sequence[np.ndarray], *, method: str = "mean",
+                          weights: Sequence[float] | None = None) -> np.ndarray:
+    """Combine the members' probabilities of the same voxels.
+
+    Args:
+        member_probs: ``M`` arrays ``(K, ...)`` of class probabilities.
+        method: ``"mean"`` (equal weights), ``"weighted"`` (``sum_m w_m p_m``
+            with ``weights`` normalised to sum 1) or ``"vote"``
+            (:func:`vote_probabilities`).
+        weights: ``M`` non-negative weights (``weighted`` only; ``mean`` and
+            ``vote`` ignore them).
+
+    Returns:
+        ``(K, ...)`` float32 probabilities summing to 1 over ``K``.
+    """
+    _check_members(member_probs)
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    if method == "vote":
+        return vote_probabilities(member_probs)
+    m = len(member_probs)
+    w = np.full(m, 1.0 / m) if method == "mean" or weights is None else _normalise(weights, m)
+    out = np.zeros(member_probs[0].shape, np.float32)
+    for wi, p in zip(w, member_probs):
+        if wi:
+            out += np.float32(wi) * p
+    return out
+
+
+def _normalise(weights: Sequence[float], m: int) -> np.ndarray:
+    w = np.asarray(weights, np.float64)
+    if w.shape != (m,):
+        raise ValueError(f"weights: expected {m} values (one per member), got {list(np.ravel(w))}")
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(f"weights must be non-negative, finite and not all 0; got {w.tolist()}")
+    return w / w.sum()
+
+
+def simplex_grid(num_members: int, *, step: float = 0.1) -> np.ndarray:
+    """Every weight vector with entries in multiples of ``step`` summing to 1.
+
+    There are ``C(n + M - 1, M - 1)`` of them for ``n = 1 / step`` (66 for 3
+    members at step 0.1), in lexicographic order of the stars-and-bars bars.
+
+    Returns:
+        ``(P, M)`` float64.
+    """
+    if num_members < 1:
+        raise ValueError(f"num_members must be >= 1, got {num_members}")
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    n = round(1.0 / step)
+    if abs(n * step - 1.0) > 1e-9:
+        raise ValueError(f"step {step} does not divide 1 into equal parts; use e.g. 0.1, 0.05 or 0.25")
+    points = math.comb(n + num_members - 1, num_members - 1)
+    if points > MAX_GRID_POINTS:
+        raise ValueError(f"a weight grid of step {step} over {num_members} members has {points} points (more than "
+                         f"{MAX_GRID_POINTS}); keep fewer members (--top) or use a coarser --step")
+    rows = np.empty((points, num_members), np.float64)
+    for r, bars in enumerate(itertools.combinations(range(n + num_members - 1), num_members - 1)):
+        edges = (-1, *bars, n + num_members - 1)
+        rows[r] = [edges[i + 1] - edges[i] - 1 for i in range(num_members)]
+    return rows / n
+
+
+def mean_iou_from_confusion(confusion: np.ndarray, *, background: int | None = None,
+                            foreground: bool = False) -> float:
+    """Mean IoU over the classes present in prediction or truth (as :class:`EvaluationResult`).
+
+    Args:
+        confusion: ``(K, K)`` counts, rows = truth.
+        background: class left out when ``foreground`` is true.
+        foreground: average over the foreground classes only.
+    """
+    tp = np.diag(confusion).astype(np.float64)
+    denom = confusion.sum(0) + confusion.sum(1) - tp
+    iou = np.full(tp.shape, np.nan)
+    np.divide(tp, denom, out=iou, where=denom > 0)
+    if foreground and background is not None:
+        iou = np.delete(iou, background)
+    defined = iou[~np.isnan(iou)]
+    return float(defined.mean()) if defined.size else math.nan
+
+
+def _confusion(pred: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
+
+
+@dataclass
+class WeightSearch:
+    """Result of :func:`grid_search_weights`.
+
+    ``weights`` are the chosen weights ``(M,)``; ``score`` their validation
+    score; ``grid`` ``(P, M)`` and ``scores`` ``(P,)`` every candidate.
+    """
+
+    weights: np.ndarray
+    score: float
+    grid: np.ndarray
+    scores: np.ndarray
+    ties: int = 1
+    metric: str = "mean_iou"
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+
+
+def score_weights(cache: np.ndarray, truth: np.ndarray, weights: Sequence[float], *, background: int | None = None,
+                  foreground: bool = False) -> tuple[float, np.ndarray]:
+    """Validation mean IoU of one weighted combination of cached probabilities.
+
+    Args:
+        cache: ``(M, K, N)`` member probabilities of ``N`` labelled voxels.
+        truth: ``(N,)`` class indices (unlabelled voxels already removed).
+        weights: ``(M,)``.
+
+    Returns:
+        (score, ``(K, K)`` confusion matrix).
+    """
+    m, k, n = cache.shape
+    combined = np.tensordot(np.asarray(weights, np.float32), cache.reshape(m, k * n), axes=(0, 0)).reshape(k, n)
+    confusion = _confusion(np.argmax(combined, axis=0), truth, k)
+    return mean_iou_from_confusion(confusion, background=background, foreground=foreground), confusion
+
+
+def grid_search_weights(cache: np.ndarray, truth: np.ndarray, *, step: float = 0.1, background: int | None = None,
+                        foreground: bool = False, progress: bool = False) -> WeightSearch:
+    """Find the simplex weights maximising validation mean IoU (WAE-Net's weighted average).
+
+    Every point of :func:`simplex_grid` is scored from the cached member
+    probabilities. Among equal best scores the weights closest to equal weights
+    win (the least extreme choice), then the first in grid order.
+
+    Args:
+        cache: ``(M, K, N)`` float32 member probabilities of ``N`` labelled
+            validation voxels (a numpy array or a memory map).
+        truth: ``(N,)`` int64 class indices in ``[0, K)``.
+        step: grid step (0.1 or finer).
+        background: class left out when ``foreground`` is true.
+        foreground: maximise the mean over foreground classes instead of all classes.
+        progress: show a progress bar (only on a terminal).
+    """
+    from emseg._progress import progress_bar
+
+    m, k, n = cache.shape
+    if truth.shape != (n,):
+        raise ValueError(f"truth has shape {truth.shape}; expected ({n},) to match the cached probabilities")
+    grid = simplex_grid(m, step=step)
+    logger.info("scoring %d weight vectors (step %g) over %d members on %d validation voxels", len(grid), step, m, n)
+    scores = np.empty(len(grid))
+    with progress_bar("Weights", total=len(grid), unit="vectors", enabled=progress) as advance:
+        for i, w in enumerate(grid):
+            scores[i], _ = score_weights(cache, truth, w, background=background, foreground=foreground)
+            advance(1)
+    valid = np.where(np.isnan(scores), -np.inf, scores)
+    best = valid.max()
+    tied = np.flatnonzero(valid >= best - 1e-12)
+    distance = ((grid[tied] - 1.0 / m) ** 2).sum(1)
+    choice = int(tied[np.argmin(distance)])
+    _, confusion = score_weights(cache, truth, grid[choice], background=background, foreground=foreground)
+    return WeightSearch(weights=grid[choice], score=float(scores[choice]), grid=grid, scores=scores, ties=len(tied),
+                        metric="mean_iou_foreground" if foreground else "mean_iou", confusion=confusion)

@@ -1,0 +1,200 @@
+"""EnsemblePredictor: several members behind the :class:`~emseg.inference.Predictor` interface.
+
+Each member keeps its own normalisation, context slices and architecture (2-D,
+2.5-D, 3-D, random forest); only their class probabilities are combined.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from emseg.data._load import _context_stack
+from emseg.ensemble._combine import METHODS, combine_probabilities
+from emseg.inference._predictor import Predictor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EnsemblePredictor", "member_probabilities"]
+
+
+def _is_volumetric(predictor: Any, spatial_dims: int) -> bool:
+    return spatial_dims == 3 or getattr(predictor, "spatial_dims", 2) == 3
+
+
+def member_probabilities(predictor: Any, volume: Any, zs: Sequence[int], *, spatial_dims: int = 2) -> np.ndarray:
+    """One member's probabilities of slices ``zs`` of a ``(Z, Y, X)`` volume, ``(K, S, Y, X)``.
+
+    A 2-D (or 2.5-D) member predicts slice by slice with its own context
+    slices; a 3-D member predicts the whole volume (``predict_proba_volume``)
+    and the slices are taken from it.
+    """
+    if _is_volumetric(predictor, spatial_dims):
+        return np.asarray(predictor.predict_proba_volume(volume))[:, list(zs)]
+    context = int(getattr(predictor, "context_slices", 1))
+    slices = []
+    for z in zs:
+        image = np.asarray(volume[z]) if context == 1 else _context_stack(volume, z, context)
+        slices.append(predictor.predict_proba_slice(image))
+    return np.stack(slices, axis=1)
+
+
+class EnsemblePredictor(Predictor):
+    """Averages, weights or votes over member predictors; used like a single :class:`Predictor`.
+
+    Build it with :meth:`Predictor.from_checkpoint` on an ensemble ``model.pt``
+    (written by :func:`emseg.ensemble.build_ensemble`) or directly from member
+    predictors.
+
+    Parameters
+    ----------
+    members
+        Member predictors (:class:`Predictor` or anything with the same interface).
+    method
+        ``"mean"``, ``"weighted"`` or ``"vote"`` (see :func:`combine_probabilities`).
+    weights
+        One non-negative weight per member (``weighted``); normalised to sum 1.
+    names
+        A label per member (shown in logs and reports).
+    member_dims
+        Per member: 3 for members that predict whole volumes, 2 otherwise
+        (default: each member's ``spatial_dims`` attribute).
+
+    Attributes ``spatial_dims`` (3 when any member is 3-D), ``context_slices``
+    (the largest member context), ``device``, ``window``, ``window_3d`` and
+    ``overlap`` summarise the members for code written against a single
+    :class:`Predictor`.
+    """
+
+    def __init__(self, members: Sequence[Any], *, method: str = "mean", weights: Sequence[float] | None = None,
+                 names: Sequence[str] | None = None, member_dims: Sequence[int] | None = None) -> None:
+        # Deliberately no super().__init__: there is no single model; only the public interface is shared.
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        if method not in METHODS:
+            raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+        classes = list(members[0].classes)
+        for i, member in enumerate(members):
+            if list(member.classes) != classes:
+                raise ValueError(f"member {i} has classes {list(member.classes)} but member 0 has {classes}; "
+                                 "every member of an ensemble must predict the same classes in the same order")
+        m = len(members)
+        self.members = list(members)
+        self.method = method
+        self.weights = [1.0 / m] * m if weights is None else [float(w) for w in weights]
+        if len(self.weights) != m:
+            raise ValueError(f"weights: expected {m} values (one per member), got {len(self.weights)}")
+        self.names = list(names) if names is not None else [f"member-{i}" for i in range(m)]
+        self.member_dims = (list(member_dims) if member_dims is not None
+                            else [int(getattr(p, "spatial_dims", 2)) for p in members])
+        self.classes = classes
+        self.context_slices = max(int(getattr(p, "context_slices", 1)) for p in members)
+        self.spatial_dims = 3 if any(_is_volumetric(p, d) for p, d in zip(members, self.member_dims)) else 2
+        self.model = None
+        self.normalizer = None  # each member normalises its own input
+        self.is_torch = False
+        self.tta = any(getattr(p, "tta", False) for p in members)
+        self.device = getattr(members[0], "device", None)
+        self.window = getattr(members[0], "window", None)
+        self.overlap = getattr(members[0], "overlap", None)
+        windows_3d = [tuple(p.window_3d) for p, d in zip(members, self.member_dims)
+                      if _is_volumetric(p, d) and getattr(p, "window_3d", None) is not None]
+        self.window_3d = max(windows_3d) if windows_3d else None
+
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: dict[str, Any], **kwargs: Any) -> EnsemblePredictor:
+        """Rebuild every member from its nested checkpoint; ``kwargs`` (precision, tta, ...) go to each member."""
+        members = [Predictor.from_checkpoint_dict(member, **kwargs) for member in ckpt["members"]]
+        names = ckpt.get("member_names") or None
+        dims = [int(member["model"].get("spatial_dims", 2)) for member in ckpt["members"]]
+        return cls(members, method=ckpt["method"], weights=ckpt["weights"], names=names, member_dims=dims)
+
+    def _combine(self, probs: Sequence[np.ndarray]) -> np.ndarray:
+        return combine_probabilities(probs, method=self.method, weights=self.weights)
+
+    def predict_proba_slice(self, image: np.ndarray) -> np.ndarray:
+        """Combined class probabilities of one slice.
+
+        Args:
+            image: ``(Y, X)`` raw slice, or ``(C, Y, X)`` with ``C`` (odd) context
+                slices centred on the slice; each member gets the central
+                slices it needs (``C`` must be at least the largest member
+                context). A 3-D member sees the ``C`` slices as a small volume;
+                prefer :meth:`predict_proba_volume` for 3-D members.
+
+        Returns:
+            ``(K, Y, X)`` float32.
+        """
+        image = np.asarray(image)
+        stack = image[None] if image.ndim == 2 else image
+        if stack.ndim != 3 or stack.shape[0] % 2 != 1:
+            raise ValueError(f"image must be (Y, X) or (C, Y, X) with odd C; got shape {image.shape}")
+        centre = stack.shape[0] // 2
+        probs = []
+        for member, dims, name in zip(self.members, self.member_dims, self.names):
+            if _is_volumetric(member, dims):
+                probs.append(np.asarray(member.predict_proba_volume(stack))[:, centre])
+                continue
+            context = int(getattr(member, "context_slices", 1))
+            if context > stack.shape[0]:
+                raise ValueError(f"ensemble member {name} needs {context} context slices but the image has "
+                                 f"{stack.shape[0]}; pass a (C, Y, X) stack with C >= {self.context_slices} or use "
+                                 "iter_slices / predict_volume on the whole stack")
+            half = context // 2
+            part = stack[centre - half: centre + half + 1]
+            probs.append(member.predict_proba_slice(part[0] if context == 1 else part))
+        return self._combine(probs)
+
+    def iter_slices(self, volume: Any, *, progress: Callable[[int], None] | None = None):
+        """Yield ``(z, probabilities (K, Y, X))`` for every slice of a ``(Z, Y, X)`` volume.
+
+        3-D members predict the whole volume first; 2-D members predict each
+        slice with their own context slices.
+        """
+        volumetric = {i: np.asarray(m.predict_proba_volume(volume))
+                      for i, (m, d) in enumerate(zip(self.members, self.member_dims)) if _is_volumetric(m, d)}
+        for z in range(volume.shape[0]):
+            stack = _context_stack(volume, z, self.context_slices)
+            centre = self.context_slices // 2
+            probs = []
+            for i, member in enumerate(self.members):
+                if i in volumetric:
+                    probs.append(volumetric[i][:, z])
+                    continue
+                half = int(getattr(member, "context_slices", 1)) // 2
+                part = stack[centre - half: centre + half + 1]
+                probs.append(member.predict_proba_slice(part[0] if half == 0 else part))
+            yield z, self._combine(probs)
+            if progress is not None:
+                progress(1)
+
+    def predict_proba_volume(self, volume: Any, *, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Combined probabilities of a raw ``(Z, Y, X)`` volume (or block), ``(K, Z, Y, X)`` float32.
+
+        As :meth:`Predictor.predict_proba_volume`: nothing outside the given
+        array is seen (2.5-D members take their context slices from within it).
+        """
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise ValueError(f"volume must be (Z, Y, X), got shape {volume.shape}")
+        z, y, x = volume.shape
+        out = np.empty((self.num_classes, z, y, x), np.float32)
+        for k, p in self.iter_slices(volume, progress=progress):
+            out[:, k] = p
+        return out
+
+    def predict_volume(
+        self, volume: Any, *, probabilities: bool = False, progress: Callable[[int], None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Segment a ``(Z, Y, X)`` volume: labels ``(Z, Y, X)`` and, if asked, probabilities ``(K, Z, Y, X)``."""
+        z, y, x = volume.shape
+        labels = np.empty((z, y, x), np.uint8 if self.num_classes <= 255 else np.uint16)
+        probs = np.empty((self.num_classes, z, y, x), np.float32) if probabilities else None
+        for k, p in self.iter_slices(volume, progress=progress):
+            labels[k] = p.argmax(0)
+            if probs is not None:
+                probs[:, k] = p
+        return labels, probs
