@@ -29,7 +29,7 @@ from emseg.data import (
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
 from emseg.inference._predictor import Predictor
-from emseg.models import MODELS, build_model, count_parameters
+from emseg.models import MODELS, build_model, count_parameters, model_divisor
 from emseg.training._checkpoint import MODEL_FILENAME, load_checkpoint, save_checkpoint
 from emseg.training._losses import DiceCELoss
 
@@ -83,7 +83,7 @@ def _evaluate_slices(predictor: Predictor, val: LabelledSlices, num_classes: int
 
 
 def _checkpoint(config: Config, *, backend: str, state: dict, normalizer: Normalizer, in_channels: int,
-                training: dict[str, Any]) -> dict[str, Any]:
+                training: dict[str, Any], divisor: int = 16) -> dict[str, Any]:
     return {
         "emseg_version": __version__,
         "backend": backend,
@@ -98,7 +98,7 @@ def _checkpoint(config: Config, *, backend: str, state: dict, normalizer: Normal
         "ignore_label": config.data.ignore_label,
         "background": config.data.background,
         "normalization": normalizer.to_dict(),
-        "inference": {"window": [512, 512], "overlap": 0.25, "divisor": 16},
+        "inference": {"window": [512, 512], "overlap": 0.25, "divisor": divisor},
         "state": state,
         "training": training,
     }
@@ -212,7 +212,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                         options=config.model.options).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     predictor = Predictor(model, classes=config.data.classes, normalizer=normalizer, context_slices=in_channels,
-                          device=device, precision=tc.precision)
+                          device=device, precision=tc.precision, divisor=model_divisor(model))
     val = val_data if tc.val_max_slices is None else val_data.take(list(range(min(len(val_data), tc.val_max_slices))))
     logger.info("model %s: %.2f M parameters; %d training slices, %d validation slices; precision %s; "
                 "class weights %s", config.model.name, count_parameters(model) / 1e6, len(train_data), len(val),
@@ -295,7 +295,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                             "val_mean_iou": _nan_to_none(score if len(val) else float("nan")),
                             "config": config.model_dump(mode="json")}
                 ckpt = _checkpoint(config, backend="torch", state=model.state_dict(), normalizer=normalizer,
-                                   in_channels=in_channels, training=training)
+                                   in_channels=in_channels, training=training, divisor=model_divisor(model))
                 if improved:
                     save_checkpoint(out_dir / MODEL_FILENAME, ckpt)
                 save_checkpoint(out_dir / LAST_FILENAME, {**ckpt, "optimizer": optimizer.state_dict()})
