@@ -191,6 +191,7 @@ def demo(
 def models(quiet: _QUIET = False) -> None:
     """List the registered models with their parameter counts and FLOPs per 512x512 slice (3D: 5x256x256 window)."""
     _setup(quiet)
+    from rich.markup import escape
     from rich.table import Table
 
     from emseg.models import MODELS, model_cost
@@ -205,7 +206,7 @@ def models(quiet: _QUIET = False) -> None:
             flops = f"{cost.flops / 1e9:.1f} / {'x'.join(map(str, cost.window))}"
         else:
             params = flops = "-"
-        table.add_row(name, spec.backend, params, flops, spec.description)
+        table.add_row(name, spec.backend, params, flops, escape(spec.description))
     console.print(table)
 
 
