@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -88,6 +89,17 @@ def test_trains_predicts_and_explains(tmp_path, epfl_crop, name):
     cam = compute_grad_cam(predictor, image, class_name="mitochondrion", mask=mask)
     assert cam.layer == BOTTLENECK.get(name, "bottleneck")
     assert cam.cam.shape == (64, 80) and np.isfinite(cam.cam).all()
+    if name == "unet-resnet34":  # and the `emseg explain` command, once
+        from typer.testing import CliRunner
+
+        from emseg.cli import app
+
+        out = tmp_path / "explain"
+        res = CliRunner().invoke(app, ["explain", str(result.run_dir), str(epfl_crop["raw"]), "--class", "membrane",
+                                       "--slice", "1", "--out", str(out), "-q"])
+        assert res.exit_code == 0, res.output
+        assert np.load(out / "gradcam_membrane.npy").shape == (192, 256)
+        assert json.loads((out / "gradcam_summary.json").read_text())["members"][0]["layer"] == "bottleneck"
 
 
 # --------------------------------------------------------------------------- encoder weights
