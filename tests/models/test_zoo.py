@@ -122,6 +122,24 @@ def test_encoder_weights_round_trip(tmp_path):
     assert torch.equal(c.encoder.conv1.weight, a.encoder.conv1.weight)
 
 
+def test_encoder_weights_in_a_config_are_read_at_training_only(tmp_path, epfl_crop):
+    import emseg
+    from emseg.inference import Predictor
+
+    torch.manual_seed(123)  # not the trainer's seed: its own initialisation differs from these weights
+    source = build_model("unet-resnet18", in_channels=1, num_classes=len(EPFL_CLASSES), options=TINY_ENCODER)
+    torch.save(source.encoder.state_dict(), tmp_path / "enc.pt")
+    # relative to the config's folder; a learning rate of 1e-9 keeps the loaded weights (to 1e-6)
+    config = _config(tmp_path, epfl_crop, "unet-resnet18", {**TINY_ENCODER, "encoder_weights": "enc.pt"})
+    config.write_text(config.read_text().replace("val_max_slices: 1", "val_max_slices: 1, learning_rate: 1.0e-9"))
+    run = emseg.train(config, tmp_path / "run", progress=False)
+    (tmp_path / "enc.pt").unlink()  # prediction rebuilds from the checkpoint alone
+    predictor = Predictor.from_checkpoint(run.run_dir)
+    assert torch.allclose(predictor.model.encoder.conv1.weight, source.encoder.conv1.weight, atol=1e-6)
+    fresh = build_model("unet-resnet18", in_channels=1, num_classes=len(EPFL_CLASSES), options=TINY_ENCODER)
+    assert not torch.allclose(fresh.encoder.conv1.weight, source.encoder.conv1.weight, atol=1e-3)
+
+
 def test_encoder_weights_rgb_first_conv_is_summed(tmp_path):
     rgb = build_model("unet-vgg16", in_channels=3, num_classes=3, options=TINY_ENCODER)
     torch.save(rgb.encoder.state_dict(), tmp_path / "rgb.pt")
