@@ -286,6 +286,18 @@ def test_flops_agree_with_torch_flop_counter():
     assert count_flops(net, (1, 1, 32, 48)) == reference + 2 * bn_elements
 
 
+def test_flops_window_comes_from_the_spec():
+    from emseg.models import ModelOptions, ModelSpec
+    from emseg.models._flops import default_window
+
+    def spec(**kw):
+        return ModelSpec("x", "x", ModelOptions, lambda i, k, o: None, **kw)
+
+    assert default_window(spec()) == (512, 512)
+    assert default_window(spec(spatial_dims=3)) == (5, 256, 256)
+    assert default_window(spec(spatial_dims=3, flops_window=(3, 64, 64))) == (3, 64, 64)
+
+
 def test_model_cost_on_meta_matches_real_model():
     options, _ = ZOO["unet-resnet18"]
     real = build_model("unet-resnet18", in_channels=1, num_classes=7, options=options)
