@@ -157,6 +157,14 @@ class ModelConfig(BaseModel):
     name: str = "unet2d"
     context_slices: int = Field(default=1, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_weights(cls, data: Any, info: ValidationInfo) -> Any:
+        # model.encoder_weights (a file) resolves against the config's folder like the data paths
+        if isinstance(data, dict) and isinstance(data.get("encoder_weights"), str):
+            data = {**data, "encoder_weights": _resolve(data["encoder_weights"], info)}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         from emseg.models import MODELS, validate_model_options

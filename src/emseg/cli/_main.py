@@ -219,20 +219,24 @@ def demo(
 
 @app.command()
 def models(quiet: _QUIET = False) -> None:
-    """List the registered models with their parameter counts."""
+    """List the registered models with their parameter counts and FLOPs per 512x512 slice (3D: 5x256x256 window)."""
     _setup(quiet)
+    from rich.markup import escape
     from rich.table import Table
 
-    from emseg.models import MODELS, build_model, count_parameters
+    from emseg.models import MODELS, model_cost
 
-    table = Table("name", "backend", "parameters (1 in, 7 classes)", "description")
+    table = Table("name", "backend", "parameters (1 in, 7 classes)", "GFLOPs / window (1 multiply-add = 2)",
+                  "description")
     for name in MODELS:
         spec = MODELS.get(name)
         if spec.backend == "torch":
-            params = f"{count_parameters(build_model(name, in_channels=1, num_classes=7)) / 1e6:.2f} M"
+            cost = model_cost(name, in_channels=1, num_classes=7)  # built on the meta device: no weights allocated
+            params = f"{cost.parameters / 1e6:.2f} M"
+            flops = f"{cost.flops / 1e9:.1f} / {'x'.join(map(str, cost.window))}"
         else:
-            params = "-"
-        table.add_row(name, spec.backend, params, spec.description)
+            params = flops = "-"
+        table.add_row(name, spec.backend, params, flops, escape(spec.description))
     console.print(table)
 
 

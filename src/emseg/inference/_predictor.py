@@ -115,7 +115,7 @@ class Predictor:
             model = RandomForestSegmenter.from_state_dict(ckpt["state"])
         else:
             model = build_model(meta["name"], in_channels=meta["in_channels"], num_classes=len(ckpt["classes"]),
-                                options=meta["options"])
+                                options=meta["options"], pretrained=False)  # trained weights follow
             try:
                 model.load_state_dict(ckpt["state"])
             except RuntimeError as err:

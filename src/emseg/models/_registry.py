@@ -7,6 +7,7 @@ A new architecture is one new module plus one ``MODELS.register(...)`` line in
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,7 +15,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from emseg._registry import Registry
 
-__all__ = ["MODELS", "ModelSpec", "ModelOptions", "build_model", "validate_model_options"]
+__all__ = ["MODELS", "ModelSpec", "ModelOptions", "build_model", "load_pretrained", "validate_model_options"]
+
+# False while a model is rebuilt from a checkpoint (its weights follow) or on the meta device:
+# builders then skip reading pretrained / ``encoder_weights`` files.
+_LOAD_PRETRAINED: ContextVar[bool] = ContextVar("emseg_load_pretrained", default=True)
 
 
 class ModelOptions(BaseModel):
@@ -47,6 +52,7 @@ class ModelSpec:
     spatial_dims: int = 2
     default_patch: tuple[int, ...] | None = None
     valid_padding: bool = False
+    flops_window: tuple[int, ...] | None = None  # window `emseg models` quotes FLOPs for; None: 512x512 / 5x256x256
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -65,8 +71,23 @@ def validate_model_options(name: str, options: dict[str, Any]) -> ModelOptions:
         raise ValueError(f"invalid options for model {name!r}: {problems}. Allowed keys: {allowed}") from None
 
 
-def build_model(name: str, *, in_channels: int, num_classes: int, options: dict[str, Any] | None = None):
-    """Build a registered model from its name and (validated) options."""
+def load_pretrained() -> bool:
+    """Whether a builder should read pretrained weights now (see ``build_model(pretrained=...)``)."""
+    return _LOAD_PRETRAINED.get()
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, options: dict[str, Any] | None = None,
+                pretrained: bool = True):
+    """Build a registered model from its name and (validated) options.
+
+    ``pretrained=False`` skips reading pretrained weights (``encoder_weights``,
+    the lite0 ImageNet weights): for rebuilding a model whose trained weights
+    are loaded next, e.g. from a checkpoint.
+    """
     spec = MODELS.get(name)
     opts = validate_model_options(name, options or {})
-    return spec.builder(in_channels, num_classes, opts)
+    token = _LOAD_PRETRAINED.set(pretrained)
+    try:
+        return spec.builder(in_channels, num_classes, opts)
+    finally:
+        _LOAD_PRETRAINED.reset(token)

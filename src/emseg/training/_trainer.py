@@ -30,7 +30,7 @@ from emseg.data import (
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
 from emseg.inference._predictor import Predictor
-from emseg.models import MODELS, build_model, count_parameters
+from emseg.models import MODELS, build_model, count_parameters, model_divisor
 from emseg.training._checkpoint import MODEL_FILENAME, load_checkpoint, save_checkpoint
 from emseg.training._losses import DiceCELoss
 from emseg.training._spatial import (
@@ -95,7 +95,7 @@ def _evaluate_slices(predictor: Predictor, val: LabelledSlices, num_classes: int
 
 
 def _checkpoint(config: Config, *, backend: str, state: dict, normalizer: Normalizer, in_channels: int,
-                training: dict[str, Any]) -> dict[str, Any]:
+                training: dict[str, Any], divisor: int = 16) -> dict[str, Any]:
     return {
         "emseg_version": __version__,
         "backend": backend,
@@ -110,7 +110,7 @@ def _checkpoint(config: Config, *, backend: str, state: dict, normalizer: Normal
         "ignore_label": config.data.ignore_label,
         "background": config.data.background,
         "normalization": normalizer.to_dict(),
-        "inference": {"window": [512, 512], "overlap": 0.25, "divisor": 16, **inference_metadata(config)},
+        "inference": {"window": [512, 512], "overlap": 0.25, "divisor": divisor, **inference_metadata(config)},
         "state": state,
         "training": training,
     }
@@ -229,7 +229,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     criterion = with_aux_heads(criterion, model)  # hybrid2d3d: 3-D loss + c2d x 2-D head loss
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     predictor = Predictor(model, classes=config.data.classes, normalizer=normalizer, context_slices=in_channels,
-                          device=device, precision=tc.precision, window_3d=inference_metadata(config).get("window_3d"))
+                          device=device, precision=tc.precision, divisor=model_divisor(model),
+                          window_3d=inference_metadata(config).get("window_3d"))
     val = val_data if tc.val_max_slices is None else val_data.take(list(range(min(len(val_data), tc.val_max_slices))))
     logger.info("model %s: %.2f M parameters; %d training slices, %d validation slices; precision %s; "
                 "class weights %s", config.model.name, count_parameters(model) / 1e6, len(train_data), len(val),
@@ -312,7 +313,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                             "val_mean_iou": _nan_to_none(score if len(val) else float("nan")),
                             "config": config.model_dump(mode="json")}
                 ckpt = _checkpoint(config, backend="torch", state=model.state_dict(), normalizer=normalizer,
-                                   in_channels=in_channels, training=training)
+                                   in_channels=in_channels, training=training, divisor=model_divisor(model))
                 if improved:
                     save_checkpoint(out_dir / MODEL_FILENAME, ckpt)
                 save_checkpoint(out_dir / LAST_FILENAME, {**ckpt, "optimizer": optimizer.state_dict()})
