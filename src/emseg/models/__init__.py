@@ -197,6 +197,7 @@ MODELS.register(
         UNetOriginalOptions,
         _build_unet_original,
         valid_padding=True,
+        flops_window=(572, 572),  # a valid input size (512 is not)
     ),
 )
 
