@@ -60,16 +60,17 @@ def train(
     max_minutes: Annotated[Optional[float], typer.Option(help="Override training.max_minutes.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start again in a non-empty run directory.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from last.pt in the run directory.")] = False,
+    recipe: Annotated[Optional[str], typer.Option(help="Training preset (see 'emseg recipes'); CONFIG's keys override it.")] = None,
     quiet: _QUIET = False,
 ) -> None:
-    """Train a model; the best checkpoint (by validation mean IoU) is OUT/model.pt."""
+    """Train a model; the best checkpoint (by training.checkpoint_metric, default validation mean IoU) is OUT/model.pt."""
     _setup(quiet)
     from emseg.config import load_config
     from emseg.training import train as _train
 
     try:
         overrides = {"training": {"max_minutes": max_minutes}} if max_minutes is not None else None
-        cfg = load_config(config, overrides=overrides)
+        cfg = load_config(config, overrides=overrides, recipe=recipe)
         result = _train(cfg, out, overwrite=overwrite, resume=resume, progress=not quiet)
     except _user_errors() as err:
         _fail(err)
@@ -217,9 +218,9 @@ def formats() -> None:
 
 def _register_subcommands() -> None:
     # Analysis commands live in their own modules; each adds its commands here.
-    from emseg.cli import _cmd_explain, _cmd_index, _cmd_objects
+    from emseg.cli import _cmd_explain, _cmd_index, _cmd_objects, _cmd_recipes, _cmd_weights
 
-    for module in (_cmd_objects, _cmd_index, _cmd_explain):
+    for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_recipes, _cmd_weights):
         module.register(app)
 
 

@@ -1,6 +1,6 @@
 """Loading labelled slices, normalisation, patch sampling and augmentation."""
 
-from emseg.data._augment import augment_batch
+from emseg.data._augment import augment_batch, epoch_elastic_field
 from emseg.data._load import (
     IGNORE_INDEX,
     DataError,
@@ -18,6 +18,7 @@ __all__ = [
     "Normalizer",
     "PatchSampler",
     "augment_batch",
+    "epoch_elastic_field",
     "class_frequencies",
     "load_training_data",
 ]

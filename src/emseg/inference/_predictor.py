@@ -42,6 +42,10 @@ class Predictor:
     tta
         Test-time augmentation: average the probabilities of the slice and its
         three flips (4x the compute).
+    grain_filter
+        Area thresholds of the grain-filter input channels the model was trained
+        with (``preprocess.grain_filter``): the filtered copies of the centre
+        slice are appended after the context slices (cached per slice content).
     """
 
     def __init__(
@@ -58,8 +62,13 @@ class Predictor:
         device: torch.device | None = None,
         precision: str = "auto",
         tta: bool = False,
+        grain_filter: list[int] | tuple[int, ...] = (),
     ) -> None:
+        from emseg.data._grain import GrainFilterCache
+
         self.model = model
+        self.grain_filter = [int(a) for a in grain_filter]
+        self._grains = GrainFilterCache(self.grain_filter) if self.grain_filter else None
         self.tta = tta
         self.classes = list(classes)
         self.normalizer = normalizer
@@ -106,6 +115,7 @@ class Predictor:
         inference = ckpt.get("inference", {})
         kwargs.setdefault("window", tuple(inference.get("window", (512, 512))))
         kwargs.setdefault("overlap", inference.get("overlap", 0.25))
+        kwargs.setdefault("grain_filter", list(ckpt.get("preprocess", {}).get("grain_filter", [])))
         return cls(
             model,
             classes=ckpt["classes"],
@@ -133,6 +143,10 @@ class Predictor:
         Returns:
             ``(K, Y, X)`` float32 probabilities summing to 1 over ``K``.
         """
+        if self._grains is not None:
+            from emseg.data._grain import add_grain_channels, centre_slice
+
+            image = add_grain_channels(np.asarray(image), self.grain_filter, self._grains(centre_slice(np.asarray(image))))
         x = self.normalizer(image)
         if x.ndim == 2:
             x = x[None]
