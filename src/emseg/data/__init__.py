@@ -10,6 +10,7 @@ from emseg.data._load import (
 )
 from emseg.data._normalize import Normalizer
 from emseg.data._sampling import PatchSampler
+from emseg.data._weights import guay_weight_map, unet_border_weight_map
 
 __all__ = [
     "IGNORE_INDEX",
@@ -20,5 +21,7 @@ __all__ = [
     "augment_batch",
     "epoch_elastic_field",
     "class_frequencies",
+    "guay_weight_map",
     "load_training_data",
+    "unet_border_weight_map",
 ]
