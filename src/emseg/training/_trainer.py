@@ -347,7 +347,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                     save_checkpoint(out_dir / MODEL_FILENAME, ckpt)
                 save_checkpoint(out_dir / LAST_FILENAME, {**ckpt, "optimizer": optimizer.state_dict()})
                 logger.info("epoch %d: loss %.4f%s", epoch, record["train_loss"],
-                            f", val mean IoU {val_iou:.3f}; {metric} {history[-1]} (best epoch {best_epoch})" if len(val) else "")
+                            (f", val mean IoU {val_iou:.3f}" + (f", {metric} {history[-1]:.4g}" if metric != "val_mean_iou" and history[-1] is not None else "")
+                             + f" (best epoch {best_epoch})") if len(val) else "")
                 if stop_reason == "time limit":
                     break
                 stop = _early_stop(tc, epoch=epoch, best_epoch=best_epoch, val_iou=val_iou if len(val) else None)
