@@ -324,6 +324,16 @@ class TrainingConfig(_Strict):
     def _square(cls, value: Any) -> Any:
         return [value, value] if isinstance(value, int) else value
 
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_shorthand(cls, value: Any) -> Any:
+        # `loss: focal` or `loss: [focal, dice]` mean weight 1 each
+        if isinstance(value, str):
+            return {value: 1.0}
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return {v: 1.0 for v in value}
+        return value
+
     @field_validator("patch_size")
     @classmethod
     def _multiple(cls, value: list[int]) -> list[int]:

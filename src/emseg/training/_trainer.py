@@ -133,9 +133,11 @@ def train(
 
     Args:
         config: a :class:`~emseg.config.Config` or the path of a YAML file.
-        out_dir: run directory; receives ``model.pt`` (best by validation mean
-            IoU), ``last.pt`` (for ``resume``), ``metrics.jsonl`` (one line per
-            epoch), ``config.yaml`` and ``summary.json``.
+        out_dir: run directory; receives ``model.pt`` (best by
+            ``training.checkpoint_metric``, default validation mean IoU),
+            ``last.pt`` (for ``resume``), ``metrics.jsonl`` (one line per
+            epoch), ``config.yaml``, ``summary.json`` and, with
+            ``training.weight_map``, the cached ``weight_maps.npz``.
         overwrite: start again in a non-empty run directory.
         resume: continue from ``last.pt`` in ``out_dir``.
         progress: show a progress bar (only on a terminal).
