@@ -24,8 +24,8 @@ from emseg.data import (
     Normalizer,
     PatchSampler,
     augment_batch,
-    epoch_elastic_field,
     class_frequencies,
+    epoch_elastic_field,
     load_training_data,
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
@@ -281,7 +281,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
             while epoch < tc.epochs:
                 model.train()
                 losses = []
-                plateau = plateau_scale(history, factor=tc.plateau_factor, patience=tc.plateau_patience, mode=mode)
+                plateau = plateau_scale(history, factor=tc.plateau_factor, patience=tc.plateau_patience,
+                                        mode=mode if len(val) else "min")
                 epoch_field = epoch_elastic_field(tc.augment, tuple(tc.patch_size), rng)
                 for _ in range(tc.iterations_per_epoch):
                     if time.perf_counter() - start + val_seconds >= budget:
@@ -333,7 +334,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                     history.append(_nan_to_none(value))
                 else:
                     score = -float(np.mean(losses))  # no validation data: keep the lowest training loss
-                    history.append(score)
+                    history.append(-score)
                 _metrics_line(out_dir / "metrics.jsonl", record)
                 improved = not math.isnan(score) and score > best
                 if improved:
