@@ -146,3 +146,26 @@ def test_mean_auc_matches_sklearn_macro_ovr():
     # a class absent from the truth is left out
     assert mean_auc(probs, np.where(truth == 2, 0, truth)) == pytest.approx(
         np.mean([roc_auc_score(np.where(truth == 2, 0, truth) == k, probs[:, k]) for k in (0, 1)]))
+
+
+def test_resume_keeps_the_plateau_history_and_weight_map_cache(tmp_path, epfl_crop):
+    cfg = _config(tmp_path, epfl_crop, "{name: unet2d, features: [4, 8]}",
+                  "weight_map: {kind: unet_border, w0: 5, sigma: 3, foreground: [2]}, lr_schedule: plateau, "
+                  "plateau_patience: 1, plateau_factor: 0.5, learning_rate: 0.01, checkpoint_metric: val_mean_f1")
+    run = tmp_path / "run"
+    emseg.train(cfg, run, progress=False)
+    cache = (run / WEIGHT_CACHE).stat().st_mtime_ns
+    first = load_checkpoint(run / "last.pt")["training"]
+    assert len(first["history"]) == 2 and first["checkpoint_metric"] == "val_mean_f1"
+    cfg.training.epochs = 4
+    emseg.train(cfg, run, resume=True, progress=False)
+    records = _records(run)
+    last = load_checkpoint(run / "last.pt")["training"]
+    assert len(records) == 4 and len(last["history"]) == 4 and last["history"][:2] == first["history"]
+    assert (run / WEIGHT_CACHE).stat().st_mtime_ns == cache  # reused, not recomputed
+    # the rate of epoch k follows the plateau rule on the F1 history of the epochs before it
+    from emseg.training._schedules import plateau_scale
+
+    for k in (2, 3):
+        scale = plateau_scale(last["history"][:k], factor=0.5, patience=1)
+        assert records[k]["lr"] == pytest.approx(0.01 * scale)

@@ -45,7 +45,8 @@ class Predictor:
     grain_filter
         Area thresholds of the grain-filter input channels the model was trained
         with (``preprocess.grain_filter``): the filtered copies of the centre
-        slice are appended after the context slices (cached per slice content).
+        slice are appended after the context slices (cached per slice content,
+        the last ``grain_cache`` slices).
     """
 
     def __init__(
@@ -63,12 +64,13 @@ class Predictor:
         precision: str = "auto",
         tta: bool = False,
         grain_filter: list[int] | tuple[int, ...] = (),
+        grain_cache: int = 8,
     ) -> None:
         from emseg.data._grain import GrainFilterCache
 
         self.model = model
         self.grain_filter = [int(a) for a in grain_filter]
-        self._grains = GrainFilterCache(self.grain_filter) if self.grain_filter else None
+        self._grains = GrainFilterCache(self.grain_filter, max_entries=grain_cache) if self.grain_filter else None
         self.tta = tta
         self.classes = list(classes)
         self.normalizer = normalizer

@@ -238,7 +238,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                                 weight_decay_groups=tc.weight_decay_groups, momentum=tc.momentum, nesterov=tc.nesterov)
     predictor = Predictor(model, classes=config.data.classes, normalizer=normalizer,
                           context_slices=config.model.context_slices, grain_filter=grain,
-                          device=device, precision=tc.precision)
+                          grain_cache=len(val_data) + 1, device=device, precision=tc.precision)
     metric, mode = tc.checkpoint_metric, METRIC_MODES[tc.checkpoint_metric]
     history: list[float | None] = []  # checkpoint metric per epoch (plateau schedule)
     val = val_data if tc.val_max_slices is None else val_data.take(list(range(min(len(val_data), tc.val_max_slices))))
