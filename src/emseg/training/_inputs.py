@@ -15,7 +15,7 @@ from emseg.data._weights import weight_maps_for_slices
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WEIGHT_CACHE", "add_grain_channels", "centre_slice", "weight_maps", "write_weight_maps"]
+__all__ = ["WEIGHT_CACHE", "add_grain_channels", "centre_slice", "weight_maps", "with_grain_channels", "write_weight_maps"]
 
 WEIGHT_CACHE = "weight_maps.npz"
 
@@ -105,3 +105,18 @@ def write_weight_maps(config: Any, out: str | Path, *, every_entry: bool = False
         logger.info("weight map %s: shape %s, range %.3g..%.3g", path, volume.shape,
                     min(float(m.min()) for m in maps), max(float(m.max()) for m in maps))
     return paths
+
+
+def with_grain_channels(images: list[np.ndarray], areas: list[int], *, progress: bool = False) -> list[np.ndarray]:
+    """:func:`add_grain_channels` of every training slice, computed once (a progress bar for the slow part)."""
+    if not areas:
+        return [add_grain_channels(im, areas) for im in images]
+    from emseg._progress import progress_bar
+
+    logger.info("grain filter %s: %d slices (tree of shapes, once per slice)", areas, len(images))
+    out = []
+    with progress_bar("Grain filter", total=len(images), enabled=progress) as advance:
+        for im in images:
+            out.append(add_grain_channels(im, areas))
+            advance(1)
+    return out

@@ -33,7 +33,7 @@ from emseg.inference._predictor import Predictor
 from emseg.models import MODELS, build_model, count_parameters
 from emseg.training._checkpoint import MODEL_FILENAME, load_checkpoint, save_checkpoint
 from emseg.training._criterion import build_criterion, multi_head
-from emseg.training._inputs import add_grain_channels, weight_maps
+from emseg.training._inputs import weight_maps, with_grain_channels
 from emseg.training._optim import build_optimizer
 from emseg.training._schedules import learning_rate, plateau_scale
 from emseg.training._validation import METRIC_MODES, validate
@@ -211,7 +211,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     in_channels = config.model.context_slices + len(grain)
 
     normalizer = Normalizer.fit(train_data.images)
-    norm_images = [normalizer(add_grain_channels(im, grain)) for im in train_data.images]
+    norm_images = [normalizer(im) for im in with_grain_channels(train_data.images, grain, progress=progress)]
     wmaps = val_wmaps = None
     if tc.weight_map is not None:
         spec = tc.weight_map.model_dump(mode="json")
