@@ -87,3 +87,42 @@ def test_parse_slices(text, depth, expected):
 def test_parse_slices_errors(text, match):
     with pytest.raises(ValueError, match=match):
         parse_slices(text, 5)
+
+
+def _recipe_cfg(tmp_path, epfl_crop, training: dict | None = None, **top):
+    from emseg.config import config_from_dict
+
+    return config_from_dict({
+        "data": {"train": {"image": str(epfl_crop["raw"]), "labels": str(epfl_crop["labels"])}, "classes": ["a", "b", "c"]},
+        "training": training or {}, **top})
+
+
+def test_recipe_keys_defaults_keep_todays_behaviour(tmp_path, epfl_crop):
+    cfg = _recipe_cfg(tmp_path, epfl_crop)
+    tc = cfg.training
+    assert (tc.loss, tc.weight_map, tc.optimizer, tc.lr_schedule, tc.warmup_fraction) == (None, None, "adam", "cosine", 0.0)
+    assert tc.checkpoint_metric == "val_mean_iou" and tc.early_stopping_patience is None and tc.abandon_below is None
+    assert tc.patch_sampling.mode == "foreground" and cfg.preprocess.grain_filter == []
+    assert _recipe_cfg(tmp_path, epfl_crop, {"loss": "focal"}).training.loss == {"focal": 1.0}
+    assert _recipe_cfg(tmp_path, epfl_crop, {"loss": ["focal", "dice"]}).training.loss == {"focal": 1.0, "dice": 1.0}
+
+
+@pytest.mark.parametrize("training, top, message", [
+    ({"optimizer": "adamw"}, {}, "training.optimizer"),
+    ({"lr_schedule": "step"}, {}, "training.lr_schedule"),
+    ({"checkpoint_metric": "val_iou"}, {}, "training.checkpoint_metric"),
+    ({"augment": {"rotaton": 10}}, {}, "Did you mean 'rotation'"),
+    ({"augment": {"elastic": "yes"}}, {}, "training.augment.elastic"),
+    ({"patch_sampling": {"mode": "grid", "spacing": [0, 4]}}, {}, "spacing must be >= 1"),
+    ({"patch_sampling": {"labeled_fraction": 0.5}}, {}, "Did you mean 'labelled_fraction'"),
+    ({"abandon_below": {"epochs": 3, "score": 1.5}}, {}, "training.abandon_below.score"),
+    ({"weight_map": {"kind": "gauy"}}, {}, "training.weight_map.kind"),
+    ({"weight_map": {"kind": "unet_border", "edge_terms": [{"source": 1, "target": 0}]}}, {}, "edge_terms belong"),
+    ({"nesterov": True}, {}, "nesterov applies to optimizer 'sgd'"),
+    ({"warmup_fraction": 1.0}, {}, "training.warmup_fraction"),
+    ({}, {"preprocess": {"grain_filter": [0]}}, "grain_filter areas must be >= 1"),
+    ({}, {"preprocess": {"grain_filtre": [10]}}, "Did you mean 'grain_filter'"),
+])
+def test_recipe_keys_are_validated(tmp_path, epfl_crop, training, top, message):
+    with pytest.raises(ConfigError, match=message):
+        _recipe_cfg(tmp_path, epfl_crop, training, **top)

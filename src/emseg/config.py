@@ -39,6 +39,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelConfig",
+    "PreprocessConfig",
     "TrainingConfig",
     "VolumeSource",
     "load_config",
@@ -189,6 +190,94 @@ class AugmentConfig(_Strict):
     transpose: bool = True
     brightness: float = Field(default=0.1, ge=0.0, description="max additive shift, in std units")
     contrast: float = Field(default=0.1, ge=0.0, lt=1.0, description="max relative contrast change")
+    # Continuous transforms (data/_geometric.py): off by default; each is applied to a patch with
+    # probability ``spatial_probability``; labels follow by nearest neighbour, weight maps linearly.
+    rotation: float = Field(default=0.0, ge=0.0, le=180.0, description="free rotation: max angle in degrees (0 = off)")
+    zoom: list[float] | None = Field(default=None, min_length=2, max_length=2, description="zoom factor range, e.g. [0.8, 1.25]")
+    grid_distortion: float = Field(default=0.0, ge=0.0, lt=1.0, description="albumentations-style distort_limit (0 = off)")
+    grid_steps: int = Field(default=5, ge=2, description="grid distortion: cells per axis")
+    elastic: Literal["off", "simard", "guay"] = Field(
+        default="off", description="elastic deformation: per-patch Simard field, or Guay's one coarse field per epoch")
+    elastic_alpha: float = Field(default=30.0, ge=0.0, description="elastic displacement scale in pixels")
+    elastic_sigma: float = Field(default=6.0, gt=0.0, description="simard: Gaussian smoothing (pixels); guay: grid spacing / 4")
+    noise_std: float = Field(default=0.0, ge=0.0, description="additive Gaussian noise std (normalised units)")
+    spatial_probability: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    @field_validator("zoom")
+    @classmethod
+    def _zoom(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not (0 < value[0] <= value[1]):
+            raise ValueError(f"zoom must be [low, high] with 0 < low <= high, e.g. [0.8, 1.25]; got {value}")
+        return value
+
+
+class EdgeTermConfig(_Strict):
+    """One Guay edge-preserving weight term (see :func:`emseg.data.guay_weight_map`)."""
+
+    source: list[int] = Field(min_length=1)
+    target: list[int] = Field(min_length=1)
+    alpha: float = Field(default=1.0, ge=0.0)
+    c: float = Field(default=0.1, ge=0.0, lt=1.0)
+    sigma: float = Field(default=2.0, gt=0.0)
+
+    @field_validator("source", "target", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+
+class WeightMapConfig(_Strict):
+    """Per-pixel loss weights fed to ``weighted_ce``: ``guay`` or ``unet_border`` (Ronneberger)."""
+
+    kind: Literal["guay", "unet_border"]
+    w0: float | None = Field(default=None, ge=0.0, description="guay: constant term (default 1); unet_border: border weight (default 10)")
+    class_balance: bool = True
+    edge_terms: list[EdgeTermConfig] = []
+    sigma: float = Field(default=5.0, gt=0.0, description="unet_border: border width in pixels")
+    foreground: list[int] = Field(default=[1], min_length=1, description="unet_border: classes forming instances")
+
+    @field_validator("foreground", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> WeightMapConfig:
+        if self.kind == "unet_border" and self.edge_terms:
+            raise ValueError("edge_terms belong to kind 'guay'; kind 'unet_border' uses w0, sigma, foreground")
+        return self
+
+
+class PatchSamplingConfig(_Strict):
+    """Where training windows are drawn.
+
+    ``foreground`` (default): ``training.foreground_oversampling`` of the patches are centred on a
+    foreground class; ``labelled`` (Meyer et al.): ``labelled_fraction`` of the windows must contain
+    labelled foreground, the rest anywhere; ``grid`` (Guay et al.): windows on a regular grid with
+    ``spacing`` ``[sy, sx]`` pixels, shuffled each epoch.
+    """
+
+    mode: Literal["foreground", "labelled", "grid"] = "foreground"
+    labelled_fraction: float = Field(default=0.8, ge=0.0, le=1.0)
+    spacing: list[int] | None = Field(default=None, min_length=2, max_length=2)
+
+    @field_validator("spacing", mode="before")
+    @classmethod
+    def _square(cls, value: Any) -> Any:
+        return [value, value] if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> PatchSamplingConfig:
+        if self.spacing is not None and any(v < 1 for v in self.spacing):
+            raise ValueError(f"spacing must be >= 1 pixel per axis, got {self.spacing}")
+        return self
+
+
+class AbandonConfig(_Strict):
+    """Guay's rule: stop a run whose validation mean IoU is below ``score`` after ``epochs`` epochs."""
+
+    epochs: int = Field(ge=1)
+    score: float = Field(ge=0.0, le=1.0)
 
 
 class TrainingConfig(_Strict):
@@ -204,7 +293,26 @@ class TrainingConfig(_Strict):
     )
     learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-5, ge=0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "constant", "exponential", "plateau"] = "cosine"
+    optimizer: Literal["adam", "radam", "sgd"] = "adam"
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="sgd only")
+    nesterov: bool = Field(default=False, description="sgd only")
+    warmup_fraction: float = Field(default=0.0, ge=0.0, lt=1.0, description="linear warm-up over this fraction of the budget")
+    lr_decay_rate: float = Field(default=0.96, gt=0.0, le=1.0, description="exponential: lr * rate ** (step / lr_decay_steps)")
+    lr_decay_steps: int = Field(default=1000, ge=1)
+    plateau_factor: float = Field(default=0.25, gt=0.0, lt=1.0, description="plateau: multiply lr by this (0.25 = divide by 4)")
+    plateau_patience: int = Field(default=10, ge=1, description="plateau: epochs without improvement before a cut")
+    weight_decay_groups: dict[str, float] = Field(
+        default={}, description="L2 per parameter group of models exposing param_groups(); others use weight_decay")
+    loss: dict[str, Any] | None = Field(
+        default=None, description="loss name -> weight or {weight, options}; default: ce (class_weights) + dice")
+    aux_loss_weights: dict[str, float] | None = Field(
+        default=None, description="weights of auxiliary heads of multi-head models (default aux2d: 0.33)")
+    weight_map: WeightMapConfig | None = None
+    checkpoint_metric: Literal["val_mean_iou", "val_loss", "val_mean_f1", "val_auc"] = "val_mean_iou"
+    early_stopping_patience: int | None = Field(default=None, ge=1, description="epochs without improvement")
+    abandon_below: AbandonConfig | None = None
+    patch_sampling: PatchSamplingConfig = PatchSamplingConfig()
     seed: int = 0
     foreground_oversampling: float = Field(
         default=0.5, ge=0.0, le=1.0,
@@ -227,6 +335,16 @@ class TrainingConfig(_Strict):
     def _square(cls, value: Any) -> Any:
         return [value, value] if isinstance(value, int) else value
 
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_shorthand(cls, value: Any) -> Any:
+        # `loss: focal` or `loss: [focal, dice]` mean weight 1 each
+        if isinstance(value, str):
+            return {value: 1.0}
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return {v: 1.0 for v in value}
+        return value
+
     @field_validator("patch_size")
     @classmethod
     def _multiple(cls, value: list[int]) -> list[int]:
@@ -237,12 +355,36 @@ class TrainingConfig(_Strict):
         return value
 
 
+class PreprocessConfig(_Strict):
+    """Input preprocessing stored with the model and applied identically at prediction time.
+
+    ``grain_filter: [650, 3200]`` adds one self-dual area-filtered copy of the
+    (centre) slice per area threshold, in pixels, as extra input channels after
+    the ``model.context_slices`` channels (Meyer et al.).
+    """
+
+    grain_filter: list[int] = Field(default=[], description="area thresholds in pixels (one extra channel each)")
+
+    @field_validator("grain_filter", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("grain_filter")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError(f"grain_filter areas must be >= 1 pixel, got {value}")
+        return value
+
+
 class Config(_Strict):
     """A whole training configuration."""
 
     data: DataConfig
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -263,6 +405,9 @@ class Config(_Strict):
         if spatial_dims == 3 and self.model.context_slices != 1:
             raise ValueError(f"model.context_slices must be 1 for the 3-D model {self.model.name!r} "
                              f"(it sees neighbouring sections through its window), got {self.model.context_slices}")
+        from emseg.training._recipe_checks import check_training_config  # loss names, class indices
+
+        check_training_config(self)
         return self
 
 
@@ -312,12 +457,15 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | os.PathLike | None
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None,
+                recipe: str | None = None) -> Config:
     """Load and validate a YAML configuration file.
 
     Args:
         path: the YAML file.
         overrides: nested mapping merged over the file's content (e.g. from CLI flags).
+        recipe: name of a training preset (``emseg recipes``) merged *under* the
+            file: the file's keys win.
 
     Raises:
         ConfigError: unreadable YAML, unknown keys, wrong types, missing files.
@@ -331,6 +479,10 @@ def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = N
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if overrides:
         data = _merge(data, overrides)
+    if recipe is not None:
+        from emseg.training._recipes import apply_recipe
+
+        data = apply_recipe(recipe, data)
     return config_from_dict(data, base_dir=path.resolve().parent, source=f"in {path}")
 
 

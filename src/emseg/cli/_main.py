@@ -65,16 +65,17 @@ def train(
     folds: Annotated[Optional[int], typer.Option(help="K-fold cross-validation over the training slices into "
                                                       "OUT/fold-<i>/; table in OUT/folds.json.")] = None,
     fold_split: Annotated[str, typer.Option(help="--folds: contiguous or interleaved slice blocks.")] = "contiguous",
+    recipe: Annotated[Optional[str], typer.Option(help="Training preset (see 'emseg recipes'); CONFIG's keys override it.")] = None,
     quiet: _QUIET = False,
 ) -> None:
-    """Train a model; the best checkpoint (by validation mean IoU) is OUT/model.pt."""
+    """Train a model; the best checkpoint (by training.checkpoint_metric, default validation mean IoU) is OUT/model.pt."""
     _setup(quiet)
     from emseg.config import load_config
     from emseg.training import train as _train
 
     try:
         overrides = {"training": {"max_minutes": max_minutes}} if max_minutes is not None else None
-        cfg = load_config(config, overrides=overrides)
+        cfg = load_config(config, overrides=overrides, recipe=recipe)
         if seeds is not None or folds is not None:  # several runs: emseg.ensemble (resumable, skips finished runs)
             from emseg.cli._cmd_ensemble import train_many
 
@@ -251,9 +252,11 @@ def formats() -> None:
 
 def _register_subcommands() -> None:
     # Analysis commands live in their own modules; each adds its commands here.
-    from emseg.cli import _cmd_benchmark, _cmd_ensemble, _cmd_explain, _cmd_index, _cmd_objects
+    from emseg.cli import (_cmd_benchmark, _cmd_ensemble, _cmd_explain, _cmd_index, _cmd_objects, _cmd_recipes,
+                           _cmd_weights)
 
-    for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_benchmark, _cmd_ensemble):
+    for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_benchmark, _cmd_ensemble, _cmd_recipes,
+                   _cmd_weights):
         module.register(app)
 
 

@@ -1,6 +1,6 @@
 """Loading labelled slices, normalisation, patch sampling and augmentation."""
 
-from emseg.data._augment import augment_batch
+from emseg.data._augment import augment_batch, epoch_elastic_field
 from emseg.data._load import (
     IGNORE_INDEX,
     DataError,
@@ -16,6 +16,7 @@ from emseg.data._volume_sampling import (
     augment_volume_batch,
     load_training_volumes,
 )
+from emseg.data._weights import guay_weight_map, unet_border_weight_map
 
 __all__ = [
     "IGNORE_INDEX",
@@ -27,7 +28,10 @@ __all__ = [
     "VolumePatchSampler",
     "augment_batch",
     "augment_volume_batch",
+    "epoch_elastic_field",
     "class_frequencies",
+    "guay_weight_map",
     "load_training_data",
     "load_training_volumes",
+    "unet_border_weight_map",
 ]

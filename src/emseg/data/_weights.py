@@ -20,7 +20,7 @@ from scipy import ndimage
 from emseg._registry import suggest
 from emseg.data._load import IGNORE_INDEX
 
-__all__ = ["EdgeTerm", "class_balance_weights", "guay_weight_map", "unet_border_weight_map"]
+__all__ = ["EdgeTerm", "class_balance_weights", "guay_weight_map", "unet_border_weight_map", "weight_maps_for_slices"]
 
 # exp(-t**2 / (2 sigma**2)) < 1e-6 for t > sigma * sqrt(2 ln 1e6) ~ 5.26 sigma: beyond this
 # distance an instance cannot change the Ronneberger border term by more than 1e-6 * w0.
@@ -297,3 +297,52 @@ def unet_border_weight_map(
         weights[z][keep] += border[keep]
     out = weights.astype(np.float32)
     return out[0] if was_2d else out
+
+
+def weight_maps_for_slices(labels: Sequence[np.ndarray], *, kind: str, num_classes: int, w0: float | None = None,
+                           class_balance: bool = True, edge_terms: Sequence[Mapping[str, Any]] = (),
+                           sigma: float = 5.0, foreground: Sequence[int] = (1,),
+                           balance_from: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Weight maps of training slices (``training.weight_map``), one ``(Y, X)`` float32 map per slice.
+
+    The class-balancing term counts the labelled pixels of ``balance_from``
+    (default: ``labels``) together, i.e. of the whole training set; the edge
+    terms of ``guay`` are rescaled over each run of consecutive slices of the
+    same shape (a training volume), as in Guay et al.
+
+    Args:
+        labels: ``(Y, X)`` label slices with :data:`IGNORE_INDEX` for unlabelled pixels.
+        kind: ``"guay"`` or ``"unet_border"``.
+        num_classes: number of classes.
+        w0, class_balance, edge_terms: :func:`guay_weight_map` options (``w0`` default 1).
+        sigma, foreground, w0: :func:`unet_border_weight_map` options (``w0`` default 10).
+        balance_from: label slices whose class counts give the balance weights.
+    """
+    if kind not in ("guay", "unet_border"):
+        raise ValueError(f"weight map kind must be 'guay' or 'unet_border', got {kind!r}")
+    source = list(balance_from if balance_from is not None else labels)
+    counts = np.zeros(num_classes, np.int64)
+    for lab in source:
+        values = np.asarray(lab)[np.asarray(lab) != IGNORE_INDEX]
+        counts += np.bincount(values.astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
+    balance = np.zeros(num_classes)
+    present = counts > 0
+    if present.any():
+        balance[present] = counts[present].min() / counts[present]
+    out: list[np.ndarray] = []
+    start = 0
+    labels = list(labels)
+    while start < len(labels):
+        stop = start + 1
+        while stop < len(labels) and labels[stop].shape == labels[start].shape:
+            stop += 1
+        volume = np.stack([np.asarray(lab, np.int64) for lab in labels[start:stop]])
+        if kind == "guay":
+            maps = guay_weight_map(volume, num_classes=num_classes, w0=1.0 if w0 is None else w0,
+                                   class_balance=class_balance, edge_terms=list(edge_terms), balance_weights=balance)
+        else:
+            maps = unet_border_weight_map(volume, foreground=list(foreground), w0=10.0 if w0 is None else w0,
+                                          sigma=sigma, class_balance=class_balance, balance_weights=balance)
+        out += list(maps)
+        start = stop
+    return out

@@ -51,6 +51,11 @@ class Predictor:
     Valid-padding models (``unet-original``, with an ``output_margin``) are
     tiled so their smaller outputs cover every pixel; ``window`` is then their
     input window, rounded up to a valid size.
+    grain_filter
+        Area thresholds of the grain-filter input channels the model was trained
+        with (``preprocess.grain_filter``): the filtered copies of the centre
+        slice are appended after the context slices (cached per slice content,
+        the last ``grain_cache`` slices).
     """
 
     def __init__(
@@ -69,8 +74,14 @@ class Predictor:
         tta: bool = False,
         window_3d: tuple[int, int, int] | None = None,
         spatial_dims: int | None = None,
+        grain_filter: list[int] | tuple[int, ...] = (),
+        grain_cache: int = 8,
     ) -> None:
+        from emseg.data._grain import GrainFilterCache
+
         self.model = model
+        self.grain_filter = [int(a) for a in grain_filter]
+        self._grains = GrainFilterCache(self.grain_filter, max_entries=grain_cache) if self.grain_filter else None
         self.tta = tta
         self.classes = list(classes)
         self.normalizer = normalizer
@@ -130,6 +141,7 @@ class Predictor:
         kwargs.setdefault("spatial_dims", spec.spatial_dims)
         kwargs.setdefault("window", tuple(inference.get("window", (512, 512))))
         kwargs.setdefault("overlap", inference.get("overlap", 0.25))
+        kwargs.setdefault("grain_filter", list(ckpt.get("preprocess", {}).get("grain_filter", [])))
         return cls(
             model,
             classes=ckpt["classes"],
@@ -159,6 +171,10 @@ class Predictor:
         """
         if self.spatial_dims == 3:  # a 3-D model sees the slice as a one-section volume
             return self.predict_proba_volume(np.asarray(image)[None])[:, 0]
+        if self._grains is not None:
+            from emseg.data._grain import add_grain_channels, centre_slice
+
+            image = add_grain_channels(np.asarray(image), self.grain_filter, self._grains(centre_slice(np.asarray(image))))
         x = self.normalizer(image)
         if x.ndim == 2:
             x = x[None]

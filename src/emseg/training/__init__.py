@@ -1,12 +1,18 @@
 """Losses, the trainer and self-describing checkpoints."""
 
 from emseg.training._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from emseg.training._loss_registry import LOSSES, build_loss
 from emseg.training._losses import DiceCELoss
+from emseg.training._recipes import apply_recipe, list_recipes
 from emseg.training._trainer import TrainResult, class_weights_from_frequencies, train
 
 __all__ = [
     "CheckpointError",
     "DiceCELoss",
+    "LOSSES",
+    "apply_recipe",
+    "build_loss",
+    "list_recipes",
     "TrainResult",
     "class_weights_from_frequencies",
     "load_checkpoint",

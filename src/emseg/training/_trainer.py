@@ -27,12 +27,12 @@ from emseg.data import (
     augment_batch,
     augment_volume_batch,
     class_frequencies,
+    epoch_elastic_field,
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
 from emseg.inference._predictor import Predictor
 from emseg.models import MODELS, build_model, count_parameters, model_divisor
 from emseg.training._checkpoint import MODEL_FILENAME, load_checkpoint, save_checkpoint
-from emseg.training._losses import DiceCELoss
 from emseg.training._spatial import (
     evaluate_volumes,
     inference_metadata,
@@ -40,8 +40,12 @@ from emseg.training._spatial import (
     match_target,
     resolve_patch_size,
     volume_sampler,
-    with_aux_heads,
 )
+from emseg.training._criterion import build_criterion, multi_head
+from emseg.training._inputs import weight_maps, with_grain_channels
+from emseg.training._optim import build_optimizer
+from emseg.training._schedules import learning_rate, plateau_scale
+from emseg.training._validation import METRIC_MODES, validate
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ class TrainResult:
     epochs: int
     elapsed_s: float
     stop_reason: str
+    checkpoint_metric: str = "val_mean_iou"
+    best_metric: float = float("nan")
 
 
 def class_weights_from_frequencies(freqs: np.ndarray) -> np.ndarray:
@@ -111,6 +117,7 @@ def _checkpoint(config: Config, *, backend: str, state: dict, normalizer: Normal
         "background": config.data.background,
         "normalization": normalizer.to_dict(),
         "inference": {"window": [512, 512], "overlap": 0.25, "divisor": divisor, **inference_metadata(config)},
+        "preprocess": config.preprocess.model_dump(mode="json"),
         "state": state,
         "training": training,
     }
@@ -137,9 +144,11 @@ def train(
 
     Args:
         config: a :class:`~emseg.config.Config` or the path of a YAML file.
-        out_dir: run directory; receives ``model.pt`` (best by validation mean
-            IoU), ``last.pt`` (for ``resume``), ``metrics.jsonl`` (one line per
-            epoch), ``config.yaml`` and ``summary.json``.
+        out_dir: run directory; receives ``model.pt`` (best by
+            ``training.checkpoint_metric``, default validation mean IoU),
+            ``last.pt`` (for ``resume``), ``metrics.jsonl`` (one line per
+            epoch), ``config.yaml``, ``summary.json`` and, with
+            ``training.weight_map``, the cached ``weight_maps.npz``.
         overwrite: start again in a non-empty run directory.
         resume: continue from ``last.pt`` in ``out_dir``.
         progress: show a progress bar (only on a terminal).
@@ -184,9 +193,12 @@ def _train_forest(config: Config, out_dir: Path, train_data: LabelledSlices, val
     return _finish(out_dir, best_epoch=1, best=score, epochs=1, elapsed=elapsed, reason="fitted")
 
 
-def _finish(out_dir: Path, *, best_epoch: int, best: float, epochs: int, elapsed: float, reason: str) -> TrainResult:
-    result = TrainResult(out_dir, out_dir / MODEL_FILENAME, best_epoch, best, epochs, elapsed, reason)
+def _finish(out_dir: Path, *, best_epoch: int, best: float, epochs: int, elapsed: float, reason: str,
+            metric: str = "val_mean_iou", best_metric: float | None = None) -> TrainResult:
+    best_metric = best if best_metric is None else best_metric
+    result = TrainResult(out_dir, out_dir / MODEL_FILENAME, best_epoch, best, epochs, elapsed, reason, metric, best_metric)
     summary = {"model": str(result.model_path), "best_epoch": best_epoch, "best_val_mean_iou": _nan_to_none(best),
+               "checkpoint_metric": metric, "best_metric": _nan_to_none(best_metric),
                "epochs": epochs, "elapsed_s": round(elapsed, 1), "stop_reason": reason}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.info("training stopped (%s) after %d epochs, %.0f s; best epoch %d, val mean IoU %s -> %s",
@@ -206,16 +218,32 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     device = default_device()
     dtype = resolve_precision(tc.precision, device)
     num_classes = len(config.data.classes)
-    in_channels = config.model.context_slices
+    grain = list(config.preprocess.grain_filter)
+    in_channels = config.model.context_slices + len(grain)
 
     normalizer = Normalizer.fit(train_data.images)
-    if isinstance(train_data, LabelledVolumes):  # 3-D model: (z, y, x) patches of sub-stacks
-        sampler, augment = volume_sampler(config, train_data, normalizer, rng), augment_volume_batch
+    volumes = isinstance(train_data, LabelledVolumes)  # 3-D model: (z, y, x) patches of sub-stacks
+    wmaps = val_wmaps = None
+    patch_size = resolve_patch_size(config)
+    if volumes:
+        unsupported = [key for key, used in (("preprocess.grain_filter", grain), ("training.weight_map", tc.weight_map),
+                                             ("training.patch_sampling.mode", tc.patch_sampling.mode != "foreground"))
+                       if used]
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)}: not available for the 3-D model {config.model.name!r} yet; "
+                             f"remove the key(s) or use a 2-D model")
+        sampler = volume_sampler(config, train_data, normalizer, rng)
     else:
-        norm_images = [normalizer(im) if im.ndim == 3 else normalizer(im)[None] for im in train_data.images]
-        sampler = PatchSampler(norm_images, train_data.labels, patch_size=resolve_patch_size(config), num_classes=num_classes,
-                               background=config.data.background, foreground_oversampling=tc.foreground_oversampling, rng=rng)
-        augment = augment_batch
+        norm_images = [normalizer(im) for im in with_grain_channels(train_data.images, grain, progress=progress)]
+        if tc.weight_map is not None:
+            spec = tc.weight_map.model_dump(mode="json")
+            wmaps = weight_maps(spec, train_data.labels, num_classes=num_classes, cache_dir=out_dir)
+            val_wmaps = weight_maps(spec, val_data.labels, num_classes=num_classes, balance_from=train_data.labels) if len(val_data) else None
+        ps = tc.patch_sampling
+        sampler = PatchSampler(norm_images, train_data.labels, patch_size=patch_size, num_classes=num_classes,
+                               background=config.data.background, foreground_oversampling=tc.foreground_oversampling, rng=rng,
+                               weights=wmaps, mode=ps.mode, labelled_fraction=ps.labelled_fraction,
+                               spacing=None if ps.spacing is None else tuple(ps.spacing))
     freqs = class_frequencies(train_data.labels, num_classes)
     if tc.class_weights == "auto":
         weights = torch.from_numpy(class_weights_from_frequencies(freqs))
@@ -223,14 +251,21 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
         weights = None
     else:
         weights = torch.tensor(tc.class_weights, dtype=torch.float32)
-    criterion = DiceCELoss(class_weights=weights, dice_weight=tc.dice_weight, ce_weight=tc.ce_weight).to(device)
+    base_criterion = build_criterion(tc, num_classes=num_classes, class_weights=weights,
+                                     auto_weights=class_weights_from_frequencies(freqs).tolist()).to(device)
+    criterion = None  # wrapped for multi-head models once the first output is seen
     model = build_model(config.model.name, in_channels=in_channels, num_classes=num_classes,
                         options=config.model.options).to(device)
-    criterion = with_aux_heads(criterion, model)  # hybrid2d3d: 3-D loss + c2d x 2-D head loss
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    predictor = Predictor(model, classes=config.data.classes, normalizer=normalizer, context_slices=in_channels,
-                          device=device, precision=tc.precision, divisor=model_divisor(model),
-                          window_3d=inference_metadata(config).get("window_3d"))
+    optimizer = build_optimizer(model, name=tc.optimizer, learning_rate=tc.learning_rate, weight_decay=tc.weight_decay,
+                                weight_decay_groups=tc.weight_decay_groups, momentum=tc.momentum, nesterov=tc.nesterov)
+    predictor = Predictor(model, classes=config.data.classes, normalizer=normalizer,
+                          context_slices=config.model.context_slices, grain_filter=grain,
+                          grain_cache=len(val_data) + 1, device=device, precision=tc.precision,
+                          divisor=model_divisor(model), window_3d=inference_metadata(config).get("window_3d"))
+    # auxiliary-head loss weights: the model's own (hybrid2d3d: c2d), overridden by training.aux_loss_weights
+    aux_weights = {**(getattr(model, "aux_loss_weights", None) or {}), **(tc.aux_loss_weights or {})}
+    metric, mode = tc.checkpoint_metric, METRIC_MODES[tc.checkpoint_metric]
+    history: list[float | None] = []  # checkpoint metric per epoch (plateau schedule)
     val = val_data if tc.val_max_slices is None else val_data.take(list(range(min(len(val_data), tc.val_max_slices))))
     logger.info("model %s: %.2f M parameters; %d training slices, %d validation slices; precision %s; "
                 "class weights %s", config.model.name, count_parameters(model) / 1e6, len(train_data), len(val),
@@ -240,7 +275,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     budget = tc.max_minutes * 60.0
     total_iters = tc.epochs * tc.iterations_per_epoch
     epoch, iteration, elapsed_before = 0, 0, 0.0
-    best, best_epoch = -math.inf, 0
+    best, best_epoch, best_iou = -math.inf, 0, float("nan")
     if resume:
         last = out_dir / LAST_FILENAME
         if not last.is_file():
@@ -250,8 +285,11 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
         optimizer.load_state_dict(state["optimizer"])
         info = state["training"]
         epoch, iteration, elapsed_before = info["epoch"], info["iteration"], info["elapsed_s"]
-        best = info["best_val_mean_iou"] if info["best_val_mean_iou"] is not None else -math.inf
+        best = info.get("best_score", info["best_val_mean_iou"])
+        best = -math.inf if best is None else best
+        best_iou = float("nan") if info["best_val_mean_iou"] is None else info["best_val_mean_iou"]
         best_epoch = info["best_epoch"]
+        history = list(info.get("history", []))
         rng = np.random.default_rng([tc.seed, epoch])
         sampler.rng = rng
         logger.info("resuming %s at epoch %d", out_dir, epoch)
@@ -268,19 +306,34 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
             while epoch < tc.epochs:
                 model.train()
                 losses = []
+                plateau = plateau_scale(history, factor=tc.plateau_factor, patience=tc.plateau_patience,
+                                        mode=mode if len(val) else "min")
+                epoch_field = None if volumes else epoch_elastic_field(tc.augment, tuple(patch_size), rng)
                 for _ in range(tc.iterations_per_epoch):
                     if time.perf_counter() - start + val_seconds >= budget:
                         stop_reason = "time limit"
                         break
-                    if tc.lr_schedule == "cosine":
-                        for group in optimizer.param_groups:
-                            group["lr"] = tc.learning_rate * 0.5 * (1 + math.cos(math.pi * fraction_done()))
-                    x, y = sampler.sample(tc.batch_size)
-                    x, y = augment(x, y, tc.augment, rng)
+                    lr = learning_rate(tc.learning_rate, tc.lr_schedule, fraction=fraction_done(), step=iteration,
+                                       warmup_fraction=tc.warmup_fraction, decay_rate=tc.lr_decay_rate,
+                                       decay_steps=tc.lr_decay_steps, plateau=plateau)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    batch = sampler.sample(tc.batch_size)
+                    if volumes:
+                        x, y = augment_volume_batch(*batch[:2], tc.augment, rng)
+                        w = []
+                    else:
+                        x, y, *w = augment_batch(*batch[:2], tc.augment, rng, weights=batch[2] if wmaps else None,
+                                                 epoch_field=epoch_field)
                     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+                    wmap = torch.from_numpy(w[0]).to(device) if w else None
                     with autocast(device, dtype):
                         logits = model(x)
-                    loss = criterion(logits, match_target(logits, y))
+                    if criterion is None:
+                        criterion = (multi_head(base_criterion, list(logits), aux_weights)
+                                     if isinstance(logits, dict) else base_criterion)
+                    loss = criterion(logits, match_target(logits, y),
+                                     weight_map=None if wmap is None else match_target(logits, wmap))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -293,24 +346,33 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                 record: dict[str, Any] = {"epoch": epoch, "iteration": iteration,
                                           "elapsed_s": round(time.perf_counter() - start, 2),
                                           "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses))}
+                val_iou = float("nan")
                 if len(val):
                     t0 = time.perf_counter()
                     model.eval()
-                    result = _evaluate_slices(predictor, val, num_classes, config.data.background)
+                    result, scores = validate(predictor, val, num_classes=num_classes, background=config.data.background,
+                                              loss=base_criterion, weight_maps=val_wmaps,
+                                              rng=np.random.default_rng([tc.seed, epoch]))
                     val_seconds = time.perf_counter() - t0
-                    score = result.mean_iou
-                    record.update(val_mean_iou=_nan_to_none(score),
+                    val_iou = result.mean_iou
+                    value = scores[metric]
+                    score = value if mode == "max" else -value
+                    record.update(val_mean_iou=_nan_to_none(val_iou),
                                   val_mean_iou_foreground=_nan_to_none(result.mean_iou_foreground),
-                                  val_iou={c: _nan_to_none(v["iou"]) for c, v in result.per_class.items()})
+                                  val_iou={c: _nan_to_none(v["iou"]) for c, v in result.per_class.items()},
+                                  **{k: _nan_to_none(v) for k, v in scores.items() if k != "val_mean_iou"})
+                    history.append(_nan_to_none(value))
                 else:
                     score = -float(np.mean(losses))  # no validation data: keep the lowest training loss
+                    history.append(-score)
                 _metrics_line(out_dir / "metrics.jsonl", record)
                 improved = not math.isnan(score) and score > best
                 if improved:
-                    best, best_epoch = score, epoch
+                    best, best_epoch, best_iou = score, epoch, val_iou
                 training = {"epoch": epoch, "iteration": iteration, "elapsed_s": time.perf_counter() - start,
-                            "best_epoch": best_epoch, "best_val_mean_iou": _nan_to_none(best if len(val) else float("nan")),
-                            "val_mean_iou": _nan_to_none(score if len(val) else float("nan")),
+                            "best_epoch": best_epoch, "best_val_mean_iou": _nan_to_none(best_iou if len(val) else float("nan")),
+                            "val_mean_iou": _nan_to_none(val_iou), "checkpoint_metric": metric,
+                            "best_score": _nan_to_none(best), "history": history,
                             "config": config.model_dump(mode="json")}
                 ckpt = _checkpoint(config, backend="torch", state=model.state_dict(), normalizer=normalizer,
                                    in_channels=in_channels, training=training, divisor=model_divisor(model))
@@ -318,8 +380,13 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                     save_checkpoint(out_dir / MODEL_FILENAME, ckpt)
                 save_checkpoint(out_dir / LAST_FILENAME, {**ckpt, "optimizer": optimizer.state_dict()})
                 logger.info("epoch %d: loss %.4f%s", epoch, record["train_loss"],
-                            f", val mean IoU {score:.3f} (best {best:.3f} at epoch {best_epoch})" if len(val) else "")
+                            (f", val mean IoU {val_iou:.3f}" + (f", {metric} {history[-1]:.4g}" if metric != "val_mean_iou" and history[-1] is not None else "")
+                             + f" (best epoch {best_epoch})") if len(val) else "")
                 if stop_reason == "time limit":
+                    break
+                stop = _early_stop(tc, epoch=epoch, best_epoch=best_epoch, val_iou=val_iou if len(val) else None)
+                if stop:
+                    stop_reason = stop
                     break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
@@ -331,5 +398,19 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
             f"training stopped before the first epoch finished (max_minutes={tc.max_minutes}); "
             f"raise training.max_minutes or lower training.iterations_per_epoch"
         )
-    return _finish(out_dir, best_epoch=best_epoch, best=best if len(val) else float("nan"), epochs=epoch,
-                   elapsed=time.perf_counter() - start, reason=stop_reason)
+    best_value = best if mode == "max" else -best
+    return _finish(out_dir, best_epoch=best_epoch, best=best_iou if len(val) else float("nan"), epochs=epoch,
+                   elapsed=time.perf_counter() - start, reason=stop_reason, metric=metric,
+                   best_metric=best_value if len(val) else float("nan"))
+
+
+def _early_stop(tc: Any, *, epoch: int, best_epoch: int, val_iou: float | None) -> str | None:
+    """``"early stopping"`` (patience), ``"abandoned"`` (Guay's rule) or ``None`` to go on."""
+    if tc.early_stopping_patience is not None and epoch - best_epoch >= tc.early_stopping_patience:
+        logger.info("no improvement for %d epochs: early stopping", epoch - best_epoch)
+        return "early stopping"
+    rule = tc.abandon_below
+    if rule is not None and val_iou is not None and epoch == rule.epochs and not (val_iou >= rule.score):
+        logger.warning("validation mean IoU %.3f < %.3f after %d epochs: run abandoned", val_iou, rule.score, epoch)
+        return "abandoned"
+    return None
