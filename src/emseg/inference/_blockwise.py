@@ -11,6 +11,12 @@ are predicted again.  The store's attributes (``emseg``) record the model and it
 SHA-256, the input, the block layout and ``status`` (``running`` until every
 block and the optional OME-Zarr pyramid are written, then ``complete``).
 
+Every block is computed with one torch intra-op thread (in this process and on
+each Dask worker): oneDNN's convolutions round differently with different thread
+counts, so pinning it makes serial, LocalCluster and cluster runs bit-identical
+(and equal to in-memory prediction run with one thread).  Cores are used through
+``workers`` (one process each), while reading and writing overlap the compute.
+
 Block choice: whole slices in-plane, blocks along z only, while a slice's
 probabilities fit a memory budget (the common case); in-plane blocks otherwise.
 Either way the labels equal those of in-memory prediction exactly, because the
@@ -408,7 +414,16 @@ def predict_blockwise(
                                is_2d=is_2d, predictor_options=options)
                 run_blocks_dask(job, todo, workers=workers, scheduler=scheduler, on_done=on_done)
             else:
-                _run_serial(predictor, data.array, output, labels_path, layout, todo, dtype, is_2d, on_done)
+                import torch
+
+                # One intra-op thread, as on each Dask worker: oneDNN convolutions round differently with
+                # different thread counts (last bit, measured 6e-8), so this keeps every route bit-identical.
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    _run_serial(predictor, data.array, output, labels_path, layout, todo, dtype, is_2d, on_done)
+                finally:
+                    torch.set_num_threads(threads)
         elapsed = time.perf_counter() - start
     if finished_blocks(output) >= set(layout.indices()):
         if ome_zarr:
