@@ -84,8 +84,25 @@ def data(tmp_path_factory):
     write_image(out / "raw.h5:em/raw", raw, chunks=(2, 64, 64))
     write_image(out / "raw2.zarr", raw, chunks=(3, 50, 50), zarr_format=2)
     write_image(out / "raw3.zarr", raw, chunks=(3, 50, 50), zarr_format=3)
+    _write_n5_raw(out / "raw.n5", "em", raw, (4, 64, 64))
     return {"dir": out, "raw": raw, "model": _checkpoint(out / "m2d.pt"),
             "model25": _checkpoint(out / "m25d.pt", context=3, seed=1)}
+
+
+def _write_n5_raw(root: Path, dataset: str, array: np.ndarray, block: tuple[int, int, int]) -> None:
+    """Minimal N5 writer (uncompressed blocks), per the N5 spec; tests/io/test_n5.py covers the format itself."""
+    import struct
+
+    (root / dataset).mkdir(parents=True)
+    (root / "attributes.json").write_text(json.dumps({"n5": "2.5.1"}))
+    (root / dataset / "attributes.json").write_text(json.dumps({
+        "dimensions": list(array.shape[::-1]), "blockSize": list(block[::-1]), "dataType": str(array.dtype),
+        "compression": {"type": "raw"}}))
+    for index in np.ndindex(*(-(-s // b) for s, b in zip(array.shape, block))):
+        part = array[tuple(slice(i * b, (i + 1) * b) for i, b in zip(index, block))]
+        path = root / dataset / "/".join(str(i) for i in index[::-1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(struct.pack(">HH3I", 0, 3, *part.shape[::-1]) + part.astype(">" + part.dtype.str[1:]).tobytes())
 
 
 def _in_memory(model: Path, raw: np.ndarray) -> np.ndarray:
@@ -109,6 +126,7 @@ def test_window_grid_is_global_and_hand_worked():
     ("model", "raw.h5:em/raw", (4, 40, 70)),
     ("model25", "raw3.zarr", (2, 150, 200)),
     ("model25", "raw2.zarr", (1, 64, 90)),
+    ("model", "raw.n5/em", (3, 75, 100)),
 ])
 def test_blockwise_equals_in_memory(data, tmp_path, case):
     model_key, source, block = case

@@ -135,7 +135,7 @@ class N5Reader(ImageReaderWriter):
 
     def read(self, location: Location) -> ImageData:
         folder = location.file / location.inner if location.inner else location.file
-        if not (folder / "attributes.json").is_file():
+        if not (folder / "attributes.json").is_file() or '"dimensions"' not in (folder / "attributes.json").read_text():
             datasets = sorted(p.parent.relative_to(location.file).as_posix() for p in location.file.rglob("attributes.json")
                               if "dimensions" in p.read_text())
             if not location.inner and len(datasets) == 1:
