@@ -25,7 +25,7 @@ from emseg.inference._blockwise import (
     finished_blocks,
     read_run_metadata,
 )
-from emseg.inference._tiling import axis_windows, input_span
+from emseg.inference._tiling import axis_windows, input_box, window_batches
 from emseg.io import read_image, write_image
 
 EPFL_RAW = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "epfl-multiclass" / "train_raw.tif"
@@ -113,10 +113,10 @@ def test_window_grid_is_global_and_hand_worked():
     # size 200, window 64, overlap 0.25 -> stride 48: starts 0, 48, 96, 144 -> last flush with the end (136)
     assert axis_windows(200, 64, 0.25) == [0, 48, 96, 136]
     assert axis_windows(50, 64, 0.25) == [0]
-    # output [100, 120) is covered by the windows [48, 112) and [96, 160) -> input [48, 160)
-    assert input_span(200, 64, 0.25, 100, 120) == (48, 160)
-    assert input_span(200, 64, 0.25, 100, 140) == (48, 200)
-    assert input_span(200, 64, 0.25, 0, 10) == (0, 64)
+    # batches of 2 windows, row-major over the 4 x 4 grid: output [100, 120) x [0, 10) needs the windows
+    # (48, 0) and (96, 0), in batches [(48, 0), (48, 48)] and [(96, 0), (96, 48)] -> input [48, 160) x [0, 112)
+    assert input_box((200, 200), (64, 64), 0.25, 2, (slice(100, 120), slice(0, 10))) == (slice(48, 160), slice(0, 112))
+    assert window_batches((200, 50), (64, 64), 0.25, 3) == [[(0, -7), (48, -7), (96, -7)], [(136, -7)]]
 
 
 @pytest.mark.parametrize("case", [

@@ -231,16 +231,14 @@ class Predictor:
 
     def block_input(self, region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
         """Input box (global coordinates) to read for predicting output ``region`` of a ``shape`` volume."""
-        from emseg.inference._tiling import input_span
+        from emseg.inference._tiling import input_box
 
         zs, ys, xs = region
         half = self.context_slices // 2
         z = slice(max(0, zs.start - half), min(shape[0], zs.stop + half))
         if not self.is_torch:  # filters over the whole slice
             return z, slice(0, shape[1]), slice(0, shape[2])
-        roi = self._roi(shape[1:])
-        y = slice(*input_span(shape[1], roi[0], self.overlap, ys.start, ys.stop))
-        x = slice(*input_span(shape[2], roi[1], self.overlap, xs.start, xs.stop))
+        y, x = input_box(shape[1:], self._roi(shape[1:]), self.overlap, self.batch_size, (ys, xs))
         return z, y, x
 
     @torch.no_grad()
