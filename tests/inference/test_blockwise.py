@@ -145,6 +145,28 @@ def test_blockwise_equals_in_memory(data, tmp_path, case):
     np.testing.assert_array_equal(arr[...], expected)
 
 
+def test_volume_only_predictor_plugs_in_through_its_halo(data, tmp_path):
+    """A predictor with only predict_proba_volume + halo (as 3-D models and ensembles offer) runs blockwise."""
+    inner = Predictor.from_checkpoint(data["model25"], overlap="auto")
+
+    class VolumeOnly:
+        classes = inner.classes
+        halo = (1, 0, 0)  # 3 context slices; whole slices in-plane
+
+        def __init__(self):
+            self.calls = 0
+
+        def predict_proba_volume(self, volume):
+            self.calls += 1
+            return inner.predict_proba_volume(volume)
+
+    model = VolumeOnly()
+    out = predict_blockwise(model, data["dir"] / "raw3.zarr", tmp_path / "v.zarr", block=(2, 150, 200),
+                            progress=False)
+    assert model.calls == 3
+    np.testing.assert_array_equal(read_image(out), _in_memory(data["model25"], data["raw"]))
+
+
 def test_predictor_halo_for_context(data):
     p = Predictor.from_checkpoint(data["model25"], overlap=0.25)
     box = p.block_input((slice(2, 4), slice(0, 10), slice(0, 10)), (6, 150, 200))

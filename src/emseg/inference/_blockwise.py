@@ -46,7 +46,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BlockJob", "BlockLayout", "ResumeError", "file_sha256", "predict_blockwise"]
+__all__ = ["BlockJob", "BlockLayout", "ResumeError", "VolumeBlockAdapter", "as_block_predictor", "file_sha256",
+           "predict_blockwise"]
 
 MARKER_DIR = ".emseg/blocks"
 #: Memory budget for one block's class probabilities (float32), which sets the z depth of a block.
@@ -112,6 +113,40 @@ def choose_block(predictor: Any, shape: tuple[int, int, int], block: tuple[int, 
     return bz, y, x
 
 
+class VolumeBlockAdapter:
+    """Blockwise interface for a predictor offering only ``predict_proba_volume`` and a ``halo``.
+
+    Reads the block plus ``halo = (hz, hy, hx)`` voxels each side (clipped to the volume), predicts that
+    sub-volume and crops it.  Exact where the predictor's output at a voxel depends only on input within
+    the halo and not on where its windows start (e.g. 2.5-D slice models along z); otherwise close to,
+    but not bit-identical with, whole-volume prediction near block borders.
+    """
+
+    def __init__(self, predictor: Any):
+        self.predictor = predictor
+        self.classes = predictor.classes
+        self.halo = tuple(int(h) for h in getattr(predictor, "halo", (0, 0, 0)))
+
+    def __getattr__(self, name: str) -> Any:  # preferred_block, overlap, ... of the wrapped predictor
+        return getattr(self.__dict__["predictor"], name)
+
+    def block_input(self, region, shape):
+        return tuple(slice(max(0, r.start - h), min(s, r.stop + h)) for r, h, s in zip(region, self.halo, shape))
+
+    def predict_proba_block(self, data, *, origin, region, shape):
+        probs = self.predictor.predict_proba_volume(data)
+        return probs[(slice(None),) + tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, origin))]
+
+
+def as_block_predictor(predictor: Any) -> Any:
+    """``predictor`` itself if it has the blockwise interface, else a :class:`VolumeBlockAdapter`."""
+    if hasattr(predictor, "block_input") and hasattr(predictor, "predict_proba_block"):
+        return predictor
+    if hasattr(predictor, "predict_proba_volume"):
+        return VolumeBlockAdapter(predictor)
+    raise TypeError(f"{type(predictor).__name__} has neither predict_proba_block nor predict_proba_volume")
+
+
 def predict_labels_block(predictor: Any, read: Callable[[tuple[slice, ...]], np.ndarray],
                          region: tuple[slice, slice, slice], shape: tuple[int, int, int], dtype: Any) -> np.ndarray:
     """Labels ``(nz, ny, nx)`` of ``region``: read the predictor's input box, predict, argmax."""
@@ -135,6 +170,7 @@ class BlockJob:
     dtype: str
     is_2d: bool
     predictor_options: dict[str, Any] = field(default_factory=dict)
+    loader: Callable[..., Any] | None = None
 
 
 # ----------------------------------------------------------------- per-process caches (Dask workers)
@@ -144,13 +180,20 @@ _INPUTS: dict[str, Any] = {}
 _OUTPUTS: dict[tuple[str, str], Any] = {}
 
 
-def load_predictor(model: str, sha256: str, options: dict[str, Any]) -> Any:
-    """The predictor for ``model``, loaded once per process (keyed by path, checksum and options)."""
-    key = (model, sha256, tuple(sorted(options.items())))
-    if key not in _PREDICTORS:
-        from emseg.inference._predictor import Predictor
+def load_predictor(model: str, sha256: str, options: dict[str, Any],
+                   loader: Callable[..., Any] | None = None) -> Any:
+    """The predictor for ``model``, loaded once per process (keyed by path, checksum, options and loader).
 
-        _PREDICTORS[key] = Predictor.from_checkpoint(model, **options)
+    ``loader(model, **options)`` builds it (default :meth:`Predictor.from_checkpoint`; an ensemble
+    passes its own), wrapped by :func:`as_block_predictor`.
+    """
+    key = (model, sha256, tuple(sorted(options.items())), loader)
+    if key not in _PREDICTORS:
+        if loader is None:
+            from emseg.inference._predictor import Predictor
+
+            loader = Predictor.from_checkpoint
+        _PREDICTORS[key] = as_block_predictor(loader(model, **options))
     return _PREDICTORS[key]
 
 
@@ -184,7 +227,7 @@ def run_block(job: BlockJob, index: tuple[int, int, int]) -> tuple[tuple[int, in
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)  # one core per Dask worker process
-    predictor = load_predictor(job.model, job.model_sha256, job.predictor_options)
+    predictor = load_predictor(job.model, job.model_sha256, job.predictor_options, job.loader)
     volume = _open_input(job.input)
     layout = BlockLayout(job.shape, job.block)
     region = layout.region(index)
@@ -305,6 +348,7 @@ def predict_blockwise(
     batch_size: int = 4,
     progress: bool = True,
     max_blocks: int | None = None,
+    loader: Callable[..., Any] | None = None,
 ) -> Path:
     """Segment ``image`` block by block into the zarr store ``output`` (resumable).
 
@@ -328,6 +372,8 @@ def predict_blockwise(
             from the receptive field).
         progress: progress bar with voxels/s and ETA (terminal only).
         max_blocks: stop after this many blocks (tests, benchmarks); the run stays resumable.
+        loader: ``loader(model_path, **predictor options)`` builds the predictor in each process
+            (default :meth:`Predictor.from_checkpoint`; e.g. an ensemble's loader).
 
     Returns:
         The output path.
@@ -352,23 +398,27 @@ def predict_blockwise(
     if isinstance(model, (str, os.PathLike)):
         from emseg.training._checkpoint import resolve_model_path
 
-        model_path = str(resolve_model_path(model).resolve())
-        sha = file_sha256(model_path)
-        predictor = load_predictor(model_path, sha, options) if not (workers or scheduler) else None
+        if loader is None:
+            model_path = str(resolve_model_path(model).resolve())
+            sha = file_sha256(model_path)
+        else:
+            model_path = str(Path(model).resolve())
+            sha = file_sha256(model_path) if Path(model_path).is_file() else _tree_sha256(Path(model_path))
+        predictor = load_predictor(model_path, sha, options, loader) if not (workers or scheduler) else None
         if predictor is None:
-            probe = load_predictor(model_path, sha, options)  # resolves overlap="auto" once, for the record
-            options["overlap"] = float(probe.overlap)
+            probe = load_predictor(model_path, sha, options, loader)  # resolves overlap="auto" once, for the record
+            options["overlap"] = _resolved_overlap(probe, overlap)
             classes = probe.classes
         else:
-            options["overlap"] = float(predictor.overlap)
+            options["overlap"] = _resolved_overlap(predictor, overlap)
             classes = predictor.classes
     else:
         if workers or scheduler:
             raise ValueError("workers/scheduler need the model as a path (each worker loads it), not an object")
-        predictor, model_path = model, f"<{type(model).__name__}>"
+        predictor, model_path = as_block_predictor(model), f"<{type(model).__name__}>"
         sha = getattr(model, "checksum", None) or "unknown"
         classes = predictor.classes
-        options = {"overlap": float(getattr(model, "overlap", 0.0) or 0.0)}
+        options = {"overlap": _resolved_overlap(model, None)}
 
     with open_image(image) as data:
         shape = tuple(int(s) for s in data.array.shape)
@@ -411,7 +461,7 @@ def predict_blockwise(
 
                 job = BlockJob(model=model_path, model_sha256=sha, input=input_text, output=str(output),
                                labels_path=labels_path, shape=shape, block=blk, dtype=np.dtype(dtype).name,
-                               is_2d=is_2d, predictor_options=options)
+                               is_2d=is_2d, predictor_options=options, loader=loader)
                 run_blocks_dask(job, todo, workers=workers, scheduler=scheduler, on_done=on_done)
             else:
                 import torch
@@ -432,6 +482,22 @@ def predict_blockwise(
         logger.info("segmented %s (%d voxels) in %.1f s (%.2f MVox/s) -> %s", input_text, int(np.prod(shape)),
                     elapsed, total_vox / max(elapsed, 1e-9) / 1e6, output)
     return output
+
+
+def _resolved_overlap(predictor: Any, requested: Any) -> Any:
+    """The overlap actually used (``"auto"`` resolved), recorded so a resume with other settings is caught."""
+    inner = getattr(predictor, "predictor", predictor)  # through VolumeBlockAdapter
+    value = getattr(inner, "overlap", requested)
+    return float(value) if isinstance(value, (int, float)) else value
+
+
+def _tree_sha256(folder: Path) -> str:
+    """SHA-256 over the files of a model folder (an ensemble), names and contents, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
 
 
 def _prepare_output(output: Path, meta: dict, *, resume: bool | None, overwrite: bool, shape, chunks, dtype,
