@@ -201,6 +201,8 @@ def main() -> None:
     ap.add_argument("--block", type=int, nargs=3, help="block shape Z Y X (default: emseg's choice)")
     ap.add_argument("--window", type=int, nargs=2, help="sliding window Y X for emseg and MONAI (default: the model's, "
                                                         "512 x 512; the whole slice, 768 1024, avoids overlap work)")
+    ap.add_argument("--flat-gvox", type=float, default=0.0,
+                    help="also run --workers 0 on a volume of this size: peak RSS vs size (memory flatness)")
     ap.add_argument("--monai-slices", type=int, default=8)
     ap.add_argument("--agreement-slices", type=int, default=2)
     ap.add_argument("--agreement-crop", type=int, default=0, help="crop agreement slices to N x N (0: whole slices)")
@@ -251,6 +253,15 @@ def main() -> None:
             print(f"--workers {workers}: {run['wall_s']:.1f} s, {run['mvox_s']:.2f} MVox/s, "
                   f"peak RSS {run['peak_rss_gb']:.2f} GB", flush=True)
         result["emseg"] = runs
+        if args.flat_gvox:
+            small = build_volume(work / "small.zarr", args.flat_gvox, chunk_z=8)
+            flat = []
+            for name, vol, size in (("small", work / "small.zarr", small), ("full", work / "volume.zarr", shape)):
+                run = run_emseg(model, vol, work / f"flat_{name}.zarr", 0, extra)
+                run.update(gvox=float(np.prod(size)) / 1e9)
+                flat.append(run)
+                print(f"--workers 0 on {run['gvox']:.3f} GVox: peak RSS {run['peak_rss_gb']:.2f} GB", flush=True)
+            result["memory_flatness"] = flat
         result["identical_across_workers"] = all(same_labels(outputs[0], o) for o in outputs[1:])
 
         import zarr
@@ -323,6 +334,9 @@ def print_table(r: dict) -> None:
     for key, val in r["emseg_in_process"].items():
         print(f"{'emseg tiling in process, ' + key[7:]:<34}{val:>10.2f}")
     print(f"identical labels across --workers: {r['identical_across_workers']}")
+    for run in r.get("memory_flatness", []):
+        print(f"memory flatness, --workers 0 on {run['gvox']:.3f} GVox: peak RSS {run['peak_rss_gb']:.2f} GB "
+              f"({run['wall_s']:.0f} s)")
     print("emseg / MONAI: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratio_emseg_vs_monai"].items()))
     f = r["flops"]
     print(f"model {f['per_slice_gflop']:.1f} GFLOP/slice; achieved {f['achieved_gflop_s']:.1f} GFLOP/s = "

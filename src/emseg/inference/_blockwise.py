@@ -140,7 +140,8 @@ class VolumeBlockAdapter:
 
 def as_block_predictor(predictor: Any) -> Any:
     """``predictor`` itself if it has the blockwise interface, else a :class:`VolumeBlockAdapter`."""
-    if hasattr(predictor, "block_input") and hasattr(predictor, "predict_proba_block"):
+    if getattr(predictor, "spatial_dims", 2) == 2 and hasattr(predictor, "block_input") \
+            and hasattr(predictor, "predict_proba_block"):
         return predictor
     if hasattr(predictor, "predict_proba_volume"):
         return VolumeBlockAdapter(predictor)

@@ -72,6 +72,7 @@ class Predictor:
         self.batch_size = batch_size
         self.divisor = divisor
         self.is_torch = isinstance(model, torch.nn.Module)
+        self.spatial_dims = int(getattr(model, "spatial_dims", 2))  # 3: volumetric windows (blockwise via halo)
         self.device = device or default_device()
         self.dtype = resolve_precision(precision, self.device)
         if self.is_torch:
@@ -226,8 +227,13 @@ class Predictor:
 
     @property
     def halo(self) -> tuple[int, int, int]:
-        """Input voxels ``(z, y, x)`` each side of a block needed for an exact result (an upper bound)."""
-        return (self.context_slices // 2, *self.window)
+        """Input voxels ``(z, y, x)`` each side of a block needed for an exact result (an upper bound).
+
+        2-D/2.5-D: the context slices along z and one window in-plane; 3-D: one window on each axis.
+        """
+        if self.spatial_dims == 3 and len(self.window) == 3:
+            return tuple(int(w) for w in self.window)  # type: ignore[return-value]
+        return (self.context_slices // 2, *self.window[-2:])
 
     def block_input(self, region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
         """Input box (global coordinates) to read for predicting output ``region`` of a ``shape`` volume."""
