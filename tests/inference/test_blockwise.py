@@ -382,3 +382,18 @@ def test_global_grid_tiling_matches_monai_sliding_window(data):
     assert ours.shape == theirs.shape == (7, 150, 200)
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     assert (ours.argmax(0) == theirs.argmax(0)).mean() > 0.999
+
+
+def test_cli_rejects_bad_overlap_and_engine_options_without_zarr(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from emseg.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(data["model"]), str(data["dir"] / "raw.tif"), str(tmp_path / "o.zarr"),
+                                 "--overlap", "lots"])
+    assert result.exit_code == 2 and "--overlap must be a number in [0, 1) or 'auto', got 'lots'" in result.output
+    result = runner.invoke(app, ["predict", str(data["model"]), str(data["dir"] / "raw.tif"), str(tmp_path / "o.tif"),
+                                 "--ome-zarr"])
+    assert result.exit_code == 2 and "ome_zarr need blockwise prediction" in result.output
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.tif").exists()

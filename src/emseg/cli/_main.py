@@ -87,7 +87,7 @@ def train(
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Run directory or model.pt file.")],
-    input: Annotated[str, typer.Argument(help="Image or stack: .tif, PNG folder, file.h5:dataset, store.zarr/path, .mrc")],
+    input: Annotated[str, typer.Argument(help="Image or stack: .tif, PNG folder, file.h5:dataset, store.zarr/path, volume.n5/path, .mrc")],
     output: Annotated[str, typer.Argument(help="Label image to write: .tif, .zarr, file.h5:dataset or .png (2-D).")],
     probabilities: Annotated[Optional[str], typer.Option(help="Also write class probabilities (.tif, .zarr or .h5).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
