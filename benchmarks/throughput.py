@@ -1,13 +1,14 @@
 """Gigavoxel throughput of blockwise prediction, against MONAI's sliding window and the machine's peak.
 
-Full run (about an hour on the 2-core machine; trains the default unet2d first if no --model):
+Full run (trains the default unet2d first if no --model; on the 2-core AVX2 machine the default
+model runs at about 0.08 MVox/s per core, so 1 GVox takes hours per route, see docs/BENCHMARKS.md):
 
-    PYTHONPATH=src .venv/bin/python benchmarks/throughput.py --gvox 1.0 --train-minutes 15
+    PYTHONPATH=src .venv/bin/python benchmarks/throughput.py --gvox 1.0 --train-minutes 15 --flat-gvox 0.02
 
 Smoke test (well under a minute):
 
     PYTHONPATH=src .venv/bin/python benchmarks/throughput.py --gvox 0.005 --train-minutes 0.05 \
-        --features 4,8 --monai-slices 1 --agreement-slices 1 --agreement-crop 128 --matmul-seconds 0.5
+        --features 4,8 --monai-slices 1 --agreement-slices 1 --agreement-crop 128 --matmul-seconds 0.5 --workers 0,2
 
 Steps, all in one run:
 
@@ -202,7 +203,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, nargs=2, help="sliding window Y X for emseg and MONAI (default: the model's, "
                                                         "512 x 512; the whole slice, 768 1024, avoids overlap work)")
     ap.add_argument("--flat-gvox", type=float, default=0.0,
-                    help="also run --workers 0 on a volume of this size: peak RSS vs size (memory flatness)")
+                    help="also run --workers 0 on volumes of this size and 4x: peak RSS vs size (memory flatness)")
     ap.add_argument("--monai-slices", type=int, default=8)
     ap.add_argument("--agreement-slices", type=int, default=2)
     ap.add_argument("--agreement-crop", type=int, default=0, help="crop agreement slices to N x N (0: whole slices)")
@@ -255,8 +256,9 @@ def main() -> None:
         result["emseg"] = runs
         if args.flat_gvox:
             small = build_volume(work / "small.zarr", args.flat_gvox, chunk_z=8)
+            large = build_volume(work / "large.zarr", 4 * args.flat_gvox, chunk_z=8)
             flat = []
-            for name, vol, size in (("small", work / "small.zarr", small), ("full", work / "volume.zarr", shape)):
+            for name, vol, size in (("small", work / "small.zarr", small), ("large", work / "large.zarr", large)):
                 run = run_emseg(model, vol, work / f"flat_{name}.zarr", 0, extra)
                 run.update(gvox=float(np.prod(size)) / 1e9)
                 flat.append(run)
