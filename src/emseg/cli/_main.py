@@ -38,6 +38,13 @@ def _setup(quiet: bool) -> None:
     )
 
 
+def _fraction(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number in [0, 1) or 'auto', got {text!r}") from None
+
+
 def _fail(err: BaseException) -> None:
     err_console.print(f"[bold red]error:[/] {_escape(str(err))}")
     raise typer.Exit(code=2)
@@ -91,21 +98,38 @@ def train(
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Run directory or model.pt file.")],
-    input: Annotated[str, typer.Argument(help="Image or stack: .tif, PNG folder, file.h5:dataset, store.zarr/path, .mrc")],
+    input: Annotated[str, typer.Argument(help="Image or stack: .tif, PNG folder, file.h5:dataset, store.zarr/path, volume.n5/path, .mrc")],
     output: Annotated[str, typer.Argument(help="Label image to write: .tif, .zarr, file.h5:dataset or .png (2-D).")],
     probabilities: Annotated[Optional[str], typer.Option(help="Also write class probabilities (.tif, .zarr or .h5).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
     tta: Annotated[bool, typer.Option(help="Test-time augmentation: average over flips (4x slower).")] = False,
+    # Blockwise (a .zarr OUTPUT): see emseg.inference._blockwise.
+    block: Annotated[Optional[tuple[int, int, int]], typer.Option(help="Block shape Z Y X (.zarr output).")] = None,
+    workers: Annotated[int, typer.Option(help="Dask LocalCluster of N single-threaded processes (.zarr output).")] = 0,
+    scheduler: Annotated[Optional[str], typer.Option(help="Existing Dask scheduler address, e.g. tcp://host:8786.")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue an unfinished .zarr run (default: yes if same model/input).")] = None,
+    ome_zarr: Annotated[bool, typer.Option("--ome-zarr", help="OME-Zarr (NGFF 0.4) label pyramid for napari/neuroglancer.")] = False,
+    zarr_format: Annotated[int, typer.Option(help="zarr format 2 or 3 of a plain .zarr output.")] = 3,
+    overlap: Annotated[str, typer.Option(help="Window overlap: a fraction, or auto (receptive field / window).")] = "auto",
+    window: Annotated[Optional[tuple[int, int]], typer.Option(help="Sliding-window size Y X (default: the model's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Windows per forward pass.")] = None,
     quiet: _QUIET = False,
 ) -> None:
-    """Segment INPUT with MODEL; write a uint8 label image of the input's shape to OUTPUT."""
+    """Segment INPUT with MODEL; write a uint8 label image of the input's shape to OUTPUT.
+
+    A .zarr OUTPUT is segmented block by block (flat memory), resumably, optionally on Dask.
+    """
     _setup(quiet)
     from emseg.inference import predict as _predict
 
     try:
         path = _predict(model, input, output, probabilities=probabilities, overwrite=overwrite,
-                        progress=not quiet, precision=precision, tta=tta)
+                        progress=not quiet, precision=precision, tta=tta, block=block, workers=workers,
+                        scheduler=scheduler, resume=resume, ome_zarr=ome_zarr,
+                        zarr_format=zarr_format if zarr_format != 3 else None,
+                        overlap=overlap if overlap == "auto" else _fraction("--overlap", overlap),
+                        window=window, batch_size=batch_size)
     except _user_errors() as err:
         _fail(err)
     console.print(f"labels: {path}" + (f"\nprobabilities: {probabilities}" if probabilities else ""))

@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["predict", "write_probabilities"]
 
+#: Inputs larger than this (voxels) must go to a .zarr output (blockwise): labels and probabilities of a
+#: whole volume held in memory would not fit.
+IN_MEMORY_LIMIT = 2**31
+
 
 def write_probabilities(path: str | os.PathLike, probs: np.ndarray, classes: list[str], *, is_2d: bool, overwrite: bool) -> None:
     """Write ``(K, Z, Y, X)`` probabilities atomically, one channel per class.
@@ -57,6 +61,7 @@ def predict(
     progress: bool = True,
     precision: str = "auto",
     tta: bool = False,
+    **blockwise: Any,
 ) -> Path:
     """Segment ``image`` with ``model`` and write a label image to ``output``.
 
@@ -72,6 +77,10 @@ def predict(
         progress: show a progress bar (only on a terminal).
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
         tta: average over the image and its flips (4x slower, usually a little more accurate).
+        **blockwise: options of :func:`emseg.inference.predict_blockwise` (``block``,
+            ``workers``, ``scheduler``, ``resume``, ``ome_zarr``, ``zarr_format``,
+            ``overlap``, ``window``, ``batch_size``).  A ``.zarr`` output (without
+            ``probabilities``) is always predicted block by block, resumably.
 
     Returns:
         The output path.
@@ -80,13 +89,28 @@ def predict(
     from emseg.io import open_image, write_image
 
     output = Path(output)
+    blockwise = {k: v for k, v in blockwise.items() if v is not None}
+    blockwise.setdefault("overlap", "auto")  # from the receptive field, in memory and blockwise alike
+    if str(output).lower().endswith(".zarr") and probabilities is None:
+        from emseg.inference._blockwise import predict_blockwise
+
+        return predict_blockwise(model, image, output, overwrite=overwrite, progress=progress, precision=precision,
+                                 tta=tta, **blockwise)
+    engine_only = sorted(k for k, v in blockwise.items() if k not in {"overlap", "window", "batch_size"} and v)
+    if engine_only:
+        raise ValueError(f"{', '.join(engine_only)} need blockwise prediction: write the labels to a .zarr store "
+                         f"(got output {output}{' and --probabilities' if probabilities else ''})")
     for path in (output, probabilities):
         if path is not None and Path(str(path).split(":")[0]).exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model, precision=precision, tta=tta)
+    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(
+        model, precision=precision, tta=tta, **{k: v for k, v in blockwise.items() if k in ("overlap", "window", "batch_size")})
     start = time.perf_counter()
     with open_image(image) as data:
         volume = data.array
+        if int(np.prod(volume.shape)) > IN_MEMORY_LIMIT:
+            raise ValueError(f"{image} has {int(np.prod(volume.shape)):,} voxels, too many to segment in memory for "
+                             f"{output}; write to a .zarr store instead (blockwise, resumable, flat memory)")
         with progress_bar("Segmenting", total=volume.shape[0], unit="slice", enabled=progress) as advance:
             labels, probs = predictor.predict_volume(volume, probabilities=probabilities is not None, progress=advance)
         is_2d, voxel_size = data.is_2d, data.voxel_size

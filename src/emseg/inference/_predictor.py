@@ -38,7 +38,9 @@ class Predictor:
     context_slices
         Number of neighbouring slices fed as channels (1 = plain 2-D).
     window
-        Sliding-window size ``(wy, wx)``; Gaussian blending with ``overlap``.
+        Sliding-window size ``(wy, wx)``; Gaussian blending with ``overlap``
+        (a fraction of the window, or ``"auto"``: the network's receptive-field
+        radius over the window, see :meth:`receptive_radius`).
     tta
         Test-time augmentation: average the probabilities of the slice and its
         three flips (4x the compute).
@@ -66,7 +68,7 @@ class Predictor:
         normalizer: Normalizer,
         context_slices: int = 1,
         window: tuple[int, int] = (512, 512),
-        overlap: float = 0.25,
+        overlap: float | str = 0.25,
         batch_size: int = 4,
         divisor: int = 16,
         device: torch.device | None = None,
@@ -88,6 +90,7 @@ class Predictor:
         self.context_slices = context_slices
         self.window = tuple(int(w) for w in window)
         self.overlap = overlap
+        self._receptive_radius: int | None = None
         self.batch_size = batch_size
         self.divisor = divisor
         self.is_torch = isinstance(model, torch.nn.Module)
@@ -98,6 +101,10 @@ class Predictor:
         self.spatial_dims = int(spatial_dims or getattr(model, "spatial_dims", 2))
         self.window_3d = tuple(int(w) for w in (window_3d or (5, 256, 256)))
         self.margin = int(getattr(model, "output_margin", 0)) if self.is_torch else 0
+        if overlap == "auto":
+            self.overlap = self.auto_overlap()
+        elif not isinstance(overlap, (int, float)) or not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"overlap must be a fraction in [0, 1) or 'auto', got {overlap!r}")
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
@@ -180,27 +187,21 @@ class Predictor:
             x = x[None]
         if not self.is_torch:
             return self.model.predict_proba(x[0])
-        from monai.inferers import sliding_window_inference
-
-        tensor = torch.from_numpy(x)[None].to(self.device)
-        flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
-        probs = None
-        for dims in flips:
-            inp = torch.flip(tensor, dims) if dims else tensor
-            with autocast(self.device, self.dtype):
-                logits = self._valid_padding_logits(inp) if self.margin else sliding_window_inference(
-                    inp,
-                    roi_size=self._roi(x.shape[1:]),
-                    sw_batch_size=self.batch_size,
-                    predictor=self.model,
-                    overlap=self.overlap,
-                    mode="gaussian",
-                    padding_mode="reflect",
-                )
-            p = torch.softmax(logits.float(), dim=1)
-            p = torch.flip(p, dims) if dims else p
-            probs = p if probs is None else probs + p
-        return (probs / len(flips))[0].cpu().numpy()
+        if self.margin:  # valid-padding network: output tiles stitched exactly (no blending)
+            tensor = torch.from_numpy(x)[None].to(self.device)
+            flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
+            probs = None
+            for dims in flips:
+                inp = torch.flip(tensor, dims) if dims else tensor
+                with autocast(self.device, self.dtype):
+                    logits = self._valid_padding_logits(inp)
+                p = torch.softmax(logits.float(), dim=1)
+                p = torch.flip(p, dims) if dims else p
+                probs = p if probs is None else probs + p
+            return (probs / len(flips))[0].cpu().numpy()
+        # Windows on a global grid (emseg.inference._tiling), shared with the blockwise engine.
+        full = x.shape[1:]
+        return self._tiled_proba(x, origin=(0, 0), full_shape=full, region=(slice(0, full[0]), slice(0, full[1])))
 
     def _valid_padding_logits(self, image: torch.Tensor) -> torch.Tensor:
         """``(1, C, Y, X)`` -> ``(1, K, Y, X)`` logits of a valid-padding model by stitched output tiles."""
@@ -285,3 +286,129 @@ class Predictor:
             if probs is not None:
                 probs[:, k] = p
         return labels, probs
+
+    # ------------------------------------------------------------------ blockwise seam
+    # The blockwise engine (emseg.inference._blockwise) relies on exactly these:
+    # ``classes``, ``block_input(region, shape)``, ``predict_proba_block(data, origin=, region=, shape=)``
+    # and ``predict_proba_volume(volume)``; any predictor offering them (3-D models,
+    # ensembles) runs blockwise, in parallel and on Dask unchanged.
+
+    @property
+    def _whole_slices(self) -> bool:
+        """Predictions that need the whole slice: random forest (filters), grain-filter input, valid-padding tiles."""
+        return not self.is_torch or self._grains is not None or bool(self.margin)
+
+    def receptive_radius(self) -> int:
+        """Receptive-field radius of the network in pixels, measured with a gradient probe.
+
+        The gradient of one central output pixel with respect to a random input
+        is non-zero exactly inside the receptive field; its largest distance
+        from the centre is the radius (0 for the random forest: not a network).
+        """
+        if self._receptive_radius is None:
+            self._receptive_radius = _probe_receptive_radius(self.model, self.context_slices, self.window,
+                                                             self.divisor) if self.is_torch else 0
+        return self._receptive_radius
+
+    def auto_overlap(self) -> float:
+        """Window overlap from the model's needs: receptive-field radius / window, in [1/16, 1/2].
+
+        3-D and valid-padding networks (not probed in 2-D; valid-padding tiles do not overlap) use 0.25.
+        """
+        if self.spatial_dims == 3 or self.margin:
+            return 0.25
+        radius = self.receptive_radius()
+        return float(min(0.5, max(1.0 / 16, radius / min(self.window))))
+
+    def _tiled_proba(self, x: np.ndarray, *, origin, full_shape, region) -> np.ndarray:
+        """``(K, ny, nx)`` probabilities of ``region`` from normalised ``(C, h, w)`` input at ``origin``."""
+        from emseg.inference._tiling import predict_region, softmax
+
+        flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            batch = batch.to(self.device)
+            total = None
+            for dims in flips:
+                inp = torch.flip(batch, dims) if dims else batch
+                with autocast(self.device, self.dtype):
+                    out = self.model(inp).float()
+                out = torch.flip(out, dims) if dims else out
+                total = out if total is None else total + out
+            return total / len(flips)
+
+        logits = predict_region(x, origin=origin, full_shape=full_shape, region=region, roi=self._roi(full_shape),
+                                overlap=self.overlap, run=run, batch_size=self.batch_size,
+                                num_classes=self.num_classes)
+        return softmax(logits)
+
+    @property
+    def halo(self) -> tuple[int, int, int]:
+        """Input voxels ``(z, y, x)`` each side of a block needed for an exact result (an upper bound).
+
+        2-D/2.5-D: the context slices along z and one window in-plane; 3-D: one window on each axis.
+        """
+        if self.spatial_dims == 3:
+            return tuple(int(w) for w in self.window_3d)  # type: ignore[return-value]
+        return (self.context_slices // 2, *self.window[-2:])
+
+    def block_input(self, region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+        """Input box (global coordinates) to read for predicting output ``region`` of a ``shape`` volume."""
+        from emseg.inference._tiling import input_box
+
+        zs, ys, xs = region
+        half = self.context_slices // 2
+        z = slice(max(0, zs.start - half), min(shape[0], zs.stop + half))
+        if self._whole_slices:  # filters over the whole slice
+            return z, slice(0, shape[1]), slice(0, shape[2])
+        y, x = input_box(shape[1:], self._roi(shape[1:]), self.overlap, self.batch_size, (ys, xs))
+        return z, y, x
+
+    @torch.no_grad()
+    def predict_proba_block(self, data: np.ndarray, *, origin: tuple[int, int, int],
+                            region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> np.ndarray:
+        """Probabilities ``(K, nz, ny, nx)`` of ``region``, identical to the same voxels of the whole volume.
+
+        Args:
+            data: raw ``(z, y, x)`` voxels of (at least) :meth:`block_input` of ``region``.
+            origin: global ``(z, y, x)`` of ``data[0, 0, 0]``.
+            region: output box, global coordinates (step 1).
+            shape: ``(Z, Y, X)`` of the whole volume.
+        """
+        zs, ys, xs = region
+        oz, oy, ox = origin
+        half = self.context_slices // 2
+        out = np.empty((self.num_classes, zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), np.float32)
+        for i, z in enumerate(range(zs.start, zs.stop)):
+            ks = np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1) - oz
+            if self._whole_slices:  # the block holds whole slices (block_input): exactly the in-memory route
+                probs = self.predict_proba_slice(data[ks] if self.context_slices > 1 else data[ks[0]])
+                out[:, i] = probs[:, ys.start - oy:ys.stop - oy, xs.start - ox:xs.stop - ox]
+                continue
+            x = self.normalizer(data[ks])
+            out[:, i] = self._tiled_proba(x, origin=(oy, ox), full_shape=shape[1:],
+                                          region=(ys, xs))
+        return out
+
+
+
+def _probe_receptive_radius(model: torch.nn.Module, channels: int, window: tuple[int, int], divisor: int) -> int:
+    """Largest distance from the centre where d(output centre)/d(input) is non-zero (random input, eval mode)."""
+    size = max(divisor, min(window) // divisor * divisor)
+    param = next(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((1, channels, size, size), generator=generator).to(param.device).requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            c = size // 2
+            out[0, :, c, c].abs().sum().backward()
+    finally:
+        model.train(was_training)
+    grad = x.grad[0].abs().sum(0).cpu().numpy()
+    ys, xs = np.nonzero(grad)
+    if ys.size == 0:
+        return 0
+    return int(max(c - ys.min(), ys.max() - c, c - xs.min(), xs.max() - c))

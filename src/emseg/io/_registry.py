@@ -21,6 +21,7 @@ from ._chunks import validate_chunks
 from ._folder import SliceFolderReader
 from ._hdf5 import Hdf5ReaderWriter
 from ._mrc import MrcReader
+from ._n5 import N5Reader
 from ._png import PngReaderWriter
 from ._tiff import TiffReaderWriter
 from ._zarr import ZarrReaderWriter
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 BACKENDS: tuple[ImageReaderWriter, ...] = (
     Hdf5ReaderWriter(),
     ZarrReaderWriter(),
+    N5Reader(),
     TiffReaderWriter(),
     PngReaderWriter(),
     MrcReader(),
@@ -43,7 +45,7 @@ BACKENDS: tuple[ImageReaderWriter, ...] = (
 
 def supported_formats() -> list[str]:
     """One human-readable line per format understood, e.g. ``"HDF5 (file.h5:path/in/file; ...): read and write"``."""
-    order = ("tiff", "png", "png-folder", "hdf5", "zarr", "mrc")
+    order = ("tiff", "png", "png-folder", "hdf5", "zarr", "n5", "mrc")
     backends = sorted(BACKENDS, key=lambda b: order.index(b.name) if b.name in order else len(order))
     return [b.description for b in backends]
 

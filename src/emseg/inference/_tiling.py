@@ -1,0 +1,156 @@
+"""Sliding windows on a fixed GLOBAL grid, so any region of a slice is predicted bit for bit alike.
+
+MONAI's ``sliding_window_inference`` places its windows relative to the array it
+is given, so predicting a slice in pieces (out-of-core blocks) blends different
+windows than predicting it whole and the labels differ along the seams.  Here the
+window grid is a function of the whole slice's shape only (window ``r``, stride
+``r * (1 - overlap)``, the last window flush with the end, as MONAI places them
+on a whole slice), and every output pixel is blended from the windows that cover
+it, accumulated in the same global order whichever region is asked for.  The
+in-memory prediction (:meth:`Predictor.predict_proba_slice`) and the blockwise
+engine both call :func:`predict_region`, so they agree exactly.
+
+Batches are fixed globally too: the slice's windows, in row-major order, are cut
+into consecutive groups of ``batch_size``, and a region runs every group holding a
+window it needs (whole groups, so each window is computed in exactly the same
+tensor as in the whole-slice pass, and no batch is padded).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["axis_windows", "gaussian_window", "input_box", "predict_region", "softmax", "window_batches"]
+
+
+def axis_windows(size: int, roi: int, overlap: float) -> list[int]:
+    """Start positions of the windows along one axis of length ``size``.
+
+    ``roi >= size`` gives one window at 0 (the axis is padded to ``roi``).
+    """
+    if roi >= size:
+        return [0]
+    stride = max(1, int(roi * (1.0 - overlap)))
+    n = math.ceil((size - roi) / stride) + 1
+    return sorted({min(i * stride, size - roi) for i in range(n)})
+
+
+def window_batches(full_shape: Sequence[int], roi: tuple[int, int], overlap: float, batch_size: int
+                   ) -> list[list[tuple[int, int]]]:
+    """The slice's window starts ``(y, x)`` (padded coordinates shifted back, see :func:`predict_region`),
+    row-major, cut into consecutive batches of ``batch_size``."""
+    starts = []
+    for size, r in zip(full_shape, roi):
+        diff = max(r - int(size), 0)
+        starts.append([s - diff // 2 for s in axis_windows(int(size) + diff, r, overlap)])
+    windows = [(y, x) for y in starts[0] for x in starts[1]]
+    return [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+
+
+def _needed(batches, roi, region):
+    (ys, xs), (ry, rx) = region, roi
+    return [b for b in batches if any(y < ys.stop and y + ry > ys.start and x < xs.stop and x + rx > xs.start
+                                      for y, x in b)]
+
+
+def input_box(full_shape: Sequence[int], roi: tuple[int, int], overlap: float, batch_size: int,
+              region: tuple[slice, slice]) -> tuple[slice, slice]:
+    """Input ``(slice_y, slice_x)`` needed to predict ``region`` exactly (the windows of its batches, clipped)."""
+    batches = _needed(window_batches(full_shape, roi, overlap, batch_size), roi, region)
+    windows = [w for b in batches for w in b]
+    box = []
+    for axis, (size, r) in enumerate(zip(full_shape, roi)):
+        lo = min(w[axis] for w in windows)
+        hi = max(w[axis] for w in windows) + r
+        box.append(slice(max(0, lo), min(int(size), hi)))
+    return box[0], box[1]
+
+
+_GAUSS_CACHE: dict[tuple[int, int], np.ndarray] = {}
+
+
+def gaussian_window(roi: tuple[int, int]) -> np.ndarray:
+    """``(ry, rx)`` float32 Gaussian importance map, sigma = roi / 8 (as MONAI's ``mode="gaussian"``)."""
+    key = tuple(int(r) for r in roi)
+    if key not in _GAUSS_CACHE:
+        axes = []
+        for r in key:
+            c = (r - 1) / 2.0
+            sigma = r * 0.125
+            axes.append(np.exp(-0.5 * ((np.arange(r) - c) / sigma) ** 2))
+        g = np.outer(axes[0], axes[1])
+        g = g / g.max()
+        _GAUSS_CACHE[key] = np.maximum(g, 1e-3).astype(np.float32)  # no zero weight at the corners
+    return _GAUSS_CACHE[key]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0 of ``(K, ...)`` float32, elementwise so any crop gives the same values."""
+    m = logits.max(axis=0, keepdims=True)
+    e = np.exp(logits - m)
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def predict_region(
+    image: np.ndarray,
+    *,
+    origin: Sequence[int],
+    full_shape: Sequence[int],
+    region: tuple[slice, slice],
+    roi: tuple[int, int],
+    overlap: float,
+    run: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    num_classes: int,
+) -> np.ndarray:
+    """Blended logits of ``region`` of a slice, from the global window grid.
+
+    Args:
+        image: ``(C, h, w)`` float32 normalised input covering at least
+            :func:`input_box` of ``region``.
+        origin: ``(y0, x0)`` of ``image`` in the slice.
+        full_shape: ``(Y, X)`` of the whole slice (fixes the window grid).
+        region: output ``(slice_y, slice_x)`` in slice coordinates (step 1).
+        roi: window ``(ry, rx)``; an axis shorter than its window is padded
+            symmetrically by reflection (as MONAI does).
+        overlap: fraction of the window shared by neighbours.
+        run: maps ``(N, C, ry, rx)`` to ``(N, K, ry, rx)`` logits.
+        batch_size: windows per forward pass (batches fixed on the global grid).
+        num_classes: ``K``.
+
+    Returns:
+        ``(K, ny, nx)`` float32 blended logits of ``region``.
+    """
+    (ys, xs), (Y, X) = region, tuple(int(s) for s in full_shape)
+    out_y0, out_y1, out_x0, out_x1 = ys.start, ys.stop, xs.start, xs.stop
+    oy, ox = int(origin[0]), int(origin[1])
+    ry, rx = roi
+    # Axes shorter than their window are padded by reflection (the whole axis is in `image` then).
+    pads = [(max(r - size, 0) // 2, max(r - size, 0) - max(r - size, 0) // 2) for size, r in ((Y, ry), (X, rx))]
+    if any(p for pair in pads for p in pair):
+        mode = "reflect" if all(size > max(pair) for size, pair in zip((Y, X), pads)) else "edge"
+        image = np.pad(image, ((0, 0), *pads), mode=mode)
+        oy, ox = oy - pads[0][0], ox - pads[1][0]
+    batches = _needed(window_batches((Y, X), roi, overlap, batch_size), roi, region)
+    g = gaussian_window((ry, rx))
+    acc = np.zeros((num_classes, out_y1 - out_y0, out_x1 - out_x0), np.float32)
+    weight = np.zeros((out_y1 - out_y0, out_x1 - out_x0), np.float32)
+    channels = image.shape[0]
+    for chunk in batches:
+        batch = np.empty((len(chunk), channels, ry, rx), np.float32)
+        for i, (y, x) in enumerate(chunk):
+            batch[i] = image[:, y - oy:y - oy + ry, x - ox:x - ox + rx]
+        logits = run(torch.from_numpy(batch)).float().cpu().numpy()
+        for i, (y, x) in enumerate(chunk):
+            a0, a1 = max(y, out_y0), min(y + ry, out_y1)
+            c0, c1 = max(x, out_x0), min(x + rx, out_x1)
+            if a0 >= a1 or c0 >= c1:
+                continue  # computed only to keep the batch identical to the whole-slice pass
+            gw = g[a0 - y:a1 - y, c0 - x:c1 - x]
+            acc[:, a0 - out_y0:a1 - out_y0, c0 - out_x0:c1 - out_x0] += logits[i, :, a0 - y:a1 - y, c0 - x:c1 - x] * gw
+            weight[a0 - out_y0:a1 - out_y0, c0 - out_x0:c1 - out_x0] += gw
+    return acc / weight
