@@ -306,7 +306,8 @@ class Predictor:
         from the centre is the radius (0 for the random forest: not a network).
         """
         if self._receptive_radius is None:
-            self._receptive_radius = _probe_receptive_radius(self.model, self.context_slices, self.window,
+            self._receptive_radius = _probe_receptive_radius(self.model, self.context_slices + len(self.grain_filter),
+                                                             self.window,
                                                              self.divisor) if self.is_torch else 0
         return self._receptive_radius
 
