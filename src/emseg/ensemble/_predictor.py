@@ -186,6 +186,34 @@ class EnsemblePredictor(Predictor):
             out[:, k] = p
         return out
 
+    # ------------------------------------------------------------------ blockwise seam
+    # 2-D/2.5-D ensembles run blockwise natively: one read of the union of the members' input boxes,
+    # each member predicts its exact block (identical to its in-memory result), then the combination.
+    # Ensembles with a 3-D member (spatial_dims 3) go through the engine's halo adapter instead.
+
+    @property
+    def halo(self) -> tuple[int, int, int]:
+        """The largest member halo ``(z, y, x)``."""
+        halos = [tuple(m.halo) for m in self.members]
+        return tuple(max(int(h[i]) for h in halos) for i in range(3))  # type: ignore[return-value]
+
+    def block_input(self, region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+        """Union of the members' input boxes for output ``region`` (members share this one read)."""
+        boxes = [m.block_input(region, shape) for m in self.members]
+        return tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes))  # type: ignore[return-value]
+                     for i in range(3))
+
+    def predict_proba_block(self, data: np.ndarray, *, origin: tuple[int, int, int],
+                            region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> np.ndarray:
+        """Combined ``(K, nz, ny, nx)`` probabilities of ``region`` from the shared read ``data`` at ``origin``."""
+        probs = []
+        for member in self.members:
+            box = member.block_input(region, shape)
+            part = data[tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, origin))]
+            probs.append(member.predict_proba_block(part, origin=tuple(b.start for b in box), region=region,
+                                                    shape=shape))
+        return self._combine(probs)
+
     def predict_volume(
         self, volume: Any, *, probabilities: bool = False, progress: Callable[[int], None] | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
