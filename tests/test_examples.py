@@ -29,5 +29,9 @@ def test_epfl_benchmark_example_validates():
 
     bench = load_bench_config(ROOT / "examples" / "bench_epfl.yaml")
     names = [run["name"] for run in _plan(bench)]
-    assert len(names) == 9 and "random-forest__none__seed0" in names
-    assert sum(name.startswith("unet") for name in names) == 8
+    # four networks x one loss + the forest (losses do not apply to it)
+    assert len(names) == 5 and "random-forest__none__seed0" in names
+    assert sum(name.endswith("__dice-ce__seed0") for name in names) == 4
+    from emseg.models import MODELS
+
+    assert all(model.name in MODELS for model in bench.models)
