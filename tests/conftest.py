@@ -157,3 +157,12 @@ def seed_runs(tmp_path_factory, epfl_crop):
     cfg = out / "c.yaml"
     cfg.write_text(tiny_ensemble_config(epfl_crop))
     return cfg, train_seeds(cfg, out / "seeds", seeds=[0, 1], progress=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The blockwise engine computes with one intra-op thread (bit-identical routes); so do the references."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -478,7 +478,7 @@ def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = N
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if overrides:
-        data = _merge(data, overrides)
+        data = deep_merge(data, overrides)
     if recipe is not None:
         from emseg.training._recipes import apply_recipe
 
@@ -486,11 +486,12 @@ def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = N
     return config_from_dict(data, base_dir=path.resolve().parent, source=f"in {path}")
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def deep_merge(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``, recursively for nested mappings (neither is modified)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -33,12 +33,8 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The engine computes with one intra-op thread (bit-identical routes); so do the in-memory references."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _engine_threads(one_torch_thread):
+    """Every test here compares with the engine, which uses one torch thread."""
 
 
 def _checkpoint(path: Path, *, context: int = 1, features=(4, 8), window=(64, 64), seed: int = 0) -> Path:

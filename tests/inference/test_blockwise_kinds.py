@@ -18,12 +18,8 @@ EPFL_RAW = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "epf
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The engine computes with one intra-op thread per block; the in-memory references do the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _engine_threads(one_torch_thread):
+    """Every test here compares with the engine, which uses one torch thread."""
 
 
 def _model_checkpoint(*, in_channels: int, context: int = 1, grain: list[int] | None = None, seed: int = 0) -> dict:

@@ -328,3 +328,12 @@ def test_bad_zoo_options_are_named():
         build_model("segnet", in_channels=1, num_classes=2, options={"features": [4, 8], "convs": [1]})
     with pytest.raises(ValueError, match="model.backbone"):
         build_model("deeplabv3plus", in_channels=1, num_classes=2, options={"backbone": "xception"})
+
+
+@pytest.mark.parametrize("name", ["unet-efficientnet-b0", "unet-efficientnet-b4"])
+def test_efficientnet_from_scratch_uses_pytorch_batch_norm_momentum(name):
+    # MONAI's TensorFlow-derived momentum 0.01 leaves the running statistics near their initial values after a
+    # few hundred steps (the network then predicted one class in eval mode on EPFL); emseg uses 0.1.
+    net = build_model(name, in_channels=1, num_classes=3, options=ZOO[name][0])
+    norms = [m for m in net.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)

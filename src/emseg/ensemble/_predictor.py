@@ -214,15 +214,3 @@ class EnsemblePredictor(Predictor):
                                                     shape=shape))
         return self._combine(probs)
 
-    def predict_volume(
-        self, volume: Any, *, probabilities: bool = False, progress: Callable[[int], None] | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Segment a ``(Z, Y, X)`` volume: labels ``(Z, Y, X)`` and, if asked, probabilities ``(K, Z, Y, X)``."""
-        z, y, x = volume.shape
-        labels = np.empty((z, y, x), np.uint8 if self.num_classes <= 255 else np.uint16)
-        probs = np.empty((self.num_classes, z, y, x), np.float32) if probabilities else None
-        for k, p in self.iter_slices(volume, progress=progress):
-            labels[k] = p.argmax(0)
-            if probs is not None:
-                probs[:, k] = p
-        return labels, probs

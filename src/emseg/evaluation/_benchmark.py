@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from emseg.config import ConfigError, VolumeSource, _format_errors, _merge, _resolve, config_from_dict, parse_slices
+from emseg.config import ConfigError, VolumeSource, _format_errors, _resolve, config_from_dict, deep_merge, parse_slices
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +275,8 @@ def _training_config(bench: BenchConfig, run: dict[str, Any], *, source: str = "
             "background": bench.background, "val_fraction": bench.dataset.val_fraction}
     if val is not None:
         data["val"] = val
-    training = _merge(_merge(_merge(dict(bench.training), run["loss"].training), model.training),
-                      {"seed": run["seed"], "max_minutes": budget.minutes})
+    training = deep_merge(deep_merge(deep_merge(dict(bench.training), run["loss"].training), model.training),
+                          {"seed": run["seed"], "max_minutes": budget.minutes})
     raw = {"data": data, "model": {"name": model.name, "context_slices": model.context_slices, **model.options},
            "training": training}
     return config_from_dict(raw, base_dir=None, source=source), raw, budget

@@ -373,7 +373,11 @@ class EfficientNetEncoder(EfficientNet):
         w, d, size, dropout, drop_connect = efficientnet_params[model_name]
         super().__init__(blocks_args_str=list(_B0_BLOCKS), spatial_dims=2, in_channels=in_channels, num_classes=1,
                          width_coefficient=w * width, depth_coefficient=d, dropout_rate=dropout, image_size=size,
-                         drop_connect_rate=drop_connect)
+                         drop_connect_rate=drop_connect, norm=("batch", {"eps": 1e-3, "momentum": 0.1}))
+        # Batch-norm momentum 0.1 (PyTorch's default), not MONAI's TensorFlow-derived 0.01: trained from scratch
+        # for a few hundred CPU steps, running statistics at momentum 0.01 are still mostly their initial values
+        # and the network in eval mode predicts one class (measured on EPFL: validation mean IoU 0.03 after
+        # 7 minutes, docs/BENCHMARKS.md).
         del self._conv_head, self._conv_head_padding, self._bn1, self._fc, self._avg_pooling, self._dropout
         probe = [a.output_filters for a in self._blocks_args]
         self.out_channels = tuple(probe[i - 1] for i in self.extract_stacks if i > 0)

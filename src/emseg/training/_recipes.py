@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from emseg._registry import suggest
+from emseg.config import deep_merge
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +48,6 @@ def load_recipe(name: str) -> dict[str, Any]:
     if name not in files:
         raise ValueError(f"unknown recipe {name!r}.{suggest(name, list(files))} Available: {', '.join(files)}")
     return yaml.safe_load(files[name].read_text()) or {}
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def apply_recipe(name: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -84,4 +75,4 @@ def apply_recipe(name: str, config: dict[str, Any]) -> dict[str, Any]:
         fallback = user_model or "unet2d"
         logger.warning("recipe %s: model %r is not available; keeping %r", name, preset_model, fallback)
         preset.pop("model")
-    return _merge(preset, config)
+    return deep_merge(preset, config)
