@@ -157,3 +157,20 @@ def test_volume_augmentation_labels_follow_and_z_stays_z():
         assert plain or flipped  # z is only ever flipped, never swapped with y or x
         z_flipped += flipped and not plain
     assert 0 < z_flipped < 16
+
+
+def test_volume_augmentation_deforms_every_section_alike():
+    # free rotation and elastic deformation (issue 4's transforms) also apply to 3-D patches, the same in-plane
+    # warp for every section: identical sections stay identical, and the labels are moved, not just copied
+    rng = np.random.default_rng(3)
+    section = np.zeros((24, 24), np.int64)
+    section[4:12, 6:20] = 1
+    labels = np.repeat(section[None, None], 5, axis=1).repeat(4, axis=0)  # (4, 5, 24, 24)
+    images = labels[:, None].astype(np.float32)
+    config = AugmentConfig(flips=False, rot90=False, transpose=False, brightness=0.0, contrast=0.0,
+                           rotation=30.0, elastic="simard", spatial_probability=1.0)
+    x, y = augment_volume_batch(images, labels, config, rng)
+    assert x.shape == images.shape and y.shape == labels.shape
+    assert all((patch == patch[0]).all() for patch in y)  # one warp for all sections of a patch
+    assert any(not np.array_equal(patch[0], section) for patch in y)
+    assert set(np.unique(y)) <= {0, 1}

@@ -207,38 +207,31 @@ class VolumePatchSampler:
 
 
 def augment_volume_batch(
-    images: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator
+    images: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator, *,
+    epoch_field: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Randomly flip (z, y, x), rotate by 90 degrees / transpose in-plane, and jitter intensity.
+    """Randomly flip in z, then apply the 2-D augmentations of :func:`~emseg.data.augment_batch` in-plane.
 
     Only in-plane rotations and transposes: anisotropic stacks have a coarser
-    z axis, so z is never swapped with y or x (it is only flipped).
+    z axis, so z is never swapped with y or x (it is only flipped). Free
+    rotation, zoom, grid distortion and elastic deformation (when switched on)
+    move every section of a patch the same way; intensity jitter and noise as in 2-D.
 
     Args:
         images: ``(B, C, Z, Y, X)`` float32 normalised patches.
         labels: ``(B, Z, Y, X)`` int labels (they follow every geometric transform).
         config: which transforms are on (``flips`` covers z, y and x), intensity ranges.
         rng: the random generator (seeded by the trainer).
+        epoch_field: Guay elastic field of this epoch, ``(2, Y, X)`` (:func:`~emseg.data.epoch_elastic_field`).
 
     Returns:
         New ``(images, labels)`` of the same shapes.
     """
-    out_x, out_y = [], []
-    square = images.shape[-1] == images.shape[-2]
-    for x, y in zip(images, labels):
-        if config.flips:
-            for axis in (0, 1, 2):  # z, y, x of the label; +1 for the image's channel axis
-                if rng.random() < 0.5:
-                    x, y = np.flip(x, axis + 1), np.flip(y, axis)
-        if config.rot90 and square:
-            k = int(rng.integers(4))
-            x, y = np.rot90(x, k, axes=(2, 3)), np.rot90(y, k, axes=(1, 2))
-        if config.transpose and square and rng.random() < 0.5:
-            x, y = x.transpose(0, 1, 3, 2), y.transpose(0, 2, 1)
-        if config.contrast or config.brightness:
-            gain = 1.0 + rng.uniform(-config.contrast, config.contrast)
-            shift = rng.uniform(-config.brightness, config.brightness)
-            x = x * np.float32(gain) + np.float32(shift)
-        out_x.append(np.ascontiguousarray(x, dtype=np.float32))
-        out_y.append(np.ascontiguousarray(y))
-    return np.stack(out_x), np.stack(out_y)
+    from emseg.data._augment import augment_batch
+
+    if config.flips:
+        images, labels = images.copy(), labels.copy()
+        for b in range(len(images)):
+            if rng.random() < 0.5:
+                images[b], labels[b] = np.flip(images[b], 1).copy(), np.flip(labels[b], 0).copy()
+    return augment_batch(images, labels, config, rng, epoch_field=epoch_field)

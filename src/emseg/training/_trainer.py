@@ -308,7 +308,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                 losses = []
                 plateau = plateau_scale(history, factor=tc.plateau_factor, patience=tc.plateau_patience,
                                         mode=mode if len(val) else "min")
-                epoch_field = None if volumes else epoch_elastic_field(tc.augment, tuple(patch_size), rng)
+                epoch_field = epoch_elastic_field(tc.augment, tuple(patch_size)[-2:], rng)
                 for _ in range(tc.iterations_per_epoch):
                     if time.perf_counter() - start + val_seconds >= budget:
                         stop_reason = "time limit"
@@ -320,7 +320,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                         group["lr"] = lr
                     batch = sampler.sample(tc.batch_size)
                     if volumes:
-                        x, y = augment_volume_batch(*batch[:2], tc.augment, rng)
+                        x, y = augment_volume_batch(*batch[:2], tc.augment, rng, epoch_field=epoch_field)
                         w = []
                     else:
                         x, y, *w = augment_batch(*batch[:2], tc.augment, rng, weights=batch[2] if wmaps else None,
