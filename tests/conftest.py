@@ -18,16 +18,27 @@ EPFL_CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_bounda
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def _write_crop(out: Path, folder: Path, crop: tuple) -> dict[str, Path]:
+    """``crop`` of ``folder``'s train_raw.tif / train_labels.tif written as TIFF files under ``out``."""
+    paths = {"raw": out / "raw.tif", "labels": out / "labels.tif"}
+    for key, name in (("raw", "train_raw.tif"), ("labels", "train_labels.tif")):
+        tifffile.imwrite(paths[key], tifffile.imread(folder / name)[crop], photometric="minisblack")
+    return paths
+
+
+def epfl_data_yaml(epfl_crop: dict[str, Path]) -> str:
+    """The ``data:`` section of a config training on slices 0-2 of the EPFL crop and validating on slice 3."""
+    return f"""data:
+  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
+  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
+  classes: {EPFL_CLASSES}
+"""
+
+
 @pytest.fixture(scope="session")
 def epfl_crop(tmp_path_factory) -> dict[str, Path]:
     """A 4 x 192 x 256 crop of the EPFL training volume and a 2-slice test crop, as TIFF files."""
-    out = tmp_path_factory.mktemp("epfl")
-    raw = tifffile.imread(EPFL / "train_raw.tif")[:4, 400:592, 160:416]
-    lab = tifffile.imread(EPFL / "train_labels.tif")[:4, 400:592, 160:416]
-    paths = {"raw": out / "raw.tif", "labels": out / "labels.tif"}
-    tifffile.imwrite(paths["raw"], raw, photometric="minisblack")
-    tifffile.imwrite(paths["labels"], lab, photometric="minisblack")
-    return paths
+    return _write_crop(tmp_path_factory.mktemp("epfl"), EPFL, np.s_[:4, 400:592, 160:416])
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -79,13 +90,7 @@ ISBI = SHARED / "isbi2012-membranes"
 @pytest.fixture(scope="session")
 def isbi_crop(tmp_path_factory) -> dict[str, Path]:
     """An 8 x 96 x 96 crop of the contiguous anisotropic ISBI 2012 stack (0 interior, 1 membrane), as TIFF files."""
-    out = tmp_path_factory.mktemp("isbi")
-    raw = tifffile.imread(ISBI / "train_raw.tif")[:8, 100:196, 100:196]
-    lab = tifffile.imread(ISBI / "train_labels.tif")[:8, 100:196, 100:196]
-    paths = {"raw": out / "raw.tif", "labels": out / "labels.tif"}
-    tifffile.imwrite(paths["raw"], raw, photometric="minisblack")
-    tifffile.imwrite(paths["labels"], lab, photometric="minisblack")
-    return paths
+    return _write_crop(tmp_path_factory.mktemp("isbi"), ISBI, np.s_[:8, 100:196, 100:196])
 
 
 # --- issue 5: a tiny benchmark (2 tiny U-Nets x 1 loss + a small random forest + 3 ensembles) ---

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from emseg.models import MODELS, build_model, count_flops, load_encoder_weights, model_cost, model_divisor
-from tests.conftest import EPFL_CLASSES
+from tests.conftest import EPFL_CLASSES, epfl_data_yaml
 
 TINY_ENCODER = {"width": 0.0625, "decoder_channels": [8, 8, 4, 4, 4], "bottleneck_channels": 8}
 # tiny options per model, and the divisor they imply
@@ -54,11 +54,7 @@ def _config(tmp_path, epfl_crop, name, options, context_slices=1):
     opts = ", ".join(f"{k}: {v}" for k, v in options.items())
     path = tmp_path / "c.yaml"
     path.write_text(f"""
-data:
-  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
-  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
-  classes: {EPFL_CLASSES}
-model: {{name: {name}, context_slices: {context_slices}, {opts}}}
+{epfl_data_yaml(epfl_crop)}model: {{name: {name}, context_slices: {context_slices}, {opts}}}
 training: {{max_minutes: 2, epochs: 1, iterations_per_epoch: 2, batch_size: 2, patch_size: 64, val_max_slices: 1}}
 """)
     return path

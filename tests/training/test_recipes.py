@@ -14,7 +14,7 @@ from emseg.config import ConfigError, load_config
 from emseg.data import guay_weight_map
 from emseg.models import MODELS
 from emseg.training._recipes import apply_recipe, list_recipes, load_recipe
-from conftest import EPFL_CLASSES
+from conftest import EPFL_CLASSES, epfl_data_yaml
 
 runner = CliRunner()
 
@@ -22,11 +22,7 @@ runner = CliRunner()
 def _write(tmp_path, epfl_crop, extra: str = "") -> object:
     path = tmp_path / "c.yaml"
     path.write_text(f"""
-data:
-  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
-  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
-  classes: {EPFL_CLASSES}
-{extra}
+{epfl_data_yaml(epfl_crop)}{extra}
 """)
     return path
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import EPFL_CLASSES
+from conftest import EPFL_CLASSES, epfl_data_yaml
 from torch import nn
 
 import emseg
@@ -29,11 +29,7 @@ TINY = "max_minutes: 1.0, epochs: 2, iterations_per_epoch: 2, batch_size: 2, pat
 def _config(tmp_path, epfl_crop, model: str, training: str, extra: str = ""):
     path = tmp_path / "c.yaml"
     path.write_text(f"""
-data:
-  train: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "0:3"}}
-  val: {{image: {epfl_crop['raw']}, labels: {epfl_crop['labels']}, slices: "3"}}
-  classes: {EPFL_CLASSES}
-model: {model}
+{epfl_data_yaml(epfl_crop)}model: {model}
 training: {{{TINY}, {training}}}
 {extra}
 """)
