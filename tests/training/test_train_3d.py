@@ -174,3 +174,63 @@ def test_volume_augmentation_deforms_every_section_alike():
     assert all((patch == patch[0]).all() for patch in y)  # one warp for all sections of a patch
     assert any(not np.array_equal(patch[0], section) for patch in y)
     assert set(np.unique(y)) <= {0, 1}
+
+
+def test_volume_sampler_grid_labelled_and_weights():
+    """Guay's window grid, Meyer's labelled windows and weight maps in 3-D (the densecell-2d3d preset's sampling)."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((7, 40, 50), np.int16)
+    labels[5, 33, 44] = 1  # one labelled foreground voxel
+    weights = np.arange(labels.size, dtype=np.float32).reshape(labels.shape)
+    image = weights[None].copy()
+    grid = VolumePatchSampler([image], [labels], patch_size=(3, 16, 16), num_classes=2, rng=rng, weights=[weights],
+                              mode="grid", spacing=(12, 10))
+    # z0 in 0, 3 (3 + 3 = 6 <= 7; 6 + 3 > 7): the patch depth; y0 in 0, 12, 24; x0 in 0, 10, 20, 30
+    expected = {(0, z, y, x) for z in (0, 3) for y in (0, 12, 24) for x in (0, 10, 20, 30)}
+    first = [grid._window() for _ in range(len(expected))]
+    assert set(first) == expected
+    x, y, w = grid.sample(5)
+    assert w.shape == y.shape == (5, 3, 16, 16) and np.array_equal(x[:, 0], w)  # weights cut with the window
+    labelled = VolumePatchSampler([image], [labels], patch_size=(3, 16, 16), num_classes=2,
+                                  rng=np.random.default_rng(1), mode="labelled", labelled_fraction=1.0)
+    corners = [labelled._window() for _ in range(400)]
+    assert all(z <= 5 < z + 3 and y <= 33 < y + 16 and x <= 44 < x + 16 for _, z, y, x in corners)
+    assert len({c[1] for c in corners}) == 2 and len({c[3] for c in corners}) == 6  # z0 in 3..4, x0 in 29..34
+    with pytest.raises(ValueError, match="weight map 0"):
+        VolumePatchSampler([image], [labels], patch_size=(3, 16, 16), num_classes=2, rng=rng, weights=[weights[:2]])
+
+
+def test_volume_augmentation_moves_weights_with_labels():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 5, (12, 3, 8, 8)).astype(np.int64)
+    images = labels[:, None].astype(np.float32)
+    weights = labels.astype(np.float32) * 10
+    config = AugmentConfig(brightness=0.0, contrast=0.0)
+    x, y, w = augment_volume_batch(images, labels, config, rng, weights=weights)
+    np.testing.assert_array_equal(w, y * 10)
+
+
+def test_densecell_preset_trains_hybrid2d3d_with_weight_maps_and_grid(isbi_crop, tmp_path):
+    """The densecell-2d3d preset with its own network: Guay weight map per section, window grid, multi-loss."""
+    from emseg.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+data:
+  train: {{image: {isbi_crop['raw']}, labels: {isbi_crop['labels']}, slices: "0:6"}}
+  val: {{image: {isbi_crop['raw']}, labels: {isbi_crop['labels']}, slices: "6:8"}}
+  classes: [interior, membrane]
+model: {{name: hybrid2d3d, features: [4, 8], features_3d: 4}}
+training: {{max_minutes: 0.5, epochs: 2, iterations_per_epoch: 2, batch_size: 1, patch_size: [3, 32, 32],
+           patch_sampling: {{mode: grid, spacing: 48}}, checkpoint_metric: val_loss}}
+""")
+    config = load_config(cfg, recipe="densecell-2d3d")
+    assert config.model.name == "hybrid2d3d" and config.training.weight_map.kind == "guay"
+    run = emseg.train(config, tmp_path / "run", progress=False)
+    lines = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(np.isfinite(r["train_loss"]) and r["val_loss"] > 0 for r in lines)
+    maps = np.load(run.run_dir / "weight_maps.npz")
+    assert len([k for k in maps.files if k.startswith("w")]) == 6  # one map per training section
+    raw = tifffile.imread(isbi_crop["raw"])
+    labels, _ = Predictor.from_checkpoint(run.run_dir).predict_volume(raw[:8])
+    assert labels.shape == raw[:8].shape

@@ -115,14 +115,22 @@ def load_training_volumes(config: Config) -> tuple[LabelledVolumes, LabelledVolu
 
 
 class VolumePatchSampler:
-    """Draw ``(image, label)`` 3-D patches from sub-stacks, oversampling foreground classes.
+    """Draw ``(image, label[, weight])`` 3-D patches from sub-stacks.
 
-    As :class:`~emseg.data.PatchSampler`, in 3-D: with probability
-    ``foreground_oversampling`` a patch is centred (with jitter) on a random
-    voxel of a foreground class chosen uniformly among those present;
-    otherwise its position is uniform.  Stacks smaller than the patch are
-    padded (reflect, or edge for a single slice, for images;
-    :data:`~emseg.data.IGNORE_INDEX` for labels).
+    The three modes of :class:`~emseg.data.PatchSampler` (``training.patch_sampling``), in 3-D:
+
+    * ``foreground`` (default): with probability ``foreground_oversampling`` a
+      patch is centred (with jitter) on a random voxel of a foreground class
+      chosen uniformly among those present; otherwise its position is uniform;
+    * ``labelled`` (Meyer et al.): with probability ``labelled_fraction`` the
+      window is uniform among the windows containing a labelled foreground voxel
+      (chosen uniformly among all of them); otherwise uniform;
+    * ``grid`` (Guay et al.): corners on a regular grid, ``spacing`` ``(sy, sx)``
+      in-plane (default: the patch size) and the patch depth along z, visited in
+      a random order reshuffled after each full pass.
+
+    Stacks smaller than the patch are padded (reflect, or edge for a single
+    slice, for images; :data:`~emseg.data.IGNORE_INDEX` for labels; 0 for weights).
 
     Parameters
     ----------
@@ -134,6 +142,11 @@ class VolumePatchSampler:
         ``(pz, py, px)``.
     num_classes, background, foreground_oversampling, rng
         As :class:`~emseg.data.PatchSampler`.
+    weights
+        Optional voxel loss weights, each shaped like its label sub-stack
+        (``training.weight_map``); :meth:`sample` then returns weight patches too.
+    mode, labelled_fraction, spacing
+        ``training.patch_sampling``.
     """
 
     def __init__(
@@ -146,25 +159,46 @@ class VolumePatchSampler:
         background: int | None = 0,
         foreground_oversampling: float = 0.5,
         rng: np.random.Generator,
+        weights: list[np.ndarray] | None = None,
+        mode: str = "foreground",
+        labelled_fraction: float = 0.8,
+        spacing: tuple[int, int] | None = None,
     ) -> None:
         if len(patch_size) != 3:
             raise ValueError(f"patch_size must be (z, y, x), got {tuple(patch_size)}")
+        if mode not in ("foreground", "labelled", "grid"):
+            raise ValueError(f"patch sampling mode must be 'foreground', 'labelled' or 'grid', got {mode!r}")
         self.patch_size = tuple(int(p) for p in patch_size)
         self.rng = rng
         self.foreground_oversampling = foreground_oversampling
+        self.mode = mode
+        self.labelled_fraction = labelled_fraction
         self.images, self.labels = [], []
-        for im, lab in zip(images, labels):
+        self.weights: list[np.ndarray] | None = None if weights is None else []
+        for k, (im, lab) in enumerate(zip(images, labels)):
             pads = [max(0, p - s) for p, s in zip(self.patch_size, lab.shape)]
+            w = None
+            if weights is not None:
+                w = np.asarray(weights[k], np.float32)
+                if w.shape != lab.shape:
+                    raise ValueError(f"weight map {k} has shape {w.shape} but its label sub-stack has {lab.shape}")
             if any(pads):
                 modes = ["reflect" if s > 1 and pad < s else "edge" for s, pad in zip(lab.shape, pads)]
-                for axis, (pad, mode) in enumerate(zip(pads, modes)):
+                for axis, (pad, pad_mode) in enumerate(zip(pads, modes)):
                     if pad:
                         width = [(0, 0)] * im.ndim
                         width[axis + 1] = (0, pad)
-                        im = np.pad(im, width, mode=mode)
+                        im = np.pad(im, width, mode=pad_mode)
                 lab = np.pad(lab, [(0, p) for p in pads], constant_values=IGNORE_INDEX)
+                w = None if w is None else np.pad(w, [(0, p) for p in pads])
             self.images.append(im)
             self.labels.append(lab)
+            if self.weights is not None:
+                self.weights.append(w)
+        sy, sx = (int(v) for v in (spacing or self.patch_size[1:]))
+        self.spacing = (self.patch_size[0], sy, sx)
+        self.grid = self._grid_positions() if mode == "grid" else None
+        self._queue: list[int] = []
         self.class_voxels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for c in range(num_classes):
             if c == background:
@@ -174,8 +208,20 @@ class VolumePatchSampler:
             if where:
                 self.class_voxels[c] = (np.concatenate([np.full(f.size, i, np.int32) for i, f in where]),
                                         np.concatenate([f for _, f in where]))
+        self.fg_voxels = None
+        if self.class_voxels:  # all foreground voxels together, for the "labelled" mode
+            self.fg_voxels = (np.concatenate([v for v, _ in self.class_voxels.values()]),
+                              np.concatenate([f for _, f in self.class_voxels.values()]))
         sizes = np.array([lab.size for lab in self.labels], float)
         self.volume_p = sizes / sizes.sum()
+
+    def _grid_positions(self) -> np.ndarray:
+        """``(N, 4)`` (stack, z0, y0, x0) of every grid window, in stack / z / row / column order."""
+        out = []
+        for i, lab in enumerate(self.labels):
+            axes = [range(0, s - p + 1, sp) for s, p, sp in zip(lab.shape, self.patch_size, self.spacing)]
+            out.extend((i, z0, y0, x0) for z0 in axes[0] for y0 in axes[1] for x0 in axes[2])
+        return np.asarray(out, np.int64).reshape(-1, 4)
 
     def _corner(self, shape: tuple[int, ...], center: tuple[int, ...] | None) -> tuple[int, ...]:
         if center is None:
@@ -186,30 +232,56 @@ class VolumePatchSampler:
             corner.append(int(np.clip(c - p // 2 + jitter, 0, s - p)))
         return tuple(corner)
 
-    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return images ``(B, C, pz, py, px)`` float32 and labels ``(B, pz, py, px)`` int64."""
-        xs, ys = [], []
-        classes = list(self.class_voxels)
-        for _ in range(batch_size):
-            center = None
-            if classes and self.rng.random() < self.foreground_oversampling:
-                volumes, flat = self.class_voxels[classes[self.rng.integers(len(classes))]]
+    def _window(self) -> tuple[int, int, int, int]:
+        """One window ``(stack, z0, y0, x0)`` drawn by the configured mode."""
+        if self.mode == "grid":
+            if not self._queue:
+                self._queue = self.rng.permutation(len(self.grid)).tolist()
+            return tuple(int(v) for v in self.grid[self._queue.pop()])
+        if self.mode == "labelled":
+            if self.fg_voxels is not None and self.rng.random() < self.labelled_fraction:
+                volumes, flat = self.fg_voxels
                 k = self.rng.integers(flat.size)
                 i = int(volumes[k])
-                center = tuple(int(v) for v in np.unravel_index(int(flat[k]), self.labels[i].shape))
-            else:
-                i = int(self.rng.choice(len(self.labels), p=self.volume_p))
-            z0, y0, x0 = self._corner(self.labels[i].shape, center)
-            pz, py, px = self.patch_size
-            xs.append(self.images[i][:, z0 : z0 + pz, y0 : y0 + py, x0 : x0 + px])
-            ys.append(self.labels[i][z0 : z0 + pz, y0 : y0 + py, x0 : x0 + px])
-        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64)
+                shape = self.labels[i].shape
+                point = np.unravel_index(int(flat[k]), shape)
+                # uniform among the windows that contain the voxel
+                corner = [int(self.rng.integers(max(0, c - p + 1), min(c, s - p) + 1))
+                          for c, s, p in zip(point, shape, self.patch_size)]
+                return (i, *corner)
+            i = int(self.rng.choice(len(self.labels), p=self.volume_p))
+            return (i, *self._corner(self.labels[i].shape, None))
+        center = None
+        classes = list(self.class_voxels)
+        if classes and self.rng.random() < self.foreground_oversampling:
+            volumes, flat = self.class_voxels[classes[self.rng.integers(len(classes))]]
+            k = self.rng.integers(flat.size)
+            i = int(volumes[k])
+            center = tuple(int(v) for v in np.unravel_index(int(flat[k]), self.labels[i].shape))
+        else:
+            i = int(self.rng.choice(len(self.labels), p=self.volume_p))
+        return (i, *self._corner(self.labels[i].shape, center))
+
+    def sample(self, batch_size: int):
+        """Return images ``(B, C, pz, py, px)`` float32 and labels ``(B, pz, py, px)`` int64,
+        plus weights ``(B, pz, py, px)`` float32 when the sampler was given weight maps."""
+        xs, ys, ws = [], [], []
+        pz, py, px = self.patch_size
+        for _ in range(batch_size):
+            i, z0, y0, x0 = self._window()
+            box = (slice(z0, z0 + pz), slice(y0, y0 + py), slice(x0, x0 + px))
+            xs.append(self.images[i][(slice(None), *box)])
+            ys.append(self.labels[i][box])
+            if self.weights is not None:
+                ws.append(self.weights[i][box])
+        out = np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64)
+        return out if self.weights is None else (*out, np.stack(ws).astype(np.float32))
 
 
 def augment_volume_batch(
     images: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator, *,
-    epoch_field: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    weights: np.ndarray | None = None, epoch_field: np.ndarray | None = None,
+):
     """Randomly flip in z, then apply the 2-D augmentations of :func:`~emseg.data.augment_batch` in-plane.
 
     Only in-plane rotations and transposes: anisotropic stacks have a coarser
@@ -222,16 +294,21 @@ def augment_volume_batch(
         labels: ``(B, Z, Y, X)`` int labels (they follow every geometric transform).
         config: which transforms are on (``flips`` covers z, y and x), intensity ranges.
         rng: the random generator (seeded by the trainer).
+        weights: optional voxel loss weights shaped like ``labels``; they follow the labels.
         epoch_field: Guay elastic field of this epoch, ``(2, Y, X)`` (:func:`~emseg.data.epoch_elastic_field`).
 
     Returns:
-        New ``(images, labels)`` of the same shapes.
+        New ``(images, labels)`` of the same shapes, or ``(images, labels, weights)``
+        when ``weights`` is given.
     """
     from emseg.data._augment import augment_batch
 
     if config.flips:
         images, labels = images.copy(), labels.copy()
+        weights = None if weights is None else weights.copy()
         for b in range(len(images)):
             if rng.random() < 0.5:
                 images[b], labels[b] = np.flip(images[b], 1).copy(), np.flip(labels[b], 0).copy()
-    return augment_batch(images, labels, config, rng, epoch_field=epoch_field)
+                if weights is not None:
+                    weights[b] = np.flip(weights[b], 0).copy()
+    return augment_batch(images, labels, config, rng, weights=weights, epoch_field=epoch_field)

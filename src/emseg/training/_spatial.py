@@ -122,14 +122,20 @@ def inference_metadata(config: Config) -> dict[str, Any]:
 
 
 def volume_sampler(config: Config, train: LabelledVolumes, normalizer: Normalizer,
-                   rng: np.random.Generator) -> VolumePatchSampler:
-    """The 3-D patch sampler over the normalised training sub-stacks (one channel)."""
+                   rng: np.random.Generator, weights: list[np.ndarray] | None = None) -> VolumePatchSampler:
+    """The 3-D patch sampler over the normalised training sub-stacks (one channel).
+
+    ``weights``: voxel weight maps of ``training.weight_map``, one ``(Z, Y, X)`` per sub-stack.
+    """
     tc = config.training
+    ps = tc.patch_sampling
     patch = resolve_patch_size(config)
-    logger.info("3-D training patches %s (z, y, x)", list(patch))
+    logger.info("3-D training patches %s (z, y, x), %s sampling", list(patch), ps.mode)
     return VolumePatchSampler([normalizer(im)[None] for im in train.images], train.labels, patch_size=patch,
                               num_classes=len(config.data.classes), background=config.data.background,
-                              foreground_oversampling=tc.foreground_oversampling, rng=rng)
+                              foreground_oversampling=tc.foreground_oversampling, rng=rng, weights=weights,
+                              mode=ps.mode, labelled_fraction=ps.labelled_fraction,
+                              spacing=None if ps.spacing is None else tuple(ps.spacing))
 
 
 def with_aux_heads(criterion: torch.nn.Module, model: torch.nn.Module) -> torch.nn.Module:

@@ -69,6 +69,15 @@ class TrainResult:
     best_metric: float = float("nan")
 
 
+def _restack(maps: list[np.ndarray], volumes: list[np.ndarray]) -> list[np.ndarray]:
+    """Per-slice ``(Y, X)`` maps, in order, back into one ``(Z, Y, X)`` array per label sub-stack."""
+    out, k = [], 0
+    for vol in volumes:
+        out.append(np.stack(maps[k:k + vol.shape[0]]).astype(np.float32))
+        k += vol.shape[0]
+    return out
+
+
 def class_weights_from_frequencies(freqs: np.ndarray) -> np.ndarray:
     """``1 / sqrt(frequency)``, scaled to mean 1 over the classes present; 0 for absent classes."""
     weights = np.zeros_like(freqs, dtype=np.float64)
@@ -226,13 +235,18 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     wmaps = val_wmaps = None
     patch_size = resolve_patch_size(config)
     if volumes:
-        unsupported = [key for key, used in (("preprocess.grain_filter", grain), ("training.weight_map", tc.weight_map),
-                                             ("training.patch_sampling.mode", tc.patch_sampling.mode != "foreground"))
-                       if used]
-        if unsupported:
-            raise ValueError(f"{', '.join(unsupported)}: not available for the 3-D model {config.model.name!r} yet; "
-                             f"remove the key(s) or use a 2-D model")
-        sampler = volume_sampler(config, train_data, normalizer, rng)
+        if grain:
+            raise ValueError(f"preprocess.grain_filter: not available for the 3-D model {config.model.name!r} yet; "
+                             f"remove the key or use a 2-D model")
+        if tc.weight_map is not None:  # per 2-D section, as Guay et al.; restacked into (Z, Y, X) maps
+            spec = tc.weight_map.model_dump(mode="json")
+            train_slices = [s for vol in train_data.labels for s in vol]
+            wmaps = _restack(weight_maps(spec, train_slices, num_classes=num_classes, cache_dir=out_dir),
+                             train_data.labels)
+            if len(val_data):
+                val_wmaps = _restack(weight_maps(spec, [s for vol in val_data.labels for s in vol],
+                                                 num_classes=num_classes, balance_from=train_slices), val_data.labels)
+        sampler = volume_sampler(config, train_data, normalizer, rng, weights=wmaps)
     else:
         norm_images = [normalizer(im) for im in with_grain_channels(train_data.images, grain, progress=progress)]
         if tc.weight_map is not None:
@@ -320,8 +334,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                         group["lr"] = lr
                     batch = sampler.sample(tc.batch_size)
                     if volumes:
-                        x, y = augment_volume_batch(*batch[:2], tc.augment, rng, epoch_field=epoch_field)
-                        w = []
+                        x, y, *w = augment_volume_batch(*batch[:2], tc.augment, rng,
+                                                        weights=batch[2] if wmaps else None, epoch_field=epoch_field)
                     else:
                         x, y, *w = augment_batch(*batch[:2], tc.augment, rng, weights=batch[2] if wmaps else None,
                                                  epoch_field=epoch_field)
