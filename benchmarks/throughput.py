@@ -202,6 +202,9 @@ def main() -> None:
     ap.add_argument("--block", type=int, nargs=3, help="block shape Z Y X (default: emseg's choice)")
     ap.add_argument("--window", type=int, nargs=2, help="sliding window Y X for emseg and MONAI (default: the model's, "
                                                         "512 x 512; the whole slice, 768 1024, avoids overlap work)")
+    ap.add_argument("--jit", action="store_true",
+                    help="emseg predict --jit (frozen TorchScript network on CPU); the in-process rates are then "
+                         "measured with and without it")
     ap.add_argument("--flat-gvox", type=float, default=0.0,
                     help="also run --workers 0 on volumes of this size and 4x: peak RSS vs size (memory flatness)")
     ap.add_argument("--monai-slices", type=int, default=8)
@@ -243,6 +246,9 @@ def main() -> None:
         window = {"window": tuple(args.window)} if args.window else {}
         if args.window:
             extra += ["--window", *map(str, args.window)]
+        if args.jit:
+            extra += ["--jit"]
+        result["jit"] = bool(args.jit)
         for workers in [int(w) for w in args.workers.split(",")]:
             out = work / f"labels_w{workers}.zarr"
             run = run_emseg(model, work / "volume.zarr", out, workers, extra)
@@ -278,12 +284,21 @@ def main() -> None:
                            f"mvox_s_{cores}_threads": monai_rate(predictor, sub, cores)}
         result["emseg_in_process"] = {"mvox_s_1_thread": emseg_inprocess_rate(predictor, sub, 1),
                                       f"mvox_s_{cores}_threads": emseg_inprocess_rate(predictor, sub, cores)}
+        if args.jit:
+            pjit = Predictor.from_checkpoint(model, overlap="auto", precision="fp32", jit=True, **window)
+            pjit.predict_proba_slice(np.asarray(sub[0]))  # set-up (trace, freeze, check) outside the timing
+            result["emseg_in_process_jit"] = {"mvox_s_1_thread": emseg_inprocess_rate(pjit, sub, 1),
+                                              f"mvox_s_{cores}_threads": emseg_inprocess_rate(pjit, sub, cores),
+                                              "still_jit": pjit.jit}
         best = max(runs, key=lambda r: r["mvox_s"])
         result["ratio_emseg_vs_monai"] = {
             "end_to_end_best_vs_monai_best": best["mvox_s"] / max(result["monai"]["mvox_s_1_thread"],
                                                                  result["monai"][f"mvox_s_{cores}_threads"]),
             "in_process_1_thread": result["emseg_in_process"]["mvox_s_1_thread"] / result["monai"]["mvox_s_1_thread"],
         }
+        if args.jit:
+            result["ratio_emseg_vs_monai"]["in_process_1_thread_jit"] = (
+                result["emseg_in_process_jit"]["mvox_s_1_thread"] / result["monai"]["mvox_s_1_thread"])
 
         torch.set_num_threads(cores)
         flops = slice_flops(predictor, shape[1:])
@@ -333,8 +348,10 @@ def print_table(r: dict) -> None:
     for key, val in r["monai"].items():
         if key.startswith("mvox_s"):
             print(f"{'MONAI sliding window, ' + key[7:]:<34}{val:>10.2f}")
-    for key, val in r["emseg_in_process"].items():
-        print(f"{'emseg tiling in process, ' + key[7:]:<34}{val:>10.2f}")
+    for name, label in (("emseg_in_process", "emseg tiling in process, "), ("emseg_in_process_jit", "emseg --jit in process, ")):
+        for key, val in r.get(name, {}).items():
+            if key.startswith("mvox_s"):
+                print(f"{label + key[7:]:<34}{val:>10.2f}")
     print(f"identical labels across --workers: {r['identical_across_workers']}")
     for run in r.get("memory_flatness", []):
         print(f"memory flatness, --workers 0 on {run['gvox']:.3f} GVox: peak RSS {run['peak_rss_gb']:.2f} GB "

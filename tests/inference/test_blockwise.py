@@ -393,3 +393,48 @@ def test_cli_rejects_bad_overlap_and_engine_options_without_zarr(data, tmp_path)
                                  "--ome-zarr"])
     assert result.exit_code == 2 and "ome_zarr need blockwise prediction" in result.output
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.tif").exists()
+
+
+def test_jit_predictor_agrees_with_eager_and_runs_blockwise(data, tmp_path):
+    """--jit: the frozen TorchScript copy is really used, agrees with the eager network, and the engine is exact."""
+    eager = Predictor.from_checkpoint(data["model"], overlap="auto")
+    frozen = Predictor.from_checkpoint(data["model"], overlap="auto", jit=True)
+    p_eager, p_jit = eager.predict_proba_volume(data["raw"]), frozen.predict_proba_volume(data["raw"])
+    assert frozen.jit and frozen._jit_module is not None  # no silent fall-back to eager
+    assert np.abs(p_jit - p_eager).max() < 1e-4
+    assert (p_jit.argmax(0) == p_eager.argmax(0)).mean() > 0.9999
+    expected = p_jit.argmax(0).astype(np.uint8)
+    out = emseg.predict(data["model"], str(data["dir"] / "raw3.zarr"), tmp_path / "jit.zarr", block=(2, 75, 100),
+                        jit=True, progress=False)
+    import zarr
+
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[...], expected)
+    assert read_run_metadata(out)["predictor_options"]["jit"] is True
+    emseg.predict(data["model"], data["dir"] / "raw.tif", tmp_path / "jit.tif", jit=True, progress=False)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "jit.tif"), expected)
+
+
+def test_jit_falls_back_to_eager_when_the_trace_does_not_hold(data, caplog):
+    """A network whose forward depends on the input shape traces wrongly for other shapes: caught, eager used."""
+    inner = Predictor.from_checkpoint(data["model"], overlap=0.0)
+
+    class ShapeDependent(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            out = self.net(x)
+            return out if x.shape[-1] >= 64 else -out  # Python branch: frozen into the trace
+
+    predictor = Predictor(ShapeDependent(inner.model).eval(), classes=inner.classes, normalizer=inner.normalizer,
+                          window=(64, 64), overlap=0.0, divisor=4, jit=True)
+    predictor.predict_proba_slice(data["raw"][0, :64, :64])  # traced at 64 x 64
+    assert predictor.jit
+    small = data["raw"][0, :32, :32]  # 32 x 32 window: the trace holds the other branch
+    with caplog.at_level("WARNING", logger="emseg.inference._predictor"):
+        got = predictor.predict_proba_slice(small)
+    assert not predictor.jit and "disagrees with the eager network" in caplog.text
+    want = Predictor(ShapeDependent(inner.model).eval(), classes=inner.classes, normalizer=inner.normalizer,
+                     window=(64, 64), overlap=0.0, divisor=4).predict_proba_slice(small)
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -114,6 +114,8 @@ def predict(
     overlap: Annotated[str, typer.Option(help="Window overlap: a fraction, or auto (receptive field / window).")] = "auto",
     window: Annotated[Optional[tuple[int, int]], typer.Option(help="Sliding-window size Y X (default: the model's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Windows per forward pass.")] = None,
+    jit: Annotated[bool, typer.Option("--jit", help="CPU: frozen TorchScript network (batch norm folded, oneDNN fusions), "
+                                      "~1.2x faster after a few seconds of set-up; checked against the eager network.")] = False,
     quiet: _QUIET = False,
 ) -> None:
     """Segment INPUT with MODEL; write a uint8 label image of the input's shape to OUTPUT.
@@ -129,7 +131,7 @@ def predict(
                         scheduler=scheduler, resume=resume, ome_zarr=ome_zarr,
                         zarr_format=zarr_format if zarr_format != 3 else None,
                         overlap=overlap if overlap == "auto" else _fraction("--overlap", overlap),
-                        window=window, batch_size=batch_size)
+                        window=window, batch_size=batch_size, jit=jit or None)
     except _user_errors() as err:
         _fail(err)
     console.print(f"labels: {path}" + (f"\nprobabilities: {probabilities}" if probabilities else ""))

@@ -347,6 +347,7 @@ def predict_blockwise(
     overlap: float | str = "auto",
     window: tuple[int, int] | None = None,
     batch_size: int = 4,
+    jit: bool = False,
     progress: bool = True,
     max_blocks: int | None = None,
     loader: Callable[..., Any] | None = None,
@@ -369,8 +370,9 @@ def predict_blockwise(
         overwrite: delete an existing output first.
         ome_zarr: write an OME-Zarr (NGFF 0.4, zarr v2) multiscale label pyramid.
         zarr_format: 2 or 3 for plain zarr output.
-        precision, tta, overlap, window, batch_size: predictor options (``overlap="auto"``:
-            from the receptive field).
+        precision, tta, overlap, window, batch_size, jit: predictor options (``overlap="auto"``:
+            from the receptive field; ``jit``: frozen TorchScript network on CPU, see
+            :class:`~emseg.inference.Predictor`).
         progress: progress bar with voxels/s and ETA (terminal only).
         max_blocks: stop after this many blocks (tests, benchmarks); the run stays resumable.
         loader: ``loader(model_path, **predictor options)`` builds the predictor in each process
@@ -396,6 +398,8 @@ def predict_blockwise(
     options: dict[str, Any] = {"precision": precision, "tta": tta, "overlap": overlap, "batch_size": batch_size}
     if window is not None:
         options["window"] = tuple(int(w) for w in window)
+    if jit:
+        options["jit"] = True
     if isinstance(model, (str, os.PathLike)):
         from emseg.training._checkpoint import resolve_model_path
 
