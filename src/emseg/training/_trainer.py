@@ -281,8 +281,9 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     metric, mode = tc.checkpoint_metric, METRIC_MODES[tc.checkpoint_metric]
     history: list[float | None] = []  # checkpoint metric per epoch (plateau schedule)
     val = val_data if tc.val_max_slices is None else val_data.take(list(range(min(len(val_data), tc.val_max_slices))))
-    logger.info("model %s: %.2f M parameters; %d training slices, %d validation slices; precision %s; "
-                "class weights %s", config.model.name, count_parameters(model) / 1e6, len(train_data), len(val),
+    unit = "sub-stacks" if volumes else "slices"
+    logger.info("model %s: %.2f M parameters; %d training %s, %d validation %s; precision %s; "
+                "class weights %s", config.model.name, count_parameters(model) / 1e6, len(train_data), unit, len(val), unit,
                 "fp32" if dtype is None else str(dtype).removeprefix("torch."),
                 None if weights is None else [round(float(w), 2) for w in weights])
 
