@@ -1,9 +1,12 @@
 """Gigavoxel throughput of blockwise prediction, against MONAI's sliding window and the machine's peak.
 
-Full run (trains the default unet2d first if no --model; on the 2-core AVX2 machine the default
-model runs at about 0.08 MVox/s per core, so 1 GVox takes hours per route, see docs/BENCHMARKS.md):
+Full run as measured in docs/BENCHMARKS.md (1 GVox in 36.6 min on the 2-core AVX2 machine with
+whole-slice windows and the frozen network; with 512 x 512 windows it takes about twice as long):
 
-    PYTHONPATH=src .venv/bin/python benchmarks/throughput.py --gvox 1.0 --train-minutes 15 --flat-gvox 0.02
+    PYTHONPATH=src .venv/bin/python benchmarks/throughput.py --gvox 1.0 --workers 2 --window 768 1024 --jit \
+        --model RUN_DIR
+
+Without --model it trains the default unet2d first (--train-minutes).
 
 Smoke test (well under a minute):
 
