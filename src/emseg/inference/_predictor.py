@@ -53,8 +53,9 @@ class Predictor:
     jit
         CPU, fp32 only: run the sliding windows through a TorchScript-frozen copy
         of the network (``torch.jit.optimize_for_inference``: batch norm folded
-        into the convolutions, oneDNN fusions), about 1.2-1.3x faster on the
-        default ``unet2d`` for a few seconds of set-up per process. Each new
+        into the convolutions, oneDNN fusions): 1.36x faster on one thread and 1.6x
+        on two for the default ``unet2d`` here (docs/BENCHMARKS.md), for a few
+        seconds of set-up per process. Each new
         window shape is checked once against the eager network; a mismatch or a
         model that cannot be traced falls back to eager with a warning.
 

@@ -334,12 +334,9 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     batch = sampler.sample(tc.batch_size)
-                    if volumes:
-                        x, y, *w = augment_volume_batch(*batch[:2], tc.augment, rng,
-                                                        weights=batch[2] if wmaps else None, epoch_field=epoch_field)
-                    else:
-                        x, y, *w = augment_batch(*batch[:2], tc.augment, rng, weights=batch[2] if wmaps else None,
-                                                 epoch_field=epoch_field)
+                    augment = augment_volume_batch if volumes else augment_batch
+                    x, y, *w = augment(*batch[:2], tc.augment, rng, weights=batch[2] if wmaps else None,
+                                       epoch_field=epoch_field)
                     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
                     wmap = torch.from_numpy(w[0]).to(device) if w else None
                     with autocast(device, dtype):
