@@ -102,7 +102,8 @@ def _write_n5_raw(root: Path, dataset: str, array: np.ndarray, block: tuple[int,
 
 
 def _in_memory(model: Path, raw: np.ndarray) -> np.ndarray:
-    return Predictor.from_checkpoint(model, overlap="auto").predict_proba_volume(raw).argmax(0).astype(np.uint8)
+    labels, _ = Predictor.from_checkpoint(model, overlap="auto").predict_volume(raw)
+    return labels
 
 
 def test_window_grid_is_global_and_hand_worked():
@@ -160,7 +161,8 @@ def test_volume_only_predictor_plugs_in_through_its_halo(data, tmp_path):
     out = predict_blockwise(model, data["dir"] / "raw3.zarr", tmp_path / "v.zarr", block=(2, 150, 200),
                             progress=False)
     assert model.calls == 3
-    np.testing.assert_array_equal(read_image(out), _in_memory(data["model25"], data["raw"]))
+    # labels of a volume-only predictor: the argmax of its probabilities
+    np.testing.assert_array_equal(read_image(out), inner.predict_proba_volume(data["raw"]).argmax(0))
 
 
 def test_predictor_halo_for_context(data):
@@ -438,3 +440,52 @@ def test_jit_falls_back_to_eager_when_the_trace_does_not_hold(data, caplog):
     want = Predictor(ShapeDependent(inner.model).eval(), classes=inner.classes, normalizer=inner.normalizer,
                      window=(64, 64), overlap=0.0, divisor=4).predict_proba_slice(small)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_blending_in_torch_equals_numpy_blending():
+    """The accelerator path (blend and softmax with torch where the logits are) gives the CPU path's numbers."""
+    from emseg.inference._tiling import predict_region
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 150, 200)).astype(np.float32)
+    conv = torch.nn.Conv2d(1, 3, 5, padding=2)
+
+    def run(batch):
+        with torch.no_grad():
+            return conv(batch)
+
+    region = (slice(20, 130), slice(35, 200))
+    kwargs = dict(origin=(0, 0), full_shape=(150, 200), region=region, roi=(64, 64), overlap=0.25, run=run,
+                  batch_size=3, num_classes=3)
+    for output in ("logits", "probabilities"):
+        host = predict_region(image, output=output, **kwargs)
+        device = predict_region(image, output=output, blend_in_torch=True, **kwargs)
+        assert host.shape == device.shape == (3, 110, 165) and device.dtype == np.float32
+        np.testing.assert_allclose(device, host, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(device.sum(0), 1.0, atol=1e-5)
+    labels = predict_region(image, output="labels", **kwargs)
+    assert labels.dtype == np.uint8 and labels.shape == (110, 165)
+    np.testing.assert_array_equal(labels, host.argmax(0))  # random logits: no near-ties
+    np.testing.assert_array_equal(predict_region(image, output="labels", blend_in_torch=True, **kwargs), labels)
+
+
+def test_first_argmax_is_numpys_argmax_with_ties_to_the_first_class():
+    from emseg.inference._tiling import first_argmax
+
+    scores = np.random.default_rng(1).integers(0, 3, size=(5, 40, 30)).astype(np.float32)  # many ties
+    assert first_argmax(scores).dtype == np.uint8
+    np.testing.assert_array_equal(first_argmax(scores), scores.argmax(0))
+    np.testing.assert_array_equal(first_argmax(scores[:, 0]), scores[:, 0].argmax(0))
+    assert first_argmax(np.zeros((300, 2, 2), np.float32)).dtype == np.uint16
+
+
+def test_local_cluster_workers_run_without_the_statistical_profiler():
+    from emseg.inference._dask import _client
+
+    client, cluster = _client(1, None)
+    try:
+        enabled = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
+        assert list(enabled.values()) == [False]
+    finally:
+        client.close()
+        cluster.close()

@@ -15,6 +15,7 @@ import numpy as np
 from emseg.data._load import _context_stack
 from emseg.ensemble._combine import METHODS, combine_probabilities
 from emseg.inference._predictor import Predictor
+from emseg.inference._tiling import first_argmax
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,10 @@ class EnsemblePredictor(Predictor):
             probs.append(member.predict_proba_slice(part[0] if context == 1 else part))
         return self._combine(probs)
 
+    def predict_labels_slice(self, image: np.ndarray) -> np.ndarray:
+        """Labels ``(Y, X)`` of one slice: the first class of largest combined probability."""
+        return first_argmax(self.predict_proba_slice(image))
+
     def iter_slices(self, volume: Any, *, progress: Callable[[int], None] | None = None):
         """Yield ``(z, probabilities (K, Y, X))`` for every slice of a ``(Z, Y, X)`` volume.
 
@@ -214,3 +219,7 @@ class EnsemblePredictor(Predictor):
                                                     shape=shape))
         return self._combine(probs)
 
+    def predict_labels_block(self, data: np.ndarray, *, origin: tuple[int, int, int],
+                             region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> np.ndarray:
+        """Labels ``(nz, ny, nx)`` of ``region``: the first class of largest combined probability."""
+        return first_argmax(self.predict_proba_block(data, origin=origin, region=region, shape=shape))

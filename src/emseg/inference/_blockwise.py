@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from emseg.inference._tiling import first_argmax
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BlockJob", "BlockLayout", "ResumeError", "VolumeBlockAdapter", "as_block_predictor", "file_sha256",
@@ -152,9 +154,18 @@ def predict_labels_block(predictor: Any, read: Callable[[tuple[slice, ...]], np.
                          region: tuple[slice, slice, slice], shape: tuple[int, int, int], dtype: Any) -> np.ndarray:
     """Labels ``(nz, ny, nx)`` of ``region``: read the predictor's input box, predict, argmax."""
     box = predictor.block_input(region, shape)
-    data = read(box)
-    probs = predictor.predict_proba_block(data, origin=tuple(s.start for s in box), region=region, shape=shape)
-    return probs.argmax(0).astype(dtype)
+    return block_labels(predictor, read(box), origin=tuple(s.start for s in box), region=region, shape=shape,
+                        dtype=dtype)
+
+
+def block_labels(predictor: Any, data: np.ndarray, *, origin, region, shape, dtype: Any) -> np.ndarray:
+    """Labels of ``region`` from its input ``data``: the predictor's ``predict_labels_block`` where it has
+    one (no probabilities formed), else the argmax of ``predict_proba_block``."""
+    if hasattr(predictor, "predict_labels_block"):
+        labels = predictor.predict_labels_block(data, origin=origin, region=region, shape=shape)
+    else:
+        labels = first_argmax(predictor.predict_proba_block(data, origin=origin, region=region, shape=shape))
+    return labels.astype(dtype, copy=False)
 
 
 @dataclass
@@ -555,10 +566,8 @@ def _run_serial(predictor: Any, volume: Any, output: Path, labels_path: str, lay
                 region, box, data = next_read.result()
                 if k + 1 < len(todo):
                     next_read = reader.submit(read, todo[k + 1])
-                probs = predictor.predict_proba_block(data, origin=tuple(s.start for s in box), region=region,
-                                                      shape=shape)
-                labels = probs.argmax(0).astype(dtype)
-                del probs
+                labels = block_labels(predictor, data, origin=tuple(s.start for s in box), region=region,
+                                      shape=shape, dtype=dtype)
                 if pending is not None:
                     on_done(*pending.result())
                 pending = writer.submit(write, index, region, labels)

@@ -15,6 +15,7 @@ import torch
 from emseg._device import autocast, default_device, resolve_precision
 from emseg.data._load import _context_stack
 from emseg.data._normalize import Normalizer
+from emseg.inference._tiling import first_argmax
 
 logger = logging.getLogger(__name__)
 
@@ -189,32 +190,58 @@ class Predictor:
         Returns:
             ``(K, Y, X)`` float32 probabilities summing to 1 over ``K``.
         """
-        if self.spatial_dims == 3:  # a 3-D model sees the slice as a one-section volume
-            return self.predict_proba_volume(np.asarray(image)[None])[:, 0]
+        return self._slice(image, "probabilities")
+
+    @torch.no_grad()
+    def predict_labels_slice(self, image: np.ndarray) -> np.ndarray:
+        """Labels ``(Y, X)`` (uint8; uint16 past 256 classes) of one raw slice, as :meth:`predict_volume` gives them.
+
+        For tiled networks this is the first class of largest blended logit, computed where the
+        network ran (on a GPU only the labels come back) and without the softmax; else the argmax
+        of :meth:`predict_proba_slice`.
+        """
+        return self._slice(image, "labels")
+
+    def _slice(self, image: np.ndarray, output: str) -> np.ndarray:
+        """``predict_proba_slice`` (``output="probabilities"``) or ``predict_labels_slice`` (``"labels"``)."""
+        if self.spatial_dims == 3 or not self.is_torch or self.margin:
+            if self.spatial_dims == 3:  # a 3-D model sees the slice as a one-section volume
+                probs = self.predict_proba_volume(np.asarray(image)[None])[:, 0]
+            else:
+                probs = self._untiled_proba(image)
+            return probs if output == "probabilities" else first_argmax(probs)
+        x = self._input(image)
+        # Windows on a global grid (emseg.inference._tiling), shared with the blockwise engine.
+        full = x.shape[1:]
+        return self._tiled(x, origin=(0, 0), full_shape=full, region=(slice(0, full[0]), slice(0, full[1])),
+                           output=output)
+
+    def _input(self, image: np.ndarray) -> np.ndarray:
+        """Normalised ``(C, Y, X)`` network input of a raw slice (grain-filter channels added)."""
         if self._grains is not None:
             from emseg.data._grain import add_grain_channels, centre_slice
 
             image = add_grain_channels(np.asarray(image), self.grain_filter, self._grains(centre_slice(np.asarray(image))))
         x = self.normalizer(image)
-        if x.ndim == 2:
-            x = x[None]
+        return x[None] if x.ndim == 2 else x
+
+    def _untiled_proba(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities of a slice for the random forest and valid-padding networks (no blended windows)."""
+        x = self._input(image)
         if not self.is_torch:
             return self.model.predict_proba(x[0])
-        if self.margin:  # valid-padding network: output tiles stitched exactly (no blending)
-            tensor = torch.from_numpy(x)[None].to(self.device)
-            flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
-            probs = None
-            for dims in flips:
-                inp = torch.flip(tensor, dims) if dims else tensor
-                with autocast(self.device, self.dtype):
-                    logits = self._valid_padding_logits(inp)
-                p = torch.softmax(logits.float(), dim=1)
-                p = torch.flip(p, dims) if dims else p
-                probs = p if probs is None else probs + p
-            return (probs / len(flips))[0].cpu().numpy()
-        # Windows on a global grid (emseg.inference._tiling), shared with the blockwise engine.
-        full = x.shape[1:]
-        return self._tiled_proba(x, origin=(0, 0), full_shape=full, region=(slice(0, full[0]), slice(0, full[1])))
+        # valid-padding network: output tiles stitched exactly (no blending)
+        tensor = torch.from_numpy(x)[None].to(self.device)
+        flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
+        probs = None
+        for dims in flips:
+            inp = torch.flip(tensor, dims) if dims else tensor
+            with autocast(self.device, self.dtype):
+                logits = self._valid_padding_logits(inp)
+            p = torch.softmax(logits.float(), dim=1)
+            p = torch.flip(p, dims) if dims else p
+            probs = p if probs is None else probs + p
+        return (probs / len(flips))[0].cpu().numpy()
 
     def _valid_padding_logits(self, image: torch.Tensor) -> torch.Tensor:
         """``(1, C, Y, X)`` -> ``(1, K, Y, X)`` logits of a valid-padding model by stitched output tiles."""
@@ -265,14 +292,21 @@ class Predictor:
             probs = p if probs is None else probs + p
         return (probs / len(flips))[0].cpu().numpy().astype(np.float32, copy=False)
 
+    @property
+    def _labels_from_logits(self) -> bool:
+        """Labels come straight from the blended logits (tiled 2-D networks; see :meth:`predict_labels_slice`)."""
+        return self.spatial_dims == 2 and bool(self.is_torch) and not self.margin
+
+    def _slice_input(self, volume: Any, z: int) -> np.ndarray:
+        """Raw slice ``z`` of ``volume``, with its context slices for 2.5-D models."""
+        if self.context_slices == 1:
+            return np.asarray(volume[z])
+        return _context_stack(volume, z, self.context_slices)
+
     def iter_slices(self, volume: Any, *, progress: Callable[[int], None] | None = None):
         """Yield ``(z, probabilities (K, Y, X))`` for every slice of a ``(Z, Y, X)`` volume."""
         for z in range(volume.shape[0]):
-            if self.context_slices == 1:
-                image = np.asarray(volume[z])
-            else:
-                image = _context_stack(volume, z, self.context_slices)
-            yield z, self.predict_proba_slice(image)
+            yield z, self.predict_proba_slice(self._slice_input(volume, z))
             if progress is not None:
                 progress(1)
 
@@ -291,13 +325,18 @@ class Predictor:
             p = self.predict_proba_volume(volume)
             if progress is not None:
                 progress(z)
-            return p.argmax(0).astype(dtype), (p if probabilities else None)
+            return first_argmax(p).astype(dtype), (p if probabilities else None)
         labels = np.empty((z, y, x), dtype)
-        probs = np.empty((self.num_classes, z, y, x), np.float32) if probabilities else None
+        if not probabilities and self._labels_from_logits:  # no softmax, no probability copy
+            for k in range(z):
+                labels[k] = self.predict_labels_slice(self._slice_input(volume, k))
+                if progress is not None:
+                    progress(1)
+            return labels, None
+        probs = np.empty((self.num_classes, z, y, x), np.float32)
         for k, p in self.iter_slices(volume, progress=progress):
-            labels[k] = p.argmax(0)
-            if probs is not None:
-                probs[:, k] = p
+            labels[k] = first_argmax(p)
+            probs[:, k] = p
         return labels, probs
 
     # ------------------------------------------------------------------ blockwise seam
@@ -334,9 +373,10 @@ class Predictor:
         radius = self.receptive_radius()
         return float(min(0.5, max(1.0 / 16, radius / min(self.window))))
 
-    def _tiled_proba(self, x: np.ndarray, *, origin, full_shape, region) -> np.ndarray:
-        """``(K, ny, nx)`` probabilities of ``region`` from normalised ``(C, h, w)`` input at ``origin``."""
-        from emseg.inference._tiling import predict_region, softmax
+    def _tiled(self, x: np.ndarray, *, origin, full_shape, region, output: str) -> np.ndarray:
+        """``(K, ny, nx)`` probabilities or ``(ny, nx)`` labels (``output``) of ``region`` from normalised
+        ``(C, h, w)`` input at ``origin``."""
+        from emseg.inference._tiling import predict_region
 
         flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
 
@@ -350,10 +390,9 @@ class Predictor:
                 total = out if total is None else total + out
             return total / len(flips)
 
-        logits = predict_region(x, origin=origin, full_shape=full_shape, region=region, roi=self._roi(full_shape),
-                                overlap=self.overlap, run=run, batch_size=self.batch_size,
-                                num_classes=self.num_classes)
-        return softmax(logits)
+        return predict_region(x, origin=origin, full_shape=full_shape, region=region, roi=self._roi(full_shape),
+                              overlap=self.overlap, run=run, batch_size=self.batch_size, num_classes=self.num_classes,
+                              output=output)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Float32 logits of one batch of windows: eager, or the frozen TorchScript copy (``jit``)."""
@@ -417,21 +456,36 @@ class Predictor:
             region: output box, global coordinates (step 1).
             shape: ``(Z, Y, X)`` of the whole volume.
         """
+        return self._block(data, origin, region, shape, "probabilities")
+
+    @torch.no_grad()
+    def predict_labels_block(self, data: np.ndarray, *, origin: tuple[int, int, int],
+                             region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> np.ndarray:
+        """Labels ``(nz, ny, nx)`` of ``region``, identical to the same voxels of :meth:`predict_volume`.
+
+        Arguments as :meth:`predict_proba_block`; no probabilities are formed for tiled networks.
+        """
+        return self._block(data, origin, region, shape, "labels")
+
+    def _block(self, data, origin, region, shape, output: str) -> np.ndarray:
         zs, ys, xs = region
         oz, oy, ox = origin
         half = self.context_slices // 2
-        out = np.empty((self.num_classes, zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), np.float32)
+        size = (zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start)
+        if output == "labels":
+            out = np.empty(size, np.uint8 if self.num_classes <= 256 else np.uint16)
+        else:
+            out = np.empty((self.num_classes, *size), np.float32)
         for i, z in enumerate(range(zs.start, zs.stop)):
             ks = np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1) - oz
             if self._whole_slices:  # the block holds whole slices (block_input): exactly the in-memory route
-                probs = self.predict_proba_slice(data[ks] if self.context_slices > 1 else data[ks[0]])
-                out[:, i] = probs[:, ys.start - oy:ys.stop - oy, xs.start - ox:xs.stop - ox]
-                continue
-            x = self.normalizer(data[ks])
-            out[:, i] = self._tiled_proba(x, origin=(oy, ox), full_shape=shape[1:],
-                                          region=(ys, xs))
+                res = self._slice(data[ks] if self.context_slices > 1 else data[ks[0]], output)
+                res = res[..., ys.start - oy:ys.stop - oy, xs.start - ox:xs.stop - ox]
+            else:
+                res = self._tiled(self.normalizer(data[ks]), origin=(oy, ox), full_shape=shape[1:], region=(ys, xs),
+                                  output=output)
+            out[..., i, :, :] = res
         return out
-
 
 
 def _probe_receptive_radius(model: torch.nn.Module, channels: int, window: tuple[int, int], divisor: int) -> int:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["axis_windows", "gaussian_window", "input_box", "predict_region", "softmax", "window_batches"]
+__all__ = ["axis_windows", "first_argmax", "gaussian_window", "input_box", "predict_region", "softmax", "window_batches"]
 
 
 def axis_windows(size: int, roi: int, overlap: float) -> list[int]:
@@ -95,6 +95,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=0, keepdims=True)
 
 
+def first_argmax(scores: np.ndarray) -> np.ndarray:
+    """``np.argmax(scores, axis=0)`` as uint8 (uint16 past 255 classes), ties to the first class, about 2x faster.
+
+    One pass per class over contiguous ``(Y, X)`` planes instead of numpy's strided reduction over a
+    short axis 0 (27 ms instead of 40-65 ms for 7 x 768 x 1024 float32 here).
+    """
+    scores = np.asarray(scores)
+    best = scores[0].copy()
+    labels = np.zeros(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        labels[better] = k
+        np.maximum(best, scores[k], out=best)
+    return labels
+
+
 def predict_region(
     image: np.ndarray,
     *,
@@ -106,8 +122,16 @@ def predict_region(
     run: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
     num_classes: int,
+    output: str = "logits",
+    blend_in_torch: bool | None = None,
 ) -> np.ndarray:
-    """Blended logits of ``region`` of a slice, from the global window grid.
+    """Blended logits, probabilities or labels of ``region`` of a slice, from the global window grid.
+
+    Blending runs where ``run`` leaves its logits: in numpy on the CPU, in torch
+    on an accelerator, so only the result crosses back to the host (one byte a
+    pixel for labels). Labels are the first class of largest blended logit,
+    which skips the softmax: the same class as the argmax of the probabilities
+    except where two probabilities round to the same float32.
 
     Args:
         image: ``(C, h, w)`` float32 normalised input covering at least
@@ -121,10 +145,16 @@ def predict_region(
         run: maps ``(N, C, ry, rx)`` to ``(N, K, ry, rx)`` logits.
         batch_size: windows per forward pass (batches fixed on the global grid).
         num_classes: ``K``.
+        output: ``"logits"``; ``"probabilities"`` (their softmax over ``K``);
+            ``"labels"`` (:func:`first_argmax` of the logits).
+        blend_in_torch: blend with torch on the logits' device (default: when
+            that device is not the CPU).
 
     Returns:
-        ``(K, ny, nx)`` float32 blended logits of ``region``.
+        ``(K, ny, nx)`` float32 blended logits or probabilities, or ``(ny, nx)`` labels, of ``region``.
     """
+    if output not in ("logits", "probabilities", "labels"):
+        raise ValueError(f"output must be 'logits', 'probabilities' or 'labels', got {output!r}")
     (ys, xs), (Y, X) = region, tuple(int(s) for s in full_shape)
     out_y0, out_y1, out_x0, out_x1 = ys.start, ys.stop, xs.start, xs.stop
     oy, ox = int(origin[0]), int(origin[1])
@@ -137,20 +167,34 @@ def predict_region(
         oy, ox = oy - pads[0][0], ox - pads[1][0]
     batches = _needed(window_batches((Y, X), roi, overlap, batch_size), roi, region)
     g = gaussian_window((ry, rx))
-    acc = np.zeros((num_classes, out_y1 - out_y0, out_x1 - out_x0), np.float32)
-    weight = np.zeros((out_y1 - out_y0, out_x1 - out_x0), np.float32)
+    acc = weight = None
     channels = image.shape[0]
     for chunk in batches:
         batch = np.empty((len(chunk), channels, ry, rx), np.float32)
         for i, (y, x) in enumerate(chunk):
             batch[i] = image[:, y - oy:y - oy + ry, x - ox:x - ox + rx]
-        logits = run(torch.from_numpy(batch)).float().cpu().numpy()
+        logits = run(torch.from_numpy(batch)).float()
+        if acc is None:  # blend where the network ran: numpy on CPU, torch on an accelerator (no logits copied back)
+            on_host = not blend_in_torch if blend_in_torch is not None else logits.device.type == "cpu"
+            shape = (num_classes, out_y1 - out_y0, out_x1 - out_x0)
+            acc = np.zeros(shape, np.float32) if on_host else torch.zeros(shape, device=logits.device)
+            weight = np.zeros(shape[1:], np.float32) if on_host else torch.zeros(shape[1:], device=logits.device)
+            gw_all = g if on_host else torch.from_numpy(g).to(logits.device)
+        if on_host:
+            logits = logits.numpy()
         for i, (y, x) in enumerate(chunk):
             a0, a1 = max(y, out_y0), min(y + ry, out_y1)
             c0, c1 = max(x, out_x0), min(x + rx, out_x1)
             if a0 >= a1 or c0 >= c1:
                 continue  # computed only to keep the batch identical to the whole-slice pass
-            gw = g[a0 - y:a1 - y, c0 - x:c1 - x]
+            gw = gw_all[a0 - y:a1 - y, c0 - x:c1 - x]
             acc[:, a0 - out_y0:a1 - out_y0, c0 - out_x0:c1 - out_x0] += logits[i, :, a0 - y:a1 - y, c0 - x:c1 - x] * gw
             weight[a0 - out_y0:a1 - out_y0, c0 - out_x0:c1 - out_x0] += gw
-    return acc / weight
+    if output == "labels":  # the weights are positive: the argmax of acc is that of acc / weight
+        if on_host:
+            return first_argmax(acc)
+        return torch.argmax(acc, dim=0).to(torch.uint8 if num_classes <= 256 else torch.int32).cpu().numpy()
+    blended = acc / weight
+    if on_host:
+        return softmax(blended) if output == "probabilities" else blended
+    return (torch.softmax(blended, dim=0) if output == "probabilities" else blended).cpu().numpy()
