@@ -54,12 +54,12 @@ EPFL = ROOT / ".." / "shared" / "data" / "epfl-multiclass"
 CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_boundary", "vesicle", "psd", "axon"]
 
 
-def build_volume(path: Path, gvox: float, chunk_z: int) -> tuple[int, int, int]:
-    """Mirror-tile the EPFL stack along z to ``gvox`` gigavoxels, written slab by slab to a zarr store."""
+def build_volume(path: Path, gvox: float, chunk_z: int, raw: np.ndarray | None = None) -> tuple[int, int, int]:
+    """Mirror-tile the EPFL stack (or ``raw``) along z to ``gvox`` gigavoxels, written slab by slab to a zarr store."""
     import tifffile
     import zarr
 
-    raw = tifffile.imread(EPFL / "train_raw.tif")
+    raw = tifffile.imread(EPFL / "train_raw.tif") if raw is None else raw
     n, y, x = raw.shape
     nz = max(1, math.ceil(gvox * 1e9 / (y * x)))
     period = 2 * n
