@@ -123,10 +123,10 @@ class TreeRss:
         return self.peak
 
 
-def run_emseg(model: Path, volume: Path, out: Path, workers: int, extra: list[str]) -> dict:
+def run_emseg(model: Path, volume: Path, out: Path, workers: int, extra: list[str], threads: int = 1) -> dict:
     cmd = [sys.executable, "-c", "from emseg.cli import main; main()", "predict", str(model), str(volume), str(out),
            "--quiet", "--workers", str(workers), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     rss = TreeRss(proc.pid)
@@ -191,7 +191,7 @@ def emseg_inprocess_rate(predictor, volume: np.ndarray, threads: int) -> float:
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    predictor.predict_proba_volume(volume).argmax(0)
+    predictor.predict_volume(volume)  # labels, as the engine makes them
     return volume.size / (time.perf_counter() - start) / 1e6
 
 
@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--train-minutes", type=float, default=15.0)
     ap.add_argument("--features", help="unet2d features when training, e.g. 4,8 for a smoke test (default: the default)")
     ap.add_argument("--workers", default="1,2", help="comma-separated --workers values to run")
+    ap.add_argument("--threads", type=int, help="emseg predict --threads (torch threads per block; default 1)")
     ap.add_argument("--block", type=int, nargs=3, help="block shape Z Y X (default: emseg's choice)")
     ap.add_argument("--window", type=int, nargs=2, help="sliding window Y X for emseg and MONAI (default: the model's, "
                                                         "512 x 512; the whole slice, 768 1024, avoids overlap work)")
@@ -251,16 +252,19 @@ def main() -> None:
             extra += ["--window", *map(str, args.window)]
         if args.jit:
             extra += ["--jit"]
+        if args.threads:
+            extra += ["--threads", str(args.threads)]
         result["jit"] = bool(args.jit)
+        result["threads_per_block"] = args.threads or 1
         for workers in [int(w) for w in args.workers.split(",")]:
             out = work / f"labels_w{workers}.zarr"
-            run = run_emseg(model, work / "volume.zarr", out, workers, extra)
+            run = run_emseg(model, work / "volume.zarr", out, workers, extra, threads=args.threads or 1)
             run["mvox_s"] = nvox / run["wall_s"] / 1e6
             meta = json.loads((out / "zarr.json").read_text())["attributes"]["emseg"]
             run["block_shape"], run["status"] = meta["block_shape"], meta["status"]
             runs.append(run)
             outputs.append(out)
-            print(f"--workers {workers}: {run['wall_s']:.1f} s, {run['mvox_s']:.2f} MVox/s, "
+            print(f"--workers {workers} --threads {args.threads or 1}: {run['wall_s']:.1f} s, {run['mvox_s']:.2f} MVox/s, "
                   f"peak RSS {run['peak_rss_gb']:.2f} GB", flush=True)
         result["emseg"] = runs
         if args.flat_gvox:
@@ -346,7 +350,7 @@ def print_table(r: dict) -> None:
           f"auto overlap {r['overlap_auto']:.3f} (receptive radius {r['receptive_radius_px']} px)")
     print(f"{'route':<34}{'MVox/s':>10}{'wall s':>10}{'peak RSS GB':>13}")
     for run in r["emseg"]:
-        print(f"{'emseg predict --workers ' + str(run['workers']):<34}{run['mvox_s']:>10.2f}{run['wall_s']:>10.1f}"
+        print(f"{'emseg predict --workers ' + str(run['workers']) + ' --threads ' + str(r.get('threads_per_block', 1)):<34}{run['mvox_s']:>10.2f}{run['wall_s']:>10.1f}"
               f"{run['peak_rss_gb']:>13.2f}")
     for key, val in r["monai"].items():
         if key.startswith("mvox_s"):

@@ -209,6 +209,8 @@ def test_resume_mismatch_is_an_error(data, tmp_path):
         predict_blockwise(other, src, out, block=(2, 75, 100), progress=False)
     with pytest.raises(ResumeError, match="input"):
         predict_blockwise(data["model"], data["dir"] / "raw2.zarr", out, block=(2, 75, 100), progress=False)
+    with pytest.raises(ResumeError, match="threads: stored 1, now 2"):  # oneDNN rounds per thread count
+        predict_blockwise(data["model"], src, out, block=(2, 75, 100), progress=False, threads=2)
     with pytest.raises(FileExistsError, match="--resume"):
         predict_blockwise(data["model"], src, out, block=(2, 75, 100), progress=False, resume=False)
     assert len(finished_blocks(out)) == 2  # nothing was mixed in
@@ -282,6 +284,25 @@ def test_local_cluster_equals_serial(data, tmp_path, cluster):
     assert len(finished_blocks(dist)) == 3 * 3 * 2
     np.testing.assert_array_equal(read_image(dist), read_image(serial))
     np.testing.assert_array_equal(read_image(dist), _in_memory(data["model25"], data["raw"]))
+
+
+def test_threads_are_recorded_and_routes_agree_at_equal_threads(data, tmp_path, cluster):
+    """threads=2 here and threads=2 on each Dask worker: bit-identical labels, equal to in memory at 2 threads."""
+    src = data["dir"] / "raw3.zarr"
+    serial = predict_blockwise(data["model"], src, tmp_path / "s.zarr", block=(2, 75, 100), progress=False, threads=2)
+    dist = predict_blockwise(data["model"], src, tmp_path / "d.zarr", block=(2, 75, 100), progress=False, threads=2,
+                             scheduler=cluster.scheduler_address)
+    assert read_run_metadata(serial)["threads"] == read_run_metadata(dist)["threads"] == 2
+    np.testing.assert_array_equal(read_image(dist), read_image(serial))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = _in_memory(data["model"], data["raw"])
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(read_image(serial), expected)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        predict_blockwise(data["model"], src, tmp_path / "x.zarr", progress=False, threads=0)
 
 
 def test_mode_downsampling_hand_worked():

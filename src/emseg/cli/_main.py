@@ -106,7 +106,10 @@ def predict(
     tta: Annotated[bool, typer.Option(help="Test-time augmentation: average over flips (4x slower).")] = False,
     # Blockwise (a .zarr OUTPUT): see emseg.inference._blockwise.
     block: Annotated[Optional[tuple[int, int, int]], typer.Option(help="Block shape Z Y X (.zarr output).")] = None,
-    workers: Annotated[int, typer.Option(help="Dask LocalCluster of N single-threaded processes (.zarr output).")] = 0,
+    workers: Annotated[int, typer.Option(help="Dask LocalCluster of N processes, one block at a time each (.zarr output).")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads per block, here or on each worker (.zarr output; default 1). "
+                                                   "Labels are identical across runs with the same value; on a few-core "
+                                                   "machine --threads <cores> without --workers is fastest.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Existing Dask scheduler address, e.g. tcp://host:8786.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue an unfinished .zarr run (default: yes if same model/input).")] = None,
     ome_zarr: Annotated[bool, typer.Option("--ome-zarr", help="OME-Zarr (NGFF 0.4) label pyramid for napari/neuroglancer.")] = False,
@@ -128,7 +131,7 @@ def predict(
     try:
         path = _predict(model, input, output, probabilities=probabilities, overwrite=overwrite,
                         progress=not quiet, precision=precision, tta=tta, block=block, workers=workers,
-                        scheduler=scheduler, resume=resume, ome_zarr=ome_zarr,
+                        threads=threads, scheduler=scheduler, resume=resume, ome_zarr=ome_zarr,
                         zarr_format=zarr_format if zarr_format != 3 else None,
                         overlap=overlap if overlap == "auto" else _fraction("--overlap", overlap),
                         window=window, batch_size=batch_size, jit=jit or None)

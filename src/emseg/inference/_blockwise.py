@@ -11,11 +11,14 @@ are predicted again.  The store's attributes (``emseg``) record the model and it
 SHA-256, the input, the block layout and ``status`` (``running`` until every
 block and the optional OME-Zarr pyramid are written, then ``complete``).
 
-Every block is computed with one torch intra-op thread (in this process and on
-each Dask worker): oneDNN's convolutions round differently with different thread
-counts, so pinning it makes serial, LocalCluster and cluster runs bit-identical
-(and equal to in-memory prediction run with one thread).  Cores are used through
-``workers`` (one process each), while reading and writing overlap the compute.
+Every block is computed with the same number of torch intra-op threads,
+``threads`` (default 1), in this process and on each Dask worker: oneDNN's
+convolutions round differently with different thread counts, so pinning it makes
+serial, LocalCluster and cluster runs bit-identical (and equal to in-memory
+prediction run with as many threads).  Cores are used through ``workers`` (one
+process each) or ``threads`` (one process using several cores, which on a small
+machine shares caches better than several processes), while reading and
+writing overlap the compute.
 
 Block choice: whole slices in-plane, blocks along z only, while a slice's
 probabilities fit a memory budget (the common case); in-plane blocks otherwise.
@@ -183,6 +186,7 @@ class BlockJob:
     is_2d: bool
     predictor_options: dict[str, Any] = field(default_factory=dict)
     loader: Callable[..., Any] | None = None
+    threads: int = 1
 
 
 # ----------------------------------------------------------------- per-process caches (Dask workers)
@@ -237,8 +241,8 @@ def run_block(job: BlockJob, index: tuple[int, int, int]) -> tuple[tuple[int, in
     """Predict and write one block in this process (a Dask task); returns ``(index, voxels)``."""
     import torch
 
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)  # one core per Dask worker process
+    if torch.get_num_threads() != job.threads:
+        torch.set_num_threads(job.threads)  # the same on every route: the labels are then bit-identical
     predictor = load_predictor(job.model, job.model_sha256, job.predictor_options, job.loader)
     volume = _open_input(job.input)
     layout = BlockLayout(job.shape, job.block)
@@ -292,12 +296,16 @@ def read_run_metadata(output: str | os.PathLike) -> dict[str, Any] | None:
 
 
 _IDENTITY_KEYS = ("model_sha256", "input", "input_shape", "input_dtype", "block_shape", "predictor_options",
-                  "ome_zarr", "zarr_format")
+                  "ome_zarr", "zarr_format", "threads")
+_IDENTITY_DEFAULTS = {"threads": 1}  # runs recorded before the key existed used one thread
 
 
 def _check_same_run(output: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
-    diffs = [f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}" for k in _IDENTITY_KEYS
-             if _jsonable(stored.get(k)) != _jsonable(wanted.get(k))]
+    def get(meta, k):
+        return meta.get(k, _IDENTITY_DEFAULTS.get(k))
+
+    diffs = [f"{k}: stored {get(stored, k)!r}, now {get(wanted, k)!r}" for k in _IDENTITY_KEYS
+             if _jsonable(get(stored, k)) != _jsonable(get(wanted, k))]
     if diffs:
         raise ResumeError(
             f"cannot resume {output}: it is an unfinished run of a different prediction ({'; '.join(diffs)}). "
@@ -348,6 +356,7 @@ def predict_blockwise(
     *,
     block: tuple[int, int, int] | None = None,
     workers: int = 0,
+    threads: int = 1,
     scheduler: str | None = None,
     resume: bool | None = None,
     overwrite: bool = False,
@@ -374,7 +383,10 @@ def predict_blockwise(
             chunked like the blocks.
         block: block shape ``(z, y, x)``; default from :func:`choose_block`.
         workers: 0 = this process (reads and writes overlapped with compute);
-            N >= 1 = a Dask ``LocalCluster`` of N single-threaded processes.
+            N >= 1 = a Dask ``LocalCluster`` of N processes, one block at a time each.
+        threads: torch intra-op threads per block, in this process or on each worker (default 1).
+            Labels are bit-identical across routes run with the same ``threads``; on a machine
+            of few cores ``workers=0, threads=<cores>`` is the fastest route (docs/BENCHMARKS.md).
         scheduler: address of an existing Dask scheduler (e.g. ``tcp://host:8786``).
         resume: None (default) continues an unfinished run of the same model,
             input and layout; True the same, saying so; False refuses an unfinished output.
@@ -406,6 +418,9 @@ def predict_blockwise(
         raise ValueError(f"blockwise output must be a .zarr store, got {output}")
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+    if int(threads) < 1:
+        raise ValueError(f"threads must be at least 1, got {threads!r}")
+    threads = int(threads)
     options: dict[str, Any] = {"precision": precision, "tta": tta, "overlap": overlap, "batch_size": batch_size}
     if window is not None:
         options["window"] = tuple(int(w) for w in window)
@@ -448,7 +463,7 @@ def predict_blockwise(
         meta = {
             "version": __version__, "status": "running", "model": model_path, "model_sha256": sha,
             "classes": list(classes), "input": input_id, "input_shape": list(shape), "input_dtype": in_dtype,
-            "block_shape": list(blk), "n_blocks": len(layout), "predictor_options": options,
+            "block_shape": list(blk), "n_blocks": len(layout), "predictor_options": options, "threads": threads,
             "ome_zarr": ome_zarr, "zarr_format": 2 if ome_zarr else zarr_format,
             "voxel_size": list(voxel_size) if voxel_size else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -477,19 +492,19 @@ def predict_blockwise(
 
                 job = BlockJob(model=model_path, model_sha256=sha, input=input_text, output=str(output),
                                labels_path=labels_path, shape=shape, block=blk, dtype=np.dtype(dtype).name,
-                               is_2d=is_2d, predictor_options=options, loader=loader)
+                               is_2d=is_2d, predictor_options=options, loader=loader, threads=threads)
                 run_blocks_dask(job, todo, workers=workers, scheduler=scheduler, on_done=on_done)
             else:
                 import torch
 
-                # One intra-op thread, as on each Dask worker: oneDNN convolutions round differently with
-                # different thread counts (last bit, measured 6e-8), so this keeps every route bit-identical.
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)
+                # `threads` intra-op threads, as on each Dask worker: oneDNN convolutions round differently
+                # with different thread counts (last bit, measured 6e-8), so this keeps every route bit-identical.
+                before = torch.get_num_threads()
+                torch.set_num_threads(threads)
                 try:
                     _run_serial(predictor, data.array, output, labels_path, layout, todo, dtype, is_2d, on_done)
                 finally:
-                    torch.set_num_threads(threads)
+                    torch.set_num_threads(before)
         elapsed = time.perf_counter() - start
     if finished_blocks(output) >= set(layout.indices()):
         if ome_zarr:

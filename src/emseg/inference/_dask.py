@@ -33,7 +33,7 @@ def _client(workers: int, scheduler: str | None):
     with dask.config.set({"distributed.worker.profile.enabled": False}):
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None)
-    logger.info("started a Dask LocalCluster of %d single-threaded worker processes", workers)
+    logger.info("started a Dask LocalCluster of %d worker processes (one block at a time each)", workers)
     return Client(cluster), cluster
 
 

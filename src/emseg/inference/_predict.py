@@ -78,7 +78,7 @@ def predict(
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
         tta: average over the image and its flips (4x slower, usually a little more accurate).
         **blockwise: options of :func:`emseg.inference.predict_blockwise` (``block``,
-            ``workers``, ``scheduler``, ``resume``, ``ome_zarr``, ``zarr_format``,
+            ``workers``, ``threads``, ``scheduler``, ``resume``, ``ome_zarr``, ``zarr_format``,
             ``overlap``, ``window``, ``batch_size``, ``jit``).  A ``.zarr`` output (without
             ``probabilities``) is always predicted block by block, resumably.
 
