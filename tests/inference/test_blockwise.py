@@ -232,7 +232,8 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
     block = ["--block", "1", "96", "96"]
     cmd = [sys.executable, "-c", "from emseg.cli import main; main()", "predict", str(model),
            str(tmp_path / "in.zarr"), str(tmp_path / "killed.zarr"), *block, "--quiet"]
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     markers = tmp_path / "killed.zarr" / MARKER_DIR
     deadline = time.monotonic() + 120
@@ -387,10 +388,14 @@ def test_receptive_field_probe_hand_worked():
 
 
 def test_global_grid_tiling_matches_monai_sliding_window(data):
-    """On a whole slice the windows sit where MONAI puts them: probabilities agree to 1e-5 (measured)."""
+    """On a whole slice the windows sit where MONAI puts them: probabilities agree to float rounding.
+
+    1e-5 measured on the AVX2 development machine, 4e-4 on a 16-core AVX-512 host (oneDNN picks other
+    kernels for MONAI's batches there).
+    """
     from monai.inferers import sliding_window_inference
 
-    p = Predictor.from_checkpoint(data["model"], overlap=0.25)
+    p = Predictor.from_checkpoint(data["model"], overlap=0.25, device=torch.device("cpu"))
     image = data["raw"][0]
     ours = p.predict_proba_slice(image)
     x = torch.from_numpy(p.normalizer(image))[None, None]
@@ -399,7 +404,7 @@ def test_global_grid_tiling_matches_monai_sliding_window(data):
                                           predictor=p.model, overlap=0.25, mode="gaussian", padding_mode="reflect")
     theirs = torch.softmax(logits, 1)[0].numpy()
     assert ours.shape == theirs.shape == (7, 150, 200)
-    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
     assert (ours.argmax(0) == theirs.argmax(0)).mean() > 0.999
 
 
@@ -418,6 +423,7 @@ def test_cli_rejects_bad_overlap_and_engine_options_without_zarr(data, tmp_path)
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.tif").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--jit is CPU-only, and emseg.predict would use the GPU")
 def test_jit_predictor_agrees_with_eager_and_runs_blockwise(data, tmp_path):
     """--jit: the frozen TorchScript copy is really used, agrees with the eager network, and the engine is exact."""
     eager = Predictor.from_checkpoint(data["model"], overlap="auto")
@@ -426,7 +432,7 @@ def test_jit_predictor_agrees_with_eager_and_runs_blockwise(data, tmp_path):
     assert frozen.jit and frozen._jit_module is not None  # no silent fall-back to eager
     assert np.abs(p_jit - p_eager).max() < 1e-4
     assert (p_jit.argmax(0) == p_eager.argmax(0)).mean() > 0.9999
-    expected = p_jit.argmax(0).astype(np.uint8)
+    expected, _ = frozen.predict_volume(data["raw"])  # labels from the frozen network's blended logits
     out = emseg.predict(data["model"], str(data["dir"] / "raw3.zarr"), tmp_path / "jit.zarr", block=(2, 75, 100),
                         jit=True, progress=False)
     import zarr
@@ -439,7 +445,7 @@ def test_jit_predictor_agrees_with_eager_and_runs_blockwise(data, tmp_path):
 
 def test_jit_falls_back_to_eager_when_the_trace_does_not_hold(data, caplog):
     """A network whose forward depends on the input shape traces wrongly for other shapes: caught, eager used."""
-    inner = Predictor.from_checkpoint(data["model"], overlap=0.0)
+    inner = Predictor.from_checkpoint(data["model"], overlap=0.0, device=torch.device("cpu"))  # jit: CPU only
 
     class ShapeDependent(torch.nn.Module):
         def __init__(self, net):
@@ -451,7 +457,7 @@ def test_jit_falls_back_to_eager_when_the_trace_does_not_hold(data, caplog):
             return out if x.shape[-1] >= 64 else -out  # Python branch: frozen into the trace
 
     predictor = Predictor(ShapeDependent(inner.model).eval(), classes=inner.classes, normalizer=inner.normalizer,
-                          window=(64, 64), overlap=0.0, divisor=4, jit=True)
+                          window=(64, 64), overlap=0.0, divisor=4, jit=True, device=torch.device("cpu"))
     predictor.predict_proba_slice(data["raw"][0, :64, :64])  # traced at 64 x 64
     assert predictor.jit
     small = data["raw"][0, :32, :32]  # 32 x 32 window: the trace holds the other branch
@@ -459,7 +465,7 @@ def test_jit_falls_back_to_eager_when_the_trace_does_not_hold(data, caplog):
         got = predictor.predict_proba_slice(small)
     assert not predictor.jit and "disagrees with the eager network" in caplog.text
     want = Predictor(ShapeDependent(inner.model).eval(), classes=inner.classes, normalizer=inner.normalizer,
-                     window=(64, 64), overlap=0.0, divisor=4).predict_proba_slice(small)
+                     window=(64, 64), overlap=0.0, divisor=4, device=torch.device("cpu")).predict_proba_slice(small)
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
