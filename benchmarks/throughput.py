@@ -1,10 +1,11 @@
 """Gigavoxel throughput of blockwise prediction, against MONAI's sliding window and the machine's peak.
 
-Full run as measured in docs/BENCHMARKS.md (1 GVox in 36.6 min on the 2-core AVX2 machine with
-whole-slice windows and the frozen network; with 512 x 512 windows it takes about twice as long):
+Full run as measured in docs/BENCHMARKS.md (1 GVox in 30.5 min on the 2-core AVX2 machine with
+whole-slice windows, the frozen network and two torch threads in one process; 34.1 min with
+``--workers 2 --threads 1``; with 512 x 512 windows it takes about twice as long):
 
-    PYTHONPATH=src .venv/bin/python benchmarks/throughput.py --gvox 1.0 --workers 2 --window 768 1024 --jit \
-        --model RUN_DIR
+    PYTHONPATH=src .venv/bin/python benchmarks/throughput.py --gvox 1.0 --workers 0 --threads 2 \
+        --window 768 1024 --jit --model RUN_DIR
 
 Without --model it trains the default unet2d first (--train-minutes).
 
