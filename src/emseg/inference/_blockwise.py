@@ -27,7 +27,8 @@ sliding windows sit on a grid fixed by the whole slice's shape.
 
 Predictor interface used (any object offering it plugs in: 3-D models, ensembles):
 ``classes``; ``block_input(region, shape) -> input box``;
-``predict_proba_block(data, origin=, region=, shape=) -> (K, nz, ny, nx)``.
+``predict_proba_block(data, origin=, region=, shape=) -> (K, nz, ny, nx)``; optionally
+``predict_labels_block`` with the same arguments ``-> (nz, ny, nx)``, used instead where present.
 """
 
 from __future__ import annotations
@@ -418,9 +419,9 @@ def predict_blockwise(
         raise ValueError(f"blockwise output must be a .zarr store, got {output}")
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
-    if int(threads) < 1:
-        raise ValueError(f"threads must be at least 1, got {threads!r}")
     threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads!r}")
     options: dict[str, Any] = {"precision": precision, "tta": tta, "overlap": overlap, "batch_size": batch_size}
     if window is not None:
         options["window"] = tuple(int(w) for w in window)

@@ -204,7 +204,7 @@ class Predictor:
 
     def _slice(self, image: np.ndarray, output: str) -> np.ndarray:
         """``predict_proba_slice`` (``output="probabilities"``) or ``predict_labels_slice`` (``"labels"``)."""
-        if self.spatial_dims == 3 or not self.is_torch or self.margin:
+        if not self._labels_from_logits:  # 3-D, random forest, valid padding: from their probabilities
             if self.spatial_dims == 3:  # a 3-D model sees the slice as a one-section volume
                 probs = self.predict_proba_volume(np.asarray(image)[None])[:, 0]
             else:
