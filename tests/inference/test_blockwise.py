@@ -504,6 +504,13 @@ def test_first_argmax_is_numpys_argmax_with_ties_to_the_first_class():
     np.testing.assert_array_equal(first_argmax(scores), scores.argmax(0))
     np.testing.assert_array_equal(first_argmax(scores[:, 0]), scores[:, 0].argmax(0))
     assert first_argmax(np.zeros((300, 2, 2), np.float32)).dtype == np.uint16
+    many = np.random.default_rng(2).random((300, 3, 4)).astype(np.float32)
+    assert many.argmax(0).max() > 255
+    np.testing.assert_array_equal(first_argmax(many), many.argmax(0))  # labels past 255 in uint16
+    frozen = scores.copy()
+    frozen.flags.writeable = False  # e.g. a memory-mapped or read-only block
+    np.testing.assert_array_equal(first_argmax(frozen), scores.argmax(0))
+    np.testing.assert_array_equal(first_argmax(scores.astype(np.float16)), scores.argmax(0))
 
 
 def test_local_cluster_workers_run_without_the_statistical_profiler():
@@ -516,3 +523,29 @@ def test_local_cluster_workers_run_without_the_statistical_profiler():
     finally:
         client.close()
         cluster.close()
+
+
+def test_one_window_slice_labels_skip_blending_and_agree_with_every_region():
+    """A window holding the whole slice: labels are the argmax of its logits, for the slice and any part of it."""
+    from emseg.inference._tiling import predict_region
+
+    image = np.random.default_rng(3).normal(size=(1, 60, 90)).astype(np.float32)
+    conv = torch.nn.Conv2d(1, 4, 5, padding=2)
+    calls = []
+
+    def run(batch):
+        calls.append(tuple(batch.shape))
+        with torch.no_grad():
+            return conv(batch)
+
+    kwargs = dict(full_shape=(60, 90), roi=(64, 96), overlap=0.25, run=run, batch_size=2, num_classes=4)
+    whole = (slice(0, 60), slice(0, 90))
+    labels = predict_region(image, origin=(0, 0), region=whole, output="labels", **kwargs)
+    logits = predict_region(image, origin=(0, 0), region=whole, output="logits", **kwargs)  # blended path
+    assert calls == [(1, 1, 64, 96)] * 2  # one padded window each time
+    np.testing.assert_array_equal(labels, logits.argmax(0))
+    part = (slice(10, 41), slice(5, 77))
+    np.testing.assert_array_equal(predict_region(image, origin=(0, 0), region=part, output="labels", **kwargs),
+                                  labels[10:41, 5:77])
+    on_device = predict_region(image, origin=(0, 0), region=part, output="labels", blend_in_torch=True, **kwargs)
+    np.testing.assert_array_equal(on_device, labels[10:41, 5:77])

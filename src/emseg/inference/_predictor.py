@@ -388,7 +388,7 @@ class Predictor:
                 out = self._forward(inp)
                 out = torch.flip(out, dims) if dims else out
                 total = out if total is None else total + out
-            return total / len(flips)
+            return total / len(flips) if len(flips) > 1 else total
 
         return predict_region(x, origin=origin, full_shape=full_shape, region=region, roi=self._roi(full_shape),
                               overlap=self.overlap, run=run, batch_size=self.batch_size, num_classes=self.num_classes,

@@ -96,19 +96,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def first_argmax(scores: np.ndarray) -> np.ndarray:
-    """``np.argmax(scores, axis=0)`` as uint8 (uint16 past 256 classes), ties to the first class, about 2x faster.
+    """``np.argmax(scores, axis=0)`` as uint8 (uint16 past 256 classes), ties to the first class, several x faster.
 
-    One pass per class over contiguous ``(Y, X)`` planes instead of numpy's strided reduction over a
-    short axis 0 (27 ms instead of 40-65 ms for 7 x 768 x 1024 float32 here).
+    ``torch.max(dim=0)`` over contiguous ``(Y, X)`` planes, on torch's threads, instead of numpy's
+    strided reduction over a short axis 0 (11 ms instead of 40-65 ms for 7 x 768 x 1024 float32 at
+    two threads here); its indices are those of the first maximal value, as numpy's.
     """
     scores = np.asarray(scores)
-    best = scores[0].copy()
-    labels = np.zeros(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
-    for k in range(1, scores.shape[0]):
-        better = scores[k] > best
-        labels[better] = k
-        np.maximum(best, scores[k], out=best)
-    return labels
+    dtype = np.uint8 if scores.shape[0] <= 256 else np.uint16
+    if scores.shape[0] == 1 or scores.size == 0:
+        return np.zeros(scores.shape[1:], dtype)
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float32)
+    if not scores.flags.writeable:  # torch.from_numpy wants a writable buffer (it never writes here)
+        scores = scores.copy()
+    indices = torch.max(torch.from_numpy(np.ascontiguousarray(scores)), dim=0).indices
+    return indices.to(torch.uint8 if dtype == np.uint8 else torch.int32).numpy().astype(dtype, copy=False)
 
 
 def predict_region(
@@ -165,7 +168,18 @@ def predict_region(
         mode = "reflect" if all(size > max(pair) for size, pair in zip((Y, X), pads)) else "edge"
         image = np.pad(image, ((0, 0), *pads), mode=mode)
         oy, ox = oy - pads[0][0], ox - pads[1][0]
-    batches = _needed(window_batches((Y, X), roi, overlap, batch_size), roi, region)
+    grid = window_batches((Y, X), roi, overlap, batch_size)
+    if output == "labels" and len(grid) == 1 and len(grid[0]) == 1:
+        # One window holds the whole slice: every pixel has one logit vector and a positive weight,
+        # so the labels are its argmax, whichever region is asked for (no blending buffers).
+        (y, x), = grid[0]
+        batch = np.ascontiguousarray(image[None, :, y - oy:y - oy + ry, x - ox:x - ox + rx], dtype=np.float32)
+        logits = run(torch.from_numpy(batch)).float()[0, :, out_y0 - y:out_y1 - y, out_x0 - x:out_x1 - x]
+        if logits.device.type == "cpu" and not blend_in_torch:
+            return first_argmax(logits.numpy())
+        labels = torch.argmax(logits, dim=0)
+        return labels.to(torch.uint8).cpu().numpy() if num_classes <= 256 else labels.cpu().numpy().astype(np.uint16)
+    batches = _needed(grid, roi, region)
     g = gaussian_window((ry, rx))
     acc = weight = None
     channels = image.shape[0]
