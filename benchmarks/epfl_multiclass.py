@@ -6,7 +6,9 @@ Reproduces the per-class IoU table of docs/BENCHMARKS.md:
 
 Each model is trained through the public API (`emseg.train`, `emseg.predict`,
 `emseg.evaluate`) with the default configuration plus the budget; the random
-forest has no time budget (it is fitted once). Writes
+forest has no time budget (it is fitted once). Networks are scored with the
+logit offsets calibrated on the validation slices after training (the default)
+and, as a row of their own, without them (``--no-calibration``). Writes
 benchmarks/results/epfl_multiclass.json and prints a table.
 """
 
@@ -66,6 +68,17 @@ def main() -> None:
         predict_s = time.perf_counter() - t0
         scores = emseg.evaluate(pred, args.data / "test_labels.tif", classes=CLASSES)
         scores.save_json(run_dir / "test_scores.json")
+        calibration = json.loads((run_dir / "summary.json").read_text()).get("calibration")
+        if calibration is not None:  # the same network without its logit offsets, as its own row
+            emseg.predict(run_dir, args.data / "test_raw.tif", run_dir / "test_prediction_uncalibrated.tif",
+                          overwrite=True, progress=False, calibrated=False)
+            plain = emseg.evaluate(run_dir / "test_prediction_uncalibrated.tif", args.data / "test_labels.tif",
+                                   classes=CLASSES)
+            rows[name + " --no-calibration"] = {
+                "iou": {c: plain.per_class[c]["iou"] for c in CLASSES}, "mean_iou": plain.mean_iou,
+                "mean_iou_foreground": plain.mean_iou_foreground, "train_s": round(train_s, 1),
+                "precision": {c: plain.per_class[c]["precision"] for c in CLASSES},
+                "recall": {c: plain.per_class[c]["recall"] for c in CLASSES}}
         if model_name != "random-forest":  # flip test-time augmentation, reported as its own row
             emseg.predict(run_dir, args.data / "test_raw.tif", run_dir / "test_prediction_tta.tif", overwrite=True,
                           progress=False, tta=True)
@@ -76,7 +89,10 @@ def main() -> None:
             "train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "epochs": result.epochs,
             "best_epoch": result.best_epoch,
             "iou": {c: scores.per_class[c]["iou"] for c in CLASSES},
+            "precision": {c: scores.per_class[c]["precision"] for c in CLASSES},
+            "recall": {c: scores.per_class[c]["recall"] for c in CLASSES},
             "mean_iou": scores.mean_iou, "mean_iou_foreground": scores.mean_iou_foreground,
+            "calibration": calibration, "confusion": scores.confusion.tolist(),
         }
         print(f"{name}: mean foreground IoU {scores.mean_iou_foreground:.3f}", flush=True)
     report = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",

@@ -329,6 +329,10 @@ class TrainingConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)
     val_max_slices: int | None = Field(default=None, ge=1, description="cap on validation slices scored per epoch")
+    calibrate: bool = Field(
+        default=True,
+        description="after training, fit per-class logit offsets on the validation slices (coordinate ascent on "
+                    "validation mean IoU; stored in the checkpoint, applied by `emseg predict`; neural networks only)")
 
     @field_validator("patch_size", mode="before")
     @classmethod

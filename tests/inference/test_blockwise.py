@@ -395,7 +395,7 @@ def test_global_grid_tiling_matches_monai_sliding_window(data):
     """
     from monai.inferers import sliding_window_inference
 
-    p = Predictor.from_checkpoint(data["model"], overlap=0.25, device=torch.device("cpu"))
+    p = Predictor.from_checkpoint(data["model"], overlap=0.25, device=torch.device("cpu"), calibrated=False)
     image = data["raw"][0]
     ours = p.predict_proba_slice(image)
     x = torch.from_numpy(p.normalizer(image))[None, None]

@@ -88,7 +88,7 @@ def test_grain_filter_channels_round_trip_through_the_checkpoint(tmp_path, epfl_
     emseg.train(cfg, run, progress=False)
     ckpt = load_checkpoint(run)
     assert ckpt["preprocess"] == {"grain_filter": [30, 200]} and ckpt["model"]["in_channels"] == 3
-    predictor = Predictor.from_checkpoint(run)
+    predictor = Predictor.from_checkpoint(run, calibrated=False)  # compared with the bare network below
     assert predictor.grain_filter == [30, 200]
     image = tifffile.imread(epfl_crop["raw"])[3, :64, :64]
     probs = predictor.predict_proba_slice(image)

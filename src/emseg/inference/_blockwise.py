@@ -369,6 +369,7 @@ def predict_blockwise(
     window: tuple[int, int] | None = None,
     batch_size: int = 4,
     jit: bool = False,
+    calibrated: bool = True,
     progress: bool = True,
     max_blocks: int | None = None,
     loader: Callable[..., Any] | None = None,
@@ -397,6 +398,7 @@ def predict_blockwise(
         precision, tta, overlap, window, batch_size, jit: predictor options (``overlap="auto"``:
             from the receptive field; ``jit``: frozen TorchScript network on CPU, see
             :class:`~emseg.inference.Predictor`).
+        calibrated: apply the checkpoint's logit offsets (the default); False ignores them.
         progress: progress bar with voxels/s and ETA (terminal only).
         max_blocks: stop after this many blocks (tests, benchmarks); the run stays resumable.
         loader: ``loader(model_path, **predictor options)`` builds the predictor in each process
@@ -427,6 +429,8 @@ def predict_blockwise(
         options["window"] = tuple(int(w) for w in window)
     if jit:
         options["jit"] = True
+    if not calibrated:
+        options["calibrated"] = False
     if isinstance(model, (str, os.PathLike)):
         from emseg.training._checkpoint import resolve_model_path
 

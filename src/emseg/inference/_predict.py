@@ -79,7 +79,8 @@ def predict(
         tta: average over the image and its flips (4x slower, usually a little more accurate).
         **blockwise: options of :func:`emseg.inference.predict_blockwise` (``block``,
             ``workers``, ``threads``, ``scheduler``, ``resume``, ``ome_zarr``, ``zarr_format``,
-            ``overlap``, ``window``, ``batch_size``, ``jit``).  A ``.zarr`` output (without
+            ``overlap``, ``window``, ``batch_size``, ``jit``, ``calibrated``: False ignores the
+            checkpoint's calibration offsets).  A ``.zarr`` output (without
             ``probabilities``) is always predicted block by block, resumably.
 
     Returns:
@@ -96,7 +97,8 @@ def predict(
 
         return predict_blockwise(model, image, output, overwrite=overwrite, progress=progress, precision=precision,
                                  tta=tta, **blockwise)
-    engine_only = sorted(k for k, v in blockwise.items() if k not in {"overlap", "window", "batch_size", "jit"} and v)
+    predictor_keys = ("overlap", "window", "batch_size", "jit", "calibrated")
+    engine_only = sorted(k for k, v in blockwise.items() if k not in predictor_keys and v)
     if engine_only:
         raise ValueError(f"{', '.join(engine_only)} need blockwise prediction: write the labels to a .zarr store "
                          f"(got output {output}{' and --probabilities' if probabilities else ''})")
@@ -104,7 +106,7 @@ def predict(
         if path is not None and Path(str(path).split(":")[0]).exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(
-        model, precision=precision, tta=tta, **{k: v for k, v in blockwise.items() if k in ("overlap", "window", "batch_size", "jit")})
+        model, precision=precision, tta=tta, **{k: v for k, v in blockwise.items() if k in predictor_keys})
     start = time.perf_counter()
     with open_image(image) as data:
         volume = data.array

@@ -63,6 +63,11 @@ class Predictor:
     Valid-padding models (``unet-original``, with an ``output_margin``) are
     tiled so their smaller outputs cover every pixel; ``window`` is then their
     input window, rounded up to a valid size.
+    logit_offsets
+        ``(K,)`` constants added to the logits of every window before blending,
+        softmax and argmax: the decision calibration fitted on the validation
+        slices after training (``inference.logit_offsets`` of the checkpoint, see
+        :mod:`emseg.training._calibration`); ``None``: none.
     grain_filter
         Area thresholds of the grain-filter input channels the model was trained
         with (``preprocess.grain_filter``): the filtered copies of the centre
@@ -89,6 +94,7 @@ class Predictor:
         grain_filter: list[int] | tuple[int, ...] = (),
         grain_cache: int = 8,
         jit: bool = False,
+        logit_offsets: Any = None,
     ) -> None:
         from emseg.data._grain import GrainFilterCache
 
@@ -113,6 +119,13 @@ class Predictor:
         self.window_3d = tuple(int(w) for w in (window_3d or (5, 256, 256)))
         self.margin = int(getattr(model, "output_margin", 0)) if self.is_torch else 0
         self.jit = bool(jit)
+        self.logit_offsets = None
+        if logit_offsets is not None:
+            offsets = np.asarray(logit_offsets, np.float32)
+            if offsets.shape != (len(self.classes),) or not np.isfinite(offsets).all():
+                raise ValueError(f"logit_offsets must be {len(self.classes)} finite numbers (one per class), "
+                                 f"got {list(np.ravel(logit_offsets))}")
+            self.logit_offsets = None if not offsets.any() else torch.from_numpy(offsets)
         self._jit_module: Any = None
         self._jit_checked: set[tuple[int, ...]] = set()
         if overlap == "auto":
@@ -163,6 +176,9 @@ class Predictor:
         kwargs.setdefault("window", tuple(inference.get("window", (512, 512))))
         kwargs.setdefault("overlap", inference.get("overlap", 0.25))
         kwargs.setdefault("grain_filter", list(ckpt.get("preprocess", {}).get("grain_filter", [])))
+        calibrated = kwargs.pop("calibrated", True)
+        if spec.backend != "random-forest":
+            kwargs.setdefault("logit_offsets", inference.get("logit_offsets") if calibrated else None)
         return cls(
             model,
             classes=ckpt["classes"],
@@ -238,7 +254,7 @@ class Predictor:
             inp = torch.flip(tensor, dims) if dims else tensor
             with autocast(self.device, self.dtype):
                 logits = self._valid_padding_logits(inp)
-            p = torch.softmax(logits.float(), dim=1)
+            p = torch.softmax(self._offset(logits.float()), dim=1)
             p = torch.flip(p, dims) if dims else p
             probs = p if probs is None else probs + p
         return (probs / len(flips))[0].cpu().numpy()
@@ -287,7 +303,7 @@ class Predictor:
             with autocast(self.device, self.dtype):
                 logits = sliding_window_inference(inp, roi_size=roi, sw_batch_size=self.batch_size, predictor=self.model,
                                                   overlap=self.overlap, mode="gaussian", padding_mode="reflect")
-            p = torch.softmax(logits.float(), dim=1)
+            p = torch.softmax(self._offset(logits.float()), dim=1)
             p = torch.flip(p, dims) if dims else p
             probs = p if probs is None else probs + p
         return (probs / len(flips))[0].cpu().numpy().astype(np.float32, copy=False)
@@ -388,11 +404,19 @@ class Predictor:
                 out = self._forward(inp)
                 out = torch.flip(out, dims) if dims else out
                 total = out if total is None else total + out
-            return total / len(flips) if len(flips) > 1 else total
+            total = total / len(flips) if len(flips) > 1 else total
+            return self._offset(total)
 
         return predict_region(x, origin=origin, full_shape=full_shape, region=region, roi=self._roi(full_shape),
                               overlap=self.overlap, run=run, batch_size=self.batch_size, num_classes=self.num_classes,
                               output=output)
+
+    def _offset(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, K, ...)`` logits plus the calibration offsets of the checkpoint (if any)."""
+        if self.logit_offsets is None:
+            return logits
+        shape = (1, -1) + (1,) * (logits.ndim - 2)
+        return logits + self.logit_offsets.to(logits.device).view(shape)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Float32 logits of one batch of windows: eager, or the frozen TorchScript copy (``jit``)."""

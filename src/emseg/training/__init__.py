@@ -4,7 +4,7 @@ from emseg.training._checkpoint import CheckpointError, load_checkpoint, save_ch
 from emseg.training._loss_registry import LOSSES, build_loss
 from emseg.training._losses import DiceCELoss
 from emseg.training._recipes import apply_recipe, list_recipes
-from emseg.training._trainer import TrainResult, class_weights_from_frequencies, train
+from emseg.training._trainer import TrainResult, calibrate, class_weights_from_frequencies, train
 
 __all__ = [
     "CheckpointError",
@@ -14,6 +14,7 @@ __all__ = [
     "build_loss",
     "list_recipes",
     "TrainResult",
+    "calibrate",
     "class_weights_from_frequencies",
     "load_checkpoint",
     "save_checkpoint",

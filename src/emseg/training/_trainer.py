@@ -202,13 +202,75 @@ def _train_forest(config: Config, out_dir: Path, train_data: LabelledSlices, val
     return _finish(out_dir, best_epoch=1, best=score, epochs=1, elapsed=elapsed, reason="fitted")
 
 
+def calibrate(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Fit (again) the logit offsets of a trained network on its run's validation data.
+
+    For runs trained with ``training.calibrate: false`` or before emseg had
+    calibration: reads ``config.yaml`` and ``model.pt`` of ``run_dir``, predicts
+    the validation slices with the uncalibrated network, fits the offsets
+    (:func:`~emseg.training._calibration.fit_logit_offsets`) and rewrites
+    ``model.pt`` (atomically) and ``summary.json`` with them.
+
+    Returns:
+        ``{"logit_offsets", "val_mean_iou_before", "val_mean_iou_after", "pixels", "seconds"}``.
+    """
+    run_dir = Path(run_dir)
+    config_path, model_path = run_dir / "config.yaml", run_dir / MODEL_FILENAME
+    for path in (config_path, model_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: calibrate needs a run directory written by `emseg train`")
+    config = load_config(config_path)
+    ckpt = load_checkpoint(model_path)
+    if ckpt.get("backend") != "torch":
+        raise ValueError(f"{model_path}: only neural networks have logits to calibrate (backend {ckpt.get('backend')!r})")
+    _, val_data = load_data(config)
+    tc = config.training
+    val = val_data if tc.val_max_slices is None else val_data.take(list(range(min(len(val_data), tc.val_max_slices))))
+    if not len(val):
+        raise ValueError(f"{config_path}: no validation data to calibrate on (set data.val or data.val_fraction)")
+    predictor = Predictor.from_checkpoint_dict(ckpt, calibrated=False, precision=tc.precision)
+    info = _calibrate(run_dir, val, None, predictor=predictor, num_classes=len(config.data.classes),
+                      background=config.data.background)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary["calibration"] = info
+    summary_path.write_text(json.dumps(summary, indent=2))
+    return info
+
+
+def _calibrate(out_dir: Path, val: Any, scores: list[np.ndarray] | None, *, predictor: Predictor, num_classes: int,
+               background: int | None) -> dict[str, Any]:
+    """Fit the logit offsets on the validation data with the best checkpoint and store them in it."""
+    from emseg.training._calibration import fit_logit_offsets
+
+    path = out_dir / MODEL_FILENAME
+    ckpt = load_checkpoint(path)
+    if scores is None:  # a resumed run whose best epoch came before the resume: predict the validation again
+        predictor.model.load_state_dict(ckpt["state"])
+        predictor.model.eval()
+        scores = []
+        validate(predictor, val, num_classes=num_classes, background=background, keep=scores)
+    t0 = time.perf_counter()
+    result = fit_logit_offsets(scores, list(val.labels), ignore_label=IGNORE_INDEX)
+    info = {**result.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+    ckpt["inference"]["logit_offsets"] = info["logit_offsets"]
+    ckpt["training"]["calibration"] = info
+    save_checkpoint(path, ckpt)
+    logger.info("calibrated %s: validation mean IoU %.4f -> %.4f with logit offsets %s", path, result.before,
+                result.after, info["logit_offsets"])
+    return info
+
+
 def _finish(out_dir: Path, *, best_epoch: int, best: float, epochs: int, elapsed: float, reason: str,
-            metric: str = "val_mean_iou", best_metric: float | None = None) -> TrainResult:
+            metric: str = "val_mean_iou", best_metric: float | None = None,
+            calibration: dict[str, Any] | None = None) -> TrainResult:
     best_metric = best if best_metric is None else best_metric
     result = TrainResult(out_dir, out_dir / MODEL_FILENAME, best_epoch, best, epochs, elapsed, reason, metric, best_metric)
     summary = {"model": str(result.model_path), "best_epoch": best_epoch, "best_val_mean_iou": _nan_to_none(best),
                "checkpoint_metric": metric, "best_metric": _nan_to_none(best_metric),
                "epochs": epochs, "elapsed_s": round(elapsed, 1), "stop_reason": reason}
+    if calibration is not None:
+        summary["calibration"] = calibration
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.info("training stopped (%s) after %d epochs, %.0f s; best epoch %d, val mean IoU %s -> %s",
                 reason, epochs, elapsed, best_epoch, f"{best:.3f}" if not math.isnan(best) else "n/a", result.model_path)
@@ -311,6 +373,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
 
     start = time.perf_counter() - elapsed_before
     val_seconds = 0.0
+    best_scores: list[np.ndarray] | None = None  # validation log-probabilities of the best epoch (calibration)
     stop_reason = "epochs"
 
     def fraction_done() -> float:
@@ -325,7 +388,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                                         mode=mode if len(val) else "min")
                 epoch_field = epoch_elastic_field(tc.augment, tuple(patch_size)[-2:], rng)
                 for _ in range(tc.iterations_per_epoch):
-                    if time.perf_counter() - start + val_seconds >= budget:
+                    if time.perf_counter() - start + val_seconds * (1.5 if tc.calibrate else 1.0) >= budget:
                         stop_reason = "time limit"
                         break
                     lr = learning_rate(tc.learning_rate, tc.lr_schedule, fraction=fraction_done(), step=iteration,
@@ -362,9 +425,10 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                 if len(val):
                     t0 = time.perf_counter()
                     model.eval()
+                    kept: list[np.ndarray] | None = [] if tc.calibrate else None
                     result, scores = validate(predictor, val, num_classes=num_classes, background=config.data.background,
                                               loss=base_criterion, weight_maps=val_wmaps,
-                                              rng=np.random.default_rng([tc.seed, epoch]))
+                                              rng=np.random.default_rng([tc.seed, epoch]), keep=kept)
                     val_seconds = time.perf_counter() - t0
                     val_iou = result.mean_iou
                     value = scores[metric]
@@ -381,6 +445,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                 improved = not math.isnan(score) and score > best
                 if improved:
                     best, best_epoch, best_iou = score, epoch, val_iou
+                    best_scores = kept if len(val) else None
                 training = {"epoch": epoch, "iteration": iteration, "elapsed_s": time.perf_counter() - start,
                             "best_epoch": best_epoch, "best_val_mean_iou": _nan_to_none(best_iou if len(val) else float("nan")),
                             "val_mean_iou": _nan_to_none(val_iou), "checkpoint_metric": metric,
@@ -410,10 +475,14 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
             f"training stopped before the first epoch finished (max_minutes={tc.max_minutes}); "
             f"raise training.max_minutes or lower training.iterations_per_epoch"
         )
+    calibration = None
+    if tc.calibrate and len(val) and stop_reason != "interrupted":
+        calibration = _calibrate(out_dir, val, best_scores, predictor=predictor, num_classes=num_classes,
+                                 background=config.data.background)
     best_value = best if mode == "max" else -best
     return _finish(out_dir, best_epoch=best_epoch, best=best_iou if len(val) else float("nan"), epochs=epoch,
                    elapsed=time.perf_counter() - start, reason=stop_reason, metric=metric,
-                   best_metric=best_value if len(val) else float("nan"))
+                   best_metric=best_value if len(val) else float("nan"), calibration=calibration)
 
 
 def _early_stop(tc: Any, *, epoch: int, best_epoch: int, val_iou: float | None) -> str | None:

@@ -43,8 +43,11 @@ def mean_auc(probs: np.ndarray, truth: np.ndarray) -> float:
 
 def validate(predictor: Any, val: LabelledSlices | LabelledVolumes, *, num_classes: int, background: int | None,
              loss: torch.nn.Module | None = None, weight_maps: list[np.ndarray] | None = None,
-             rng: np.random.Generator | None = None) -> tuple[EvaluationResult, dict[str, float]]:
+             rng: np.random.Generator | None = None, keep: list | None = None
+             ) -> tuple[EvaluationResult, dict[str, float]]:
     """Score the validation slices with ``predictor``.
+
+    ``keep``: a list that receives each image's ``(K, ...)`` log-probabilities (for the calibration).
 
     The loss is the training loss (main head) on each whole slice, computed from
     ``log`` probabilities (softmax of log-probabilities gives the probabilities
@@ -61,8 +64,11 @@ def validate(predictor: Any, val: LabelledSlices | LabelledVolumes, *, num_class
         probs = predictor.predict_proba_volume(image) if volumes else predictor.predict_proba_slice(image)
         confusion += confusion_matrix(probs.argmax(0), labels, num_classes=num_classes, ignore_label=IGNORE_INDEX)
         labelled = np.flatnonzero(labels.ravel() != IGNORE_INDEX)
+        log_probs = np.log(np.clip(probs, 1e-8, None)) if keep is not None or loss is not None else None
+        if keep is not None:
+            keep.append(log_probs)
         if loss is not None and labelled.size:
-            logits = torch.from_numpy(np.log(np.clip(probs, 1e-8, None)))[None]
+            logits = torch.from_numpy(log_probs)[None]
             target = torch.from_numpy(labels.astype(np.int64))[None]
             wmap = None if weight_maps is None else torch.from_numpy(weight_maps[k])[None]
             with torch.no_grad():
