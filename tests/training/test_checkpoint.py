@@ -37,6 +37,8 @@ def test_pickled_code_is_refused(tmp_path):
         (lambda d: d.update(format_version=99), "newer than this emseg"),
         (lambda d: d.pop("classes"), "missing field 'classes'"),
         (lambda d: d["model"].pop("in_channels"), "model.in_channels"),
+        (lambda d: d.update(inference={"logit_offsets": [0.0]}), "logit_offsets' must be 2 finite numbers"),
+        (lambda d: d.update(inference={"logit_offsets": [0.0, float("nan")]}), "emseg calibrate"),
     ],
 )
 def test_invalid_metadata_is_reported(tmp_path, change, match):

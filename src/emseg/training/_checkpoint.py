@@ -7,6 +7,7 @@ model file is data, never code.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,12 @@ def _check_fields(data: dict[str, Any], where: str) -> None:
             raise CheckpointError(f"{where} is missing field 'model.{key}'")
     if len(data["classes"]) < 2:
         raise CheckpointError(f"{where}: 'classes' must list at least 2 classes")
+    offsets = (data.get("inference") or {}).get("logit_offsets")
+    if offsets is not None and not (isinstance(offsets, (list, tuple)) and len(offsets) == len(data["classes"])
+                                    and all(isinstance(o, (int, float)) and math.isfinite(o) for o in offsets)):
+        raise CheckpointError(f"{where}: 'inference.logit_offsets' must be {len(data['classes'])} finite numbers "
+                              f"(one per class), got {offsets!r}; run `emseg calibrate` on the run directory "
+                              f"to fit them again")
 
 
 def _check_ensemble(data: dict[str, Any], where: str) -> None:
