@@ -6,9 +6,9 @@ Reproduces the per-class IoU table of docs/BENCHMARKS.md:
 
 Each model is trained through the public API (`emseg.train`, `emseg.predict`,
 `emseg.evaluate`) with the default configuration plus the budget; the random
-forest has no time budget (it is fitted once). Networks are scored with the
-logit offsets calibrated on the validation slices after training (the default)
-and, as a row of their own, without them (``--no-calibration``). Writes
+forest has no time budget (it is fitted once). With ``--set calibrate=true``
+networks are scored with the logit offsets calibrated on the validation slices
+after training and, as a row of their own, without them (``--no-calibration``). Writes
 benchmarks/results/epfl_multiclass.json and prints a table.
 """
 

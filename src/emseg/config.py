@@ -330,9 +330,10 @@ class TrainingConfig(_Strict):
     num_threads: int | None = Field(default=None, ge=1)
     val_max_slices: int | None = Field(default=None, ge=1, description="cap on validation slices scored per epoch")
     calibrate: bool = Field(
-        default=True,
+        default=False,
         description="after training, fit per-class logit offsets on the validation slices (coordinate ascent on "
-                    "validation mean IoU; stored in the checkpoint, applied by `emseg predict`; neural networks only)")
+                    "validation mean IoU; stored in the checkpoint, applied by `emseg predict`; neural networks "
+                    "only). Off by default: on EPFL it raised validation but lowered test IoU (docs/BENCHMARKS.md)")
 
     @field_validator("patch_size", mode="before")
     @classmethod

@@ -102,12 +102,15 @@ def test_the_predictor_adds_the_offsets_to_the_logits_before_softmax_and_argmax(
         _conv_predictor([0.0, 1.0])
 
 
-def test_training_calibrates_the_best_checkpoint_and_predict_applies_it(tiny_run, epfl_crop, tmp_path):
+def test_training_calibrates_the_best_checkpoint_and_predict_applies_it(tiny_config, epfl_crop, tmp_path):
     """The stored offsets reproduce the validation score the calibration reports, through `emseg.predict`."""
     import emseg
     from emseg.inference import Predictor
     from emseg.training import load_checkpoint
 
+    cfg = tmp_path / "cal.yaml"
+    cfg.write_text(tiny_config.read_text().replace("patch_size: 64}", "patch_size: 64, calibrate: true}"))
+    tiny_run = emseg.train(cfg, tmp_path / "run", progress=False)
     summary = json.loads((tiny_run.run_dir / "summary.json").read_text())
     cal = summary["calibration"]
     ckpt = load_checkpoint(tiny_run.model_path)
@@ -126,16 +129,14 @@ def test_training_calibrates_the_best_checkpoint_and_predict_applies_it(tiny_run
 
 
 def test_emseg_calibrate_fits_an_uncalibrated_run(tmp_path, tiny_config):
-    """`emseg calibrate RUN` on a run trained with training.calibrate: false, and its errors."""
+    """`emseg calibrate RUN` on a run trained without calibration (the default), and its errors."""
     from typer.testing import CliRunner
 
     import emseg
     from emseg.cli import app
     from emseg.training import load_checkpoint
 
-    cfg = tmp_path / "nocal.yaml"
-    cfg.write_text(tiny_config.read_text().replace("patch_size: 64}", "patch_size: 64, calibrate: false}"))
-    run = emseg.train(cfg, tmp_path / "run", progress=False)
+    run = emseg.train(tiny_config, tmp_path / "run", progress=False)  # training.calibrate: false by default
     assert "logit_offsets" not in load_checkpoint(run.model_path)["inference"]
     assert "calibration" not in json.loads((run.run_dir / "summary.json").read_text())
     result = CliRunner().invoke(app, ["calibrate", str(run.run_dir), "--quiet"])
