@@ -102,7 +102,8 @@ def calibrate(
 ) -> None:
     """Fit per-class logit offsets on RUN's validation data (maximising its mean IoU) and store them in model.pt.
 
-    `emseg train` does this itself (training.calibrate, default on); use this for older runs.
+    `emseg train` does this itself with training.calibrate: true (off by default: on EPFL it raised the
+    validation score but lowered the test score, docs/BENCHMARKS.md); use this for runs trained without it.
     """
     _setup(quiet)
     from emseg.training import calibrate as _calibrate

@@ -104,7 +104,7 @@ def first_argmax(scores: np.ndarray) -> np.ndarray:
     """
     scores = np.asarray(scores)
     dtype = np.uint8 if scores.shape[0] <= 256 else np.uint16
-    if scores.shape[0] == 1 or scores.size == 0:
+    if scores.size == 0:
         return np.zeros(scores.shape[1:], dtype)
     if scores.dtype not in (np.float32, np.float64):
         scores = scores.astype(np.float32)

@@ -202,6 +202,11 @@ def _train_forest(config: Config, out_dir: Path, train_data: LabelledSlices, val
     return _finish(out_dir, best_epoch=1, best=score, epochs=1, elapsed=elapsed, reason="fitted")
 
 
+def _validation_subset(val_data: Any, max_slices: int | None) -> Any:
+    """The validation data scored per epoch: the first ``training.val_max_slices`` images, or all."""
+    return val_data if max_slices is None else val_data.take(list(range(min(len(val_data), max_slices))))
+
+
 def calibrate(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Fit (again) the logit offsets of a trained network on its run's validation data.
 
@@ -225,7 +230,7 @@ def calibrate(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{model_path}: only neural networks have logits to calibrate (backend {ckpt.get('backend')!r})")
     _, val_data = load_data(config)
     tc = config.training
-    val = val_data if tc.val_max_slices is None else val_data.take(list(range(min(len(val_data), tc.val_max_slices))))
+    val = _validation_subset(val_data, tc.val_max_slices)
     if not len(val):
         raise ValueError(f"{config_path}: no validation data to calibrate on (set data.val or data.val_fraction)")
     predictor = Predictor.from_checkpoint_dict(ckpt, calibrated=False, precision=tc.precision)
@@ -245,7 +250,7 @@ def _calibrate(out_dir: Path, val: Any, scores: list[np.ndarray] | None, *, pred
 
     path = out_dir / MODEL_FILENAME
     ckpt = load_checkpoint(path)
-    if scores is None:  # a resumed run whose best epoch came before the resume: predict the validation again
+    if scores is None:  # `emseg calibrate`, or a resume past the best epoch: predict the validation again
         predictor.model.load_state_dict(ckpt["state"])
         predictor.model.eval()
         scores = []
@@ -342,7 +347,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     aux_weights = {**(getattr(model, "aux_loss_weights", None) or {}), **(tc.aux_loss_weights or {})}
     metric, mode = tc.checkpoint_metric, METRIC_MODES[tc.checkpoint_metric]
     history: list[float | None] = []  # checkpoint metric per epoch (plateau schedule)
-    val = val_data if tc.val_max_slices is None else val_data.take(list(range(min(len(val_data), tc.val_max_slices))))
+    val = _validation_subset(val_data, tc.val_max_slices)
     unit = "sub-stacks" if volumes else "slices"
     logger.info("model %s: %.2f M parameters; %d training %s, %d validation %s; precision %s; "
                 "class weights %s", config.model.name, count_parameters(model) / 1e6, len(train_data), unit, len(val), unit,
@@ -388,6 +393,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                                         mode=mode if len(val) else "min")
                 epoch_field = epoch_elastic_field(tc.augment, tuple(patch_size)[-2:], rng)
                 for _ in range(tc.iterations_per_epoch):
+                    # keep time for the last validation (and about half as much again for the calibration)
                     if time.perf_counter() - start + val_seconds * (1.5 if tc.calibrate else 1.0) >= budget:
                         stop_reason = "time limit"
                         break
