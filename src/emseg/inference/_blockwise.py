@@ -550,11 +550,24 @@ def _prepare_output(output: Path, meta: dict, *, resume: bool | None, overwrite:
             raise FileExistsError(f"{output} is an unfinished prediction; pass --resume to continue it or "
                                   "--overwrite to start again")
         _check_same_run(output, stored, meta)
+        _remove_partial_chunks(output)
         return "0" if ome else ""
     if resume:
         logger.info("nothing to resume at %s: starting a new prediction", output)
     return _create_output(output, shape=shape, chunks=chunks, dtype=dtype, meta=meta, ome=ome,
                           zarr_format=zarr_format)
+
+
+def _remove_partial_chunks(output: Path) -> None:
+    """Delete the temporary chunk files (``<chunk>.<uuid>.partial``) a killed zarr writer left behind.
+
+    zarr writes a chunk to such a file and renames it; a SIGKILL between the two leaves it in the store.
+    The chunk itself is rewritten on resume (its block was not marked done), so the leftover is garbage.
+    """
+    for leftover in output.rglob("*.partial"):
+        if leftover.is_file():
+            leftover.unlink()
+            logger.info("removed %s, left by an interrupted run", leftover)
 
 
 def _run_serial(predictor: Any, volume: Any, output: Path, labels_path: str, layout: BlockLayout,
