@@ -8,8 +8,12 @@ Each model is trained through the public API (`emseg.train`, `emseg.predict`,
 `emseg.evaluate`) with the default configuration plus the budget; the random
 forest has no time budget (it is fitted once). With ``--set calibrate=true``
 networks are scored with the logit offsets calibrated on the validation slices
-after training and, as a row of their own, without them (``--no-calibration``). Writes
-benchmarks/results/epfl_multiclass.json and prints a table.
+after training and, as a row of their own, without them (``--no-calibration``).
+``--set KEY=VALUE`` changes a ``training`` option and ``--model-option KEY=VALUE`` a
+``model`` option (e.g. ``--model-option "features=[16,32,64,128,256,512]"``) for
+ablations. Writes epfl_multiclass.json in the parent folder of ``--out``
+(benchmarks/results/ by default; an ``--out`` elsewhere leaves the recorded
+rows untouched) and prints a table.
 """
 
 from __future__ import annotations
@@ -38,12 +42,15 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the run names, e.g. '-weighted'")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra training option, e.g. --set class_weights=auto (YAML value)")
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="model option, e.g. --model-option features=[16,32,64,128,256,512] (YAML value)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out.parent / "epfl_multiclass.json"
     rows = json.loads(summary_path.read_text())["results"] if summary_path.exists() else {}
     extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    model_options = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model_option)}
     for model_name in args.models.split(","):
         name = model_name + args.tag
         run_dir = args.out / name
@@ -54,7 +61,7 @@ def main() -> None:
                 "val_fraction": 0.1,
                 "classes": CLASSES,
             },
-            "model": {"name": model_name},
+            "model": {"name": model_name, **model_options},
             "training": {"max_minutes": args.minutes, "seed": 0, **extra},
         }
         config_path = args.out / f"{name}.yaml"
@@ -85,7 +92,7 @@ def main() -> None:
             tta = emseg.evaluate(run_dir / "test_prediction_tta.tif", args.data / "test_labels.tif", classes=CLASSES)
             rows[name + " --tta"] = {"iou": {c: tta.per_class[c]["iou"] for c in CLASSES}, "mean_iou": tta.mean_iou,
                                      "mean_iou_foreground": tta.mean_iou_foreground, "train_s": round(train_s, 1)}
-        rows[name] = {"config": config["training"],
+        rows[name] = {"config": {**config["training"], **({"model_options": model_options} if model_options else {})},
             "train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "epochs": result.epochs,
             "best_epoch": result.best_epoch,
             "iou": {c: scores.per_class[c]["iou"] for c in CLASSES},
