@@ -18,6 +18,16 @@ EPFL_CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_bounda
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _wide_cli_consoles():
+    """The CLI prints through rich, which wraps at 80 columns under CliRunner and so breaks long tmp
+    paths inside the messages tests look for; a wide console keeps each message on one line."""
+    from emseg.cli import _main
+
+    for console in (_main.console, _main.err_console):
+        console.width = 400
+
+
 def _write_crop(out: Path, folder: Path, crop: tuple) -> dict[str, Path]:
     """``crop`` of ``folder``'s train_raw.tif / train_labels.tif written as TIFF files under ``out``."""
     paths = {"raw": out / "raw.tif", "labels": out / "labels.tif"}
