@@ -33,6 +33,14 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "epfl-mu
 CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_boundary", "vesicle", "psd", "axon"]
 
 
+def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict:
+    """``["a=1", "b=[2, 3]"]`` -> ``{"a": 1, "b": [2, 3]}`` (values parsed as YAML)."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        parser.error(f"{flag} expects KEY=VALUE, got {bad[0]!r}")
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per neural network")
@@ -49,8 +57,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out.parent / "epfl_multiclass.json"
     rows = json.loads(summary_path.read_text())["results"] if summary_path.exists() else {}
-    extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    model_options = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model_option)}
+    extra = _key_values(parser, "--set", args.set)
+    model_options = _key_values(parser, "--model-option", args.model_option)
     for model_name in args.models.split(","):
         name = model_name + args.tag
         run_dir = args.out / name
