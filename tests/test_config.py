@@ -56,6 +56,7 @@ data:
         ("data: {{train: {{image: {raw}, labels: {lab}}}, classes: [a, b], ignore_label: 1}}", ["ignore_label 1", "class 'b'"]),
         ("data: {{train: {{image: {raw}, labels: {lab}}}, classes: [a, b]}}\nmodel: {{name: unet2d, dropuot: 0.5}}", ["dropuot", "Allowed keys"]),
         ("data: {{train: {{image: {raw}, labels: {lab}}}, classes: [a, b]}}\ntraining: {{class_weights: [1, 2, 3]}}", ["class_weights has 3 values", "2 classes"]),
+        ("data: {{train: {{image: {raw}, labels: {lab}}}, classes: [a, b]}}\ntraining: {{class_weights: median}}", ["training.class_weights", "'auto' or 'rare'"]),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, epfl_crop, snippet, expected):

@@ -318,10 +318,11 @@ class TrainingConfig(_Strict):
         default=0.5, ge=0.0, le=1.0,
         description="fraction of patches centred on a labelled pixel of a randomly chosen foreground class",
     )
-    class_weights: Literal["auto"] | list[float] | None = Field(
+    class_weights: Literal["auto", "rare"] | list[float] | None = Field(
         default="auto",
         description="cross-entropy class weights: 'auto' (1/sqrt frequency, the default: on EPFL it beat "
-        "no weights, docs/BENCHMARKS.md), null (none) or one value per class",
+        "no weights, docs/BENCHMARKS.md), 'rare' (sqrt(median frequency / frequency), at least 1: only "
+        "classes rarer than the median class weighted up), null (none) or one value per class",
     )
     dice_weight: float = Field(default=1.0, ge=0)
     ce_weight: float = Field(default=1.0, ge=0)

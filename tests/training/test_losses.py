@@ -51,3 +51,13 @@ def test_class_weights_from_frequencies():
     w = class_weights_from_frequencies(__import__("numpy").array([0.64, 0.36, 0.0]))
     # 1/sqrt: 1.25, 1.6667 -> mean 1.4583 -> 0.857, 1.143; absent class 0
     assert w.tolist() == pytest.approx([0.857142, 1.142857, 0.0], abs=1e-5)
+
+
+def test_rare_class_weights_from_frequencies():
+    import numpy as np
+
+    w = class_weights_from_frequencies(np.array([0.6, 0.3, 0.06, 0.04, 0.0]), "rare")
+    # median of the present classes (0.3 + 0.06) / 2 = 0.18; max(1, sqrt(0.18 / f)); absent class 0
+    assert w.tolist() == pytest.approx([1.0, 1.0, 3 ** 0.5, 4.5 ** 0.5, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match="'auto' or 'rare'"):
+        class_weights_from_frequencies(np.array([0.5, 0.5]), "median")

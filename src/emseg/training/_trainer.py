@@ -78,12 +78,25 @@ def _restack(maps: list[np.ndarray], volumes: list[np.ndarray]) -> list[np.ndarr
     return out
 
 
-def class_weights_from_frequencies(freqs: np.ndarray) -> np.ndarray:
-    """``1 / sqrt(frequency)``, scaled to mean 1 over the classes present; 0 for absent classes."""
-    weights = np.zeros_like(freqs, dtype=np.float64)
+def class_weights_from_frequencies(freqs: np.ndarray, mode: str = "auto") -> np.ndarray:
+    """Cross-entropy class weights from class frequencies; 0 for classes absent from the training labels.
+
+    ``auto``: ``1 / sqrt(frequency)``, scaled to mean 1 over the classes present.
+    ``rare``: ``max(1, sqrt(median / frequency))`` with the median frequency of the
+    classes present, so only classes rarer than the median class are weighted up
+    (by the square root of median frequency balancing, Eigen & Fergus 2015) and
+    the common ones keep weight 1.
+    """
+    freqs = np.asarray(freqs, dtype=np.float64)
+    weights = np.zeros_like(freqs)
     present = freqs > 0
-    weights[present] = 1.0 / np.sqrt(freqs[present])
-    weights[present] /= weights[present].mean()
+    if mode == "auto":
+        weights[present] = 1.0 / np.sqrt(freqs[present])
+        weights[present] /= weights[present].mean()
+    elif mode == "rare":
+        weights[present] = np.maximum(1.0, np.sqrt(np.median(freqs[present]) / freqs[present]))
+    else:
+        raise ValueError(f"class weight mode must be 'auto' or 'rare', got {mode!r}")
     return weights.astype(np.float32)
 
 
@@ -326,8 +339,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                                weights=wmaps, mode=ps.mode, labelled_fraction=ps.labelled_fraction,
                                spacing=None if ps.spacing is None else tuple(ps.spacing))
     freqs = class_frequencies(train_data.labels, num_classes)
-    if tc.class_weights == "auto":
-        weights = torch.from_numpy(class_weights_from_frequencies(freqs))
+    if isinstance(tc.class_weights, str):  # auto | rare
+        weights = torch.from_numpy(class_weights_from_frequencies(freqs, tc.class_weights))
     elif tc.class_weights is None:
         weights = None
     else:
