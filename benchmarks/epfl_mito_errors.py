@@ -64,16 +64,16 @@ def main() -> None:
         if pred.shape != truth.shape:
             raise SystemExit(f"{path}: shape {pred.shape} differs from the truth's {truth.shape} ({args.truth})")
         inside = mask & (truth == MITO)
-        rows[str(path)] = {
+        whole, without = iou(truth, pred), iou(truth, pred, ~mask)
+        rows[str(path)] = r = {
             "per_slice": [round(iou(truth[z], pred[z]), 4) for z in range(truth.shape[0])],
-            "all": round(iou(truth, pred), 4),
-            "without_atypical": round(iou(truth, pred, ~mask), 4),
+            "all": whole,
+            "without_atypical": without,
             "atypical_interior_px": int(inside.sum()),
             "atypical_interior_predicted": np.bincount(pred[inside], minlength=len(PALETTE)).tolist(),
         }
-        r = rows[str(path)]
-        print(f"{path}: per slice {r['per_slice']}, all {r['all']:.3f}, without the atypical mitochondrion "
-              f"{r['without_atypical']:.3f}; its {r['atypical_interior_px']} interior px predicted as "
+        print(f"{path}: per slice {r['per_slice']}, all {whole:.3f}, without the atypical mitochondrion "
+              f"{without:.3f}; its {r['atypical_interior_px']} interior px predicted as "
               f"{r['atypical_interior_predicted']}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
