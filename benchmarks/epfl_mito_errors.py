@@ -6,7 +6,7 @@ mitochondrion-interior IoU per test slice, and the IoU over the 5 slices with
 and without one atypical mitochondrion of test slices 3 and 4 (its interior
 has a vesicle-like texture; the networks label much of it as vesicles):
 
-    .venv/bin/python benchmarks/epfl_mito_errors.py /work/runs/b4/runs/unet2d/test_prediction.tif ...
+    .venv/bin/python benchmarks/epfl_mito_errors.py RUN_DIR/test_prediction.tif [...] --json OUT.json
 
 The object is the ground-truth mitochondrion (interior plus boundary ring)
 that covers test pixel (y=570, x=64) in slices 3 and 4, grown by 5 pixels;
