@@ -28,6 +28,27 @@ def _wide_cli_consoles():
         console.width = 400
 
 
+@pytest.fixture(autouse=True)
+def _restore_cli_logging():
+    """CLI commands invoked in-process configure the root logger (``force=True``) and the global quiet
+    flag, as a command-line process should; restore both so no test depends on which CLI test ran last."""
+    import logging
+
+    from emseg import _progress
+
+    root = logging.getLogger()
+    handlers, level, quiet = root.handlers[:], root.level, _progress._QUIET
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    _progress.set_quiet(quiet)
+
+
 def _write_crop(out: Path, folder: Path, crop: tuple) -> dict[str, Path]:
     """``crop`` of ``folder``'s train_raw.tif / train_labels.tif written as TIFF files under ``out``."""
     paths = {"raw": out / "raw.tif", "labels": out / "labels.tif"}
