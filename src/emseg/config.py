@@ -330,6 +330,10 @@ class TrainingConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)
     val_max_slices: int | None = Field(default=None, ge=1, description="cap on validation slices scored per epoch")
+    ema_decay: float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="keep an exponential moving average of the weights (decay per step, e.g. 0.99; warmed up as "
+                    "min(decay, (1 + n) / (10 + n))); validation and the saved model use the average. Off by default")
     calibrate: bool = Field(
         default=False,
         description="after training, fit per-class logit offsets on the validation slices (coordinate ascent on "

@@ -165,3 +165,57 @@ def test_resume_keeps_the_plateau_history_and_weight_map_cache(tmp_path, epfl_cr
     for k in (2, 3):
         scale = plateau_scale(last["history"][:k], factor=0.5, patience=1)
         assert records[k]["lr"] == pytest.approx(0.01 * scale)
+
+
+def test_weight_average_hand_worked():
+    import doctest
+
+    from emseg.training import _ema
+    from emseg.training._ema import WeightAverage
+
+    assert doctest.testmod(_ema).failed == 0
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    net[0].weight.data.fill_(0.0)
+    ema = WeightAverage(net, decay=0.5)
+    for value, step_decay, expected in ((1.0, 0.1, 0.9), (2.0, 2 / 11, 1.8), (3.0, 0.25, 2.7), (4.0, 4 / 13, 3.6)):
+        assert ema.current_decay() == pytest.approx(step_decay)
+        net[0].weight.data.fill_(value)
+        net[1].num_batches_tracked.fill_(int(value))
+        ema.update(net)
+        # 0.1*0 + 0.9*1; 2/11*0.9 + 9/11*2; 0.25*1.8 + 0.75*3; 4/13*2.7 + 9/13*4 (warm-up still below 0.5)
+        assert ema.model[0].weight.item() == pytest.approx(expected)
+        assert ema.model[1].num_batches_tracked.item() == int(value)  # integer buffers are copied
+    assert not ema.model[0].weight.requires_grad and not ema.model.training
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(net, decay=1.0)
+
+
+def test_ema_trains_the_same_weights_and_saves_their_average(tmp_path, epfl_crop):
+    plain = _config(tmp_path, epfl_crop, "{name: unet2d, features: [4, 8]}", "learning_rate: 0.01")
+    emseg.train(plain, tmp_path / "plain", progress=False)
+    cfg = _config(tmp_path, epfl_crop, "{name: unet2d, features: [4, 8]}", "learning_rate: 0.01, ema_decay: 0.9")
+    run = tmp_path / "ema"
+    emseg.train(cfg, run, progress=False)
+    raw, last = load_checkpoint(tmp_path / "plain" / "last.pt"), load_checkpoint(run / "last.pt")
+    assert last["ema"] == {"updates": 4, "decay": 0.9}
+    # the average does not change what the optimiser does: the raw weights equal a run without it
+    assert last["train_state"].keys() == raw["state"].keys()
+    assert all(torch.equal(last["train_state"][k], raw["state"][k]) for k in raw["state"])
+    # ... and the saved model is the average, not the raw weights
+    floats = [k for k, v in last["state"].items() if v.is_floating_point()]
+    assert any(not torch.equal(last["state"][k], last["train_state"][k]) for k in floats)
+    assert "train_state" not in load_checkpoint(run / "model.pt")
+    # validation scored the average: model.pt reproduces the best epoch's recorded validation IoU
+    best = load_checkpoint(run / "model.pt")
+    record = _records(run)[best["training"]["best_epoch"] - 1]
+    image, truth = tifffile.imread(epfl_crop["raw"])[3], tifffile.imread(epfl_crop["labels"])[3]
+    pred = Predictor.from_checkpoint(run / "model.pt").predict_proba_slice(image).argmax(0)
+    result = emseg.evaluate(pred, truth, classes=EPFL_CLASSES)
+    assert result.mean_iou == pytest.approx(record["val_mean_iou"], abs=1e-6)
+    # resume goes on from the raw weights and the stored average
+    cfg.training.epochs = 4
+    emseg.train(cfg, run, resume=True, progress=False)
+    assert load_checkpoint(run / "last.pt")["ema"]["updates"] == 8
+    cfg.training.ema_decay, cfg.training.epochs = None, 5
+    with pytest.raises(ValueError, match="trained with training.ema_decay"):
+        emseg.train(cfg, run, resume=True, progress=False)

@@ -42,6 +42,7 @@ from emseg.training._spatial import (
     volume_sampler,
 )
 from emseg.training._criterion import build_criterion, multi_head
+from emseg.training._ema import WeightAverage
 from emseg.training._inputs import weight_maps, with_grain_channels
 from emseg.training._optim import build_optimizer
 from emseg.training._schedules import learning_rate, plateau_scale
@@ -352,7 +353,9 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                         options=config.model.options).to(device)
     optimizer = build_optimizer(model, name=tc.optimizer, learning_rate=tc.learning_rate, weight_decay=tc.weight_decay,
                                 weight_decay_groups=tc.weight_decay_groups, momentum=tc.momentum, nesterov=tc.nesterov)
-    predictor = Predictor(model, classes=config.data.classes, normalizer=normalizer,
+    ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
+    scored = model if ema is None else ema.model  # the weights validated and saved
+    predictor = Predictor(scored, classes=config.data.classes, normalizer=normalizer,
                           context_slices=config.model.context_slices, grain_filter=grain,
                           grain_cache=len(val_data) + 1, device=device, precision=tc.precision,
                           divisor=model_divisor(model), window_3d=inference_metadata(config).get("window_3d"))
@@ -376,7 +379,12 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
         if not last.is_file():
             raise FileNotFoundError(f"cannot resume: {last} does not exist (start without --resume)")
         state = load_checkpoint(last)
-        model.load_state_dict(state["state"])
+        if (ema is None) != ("ema" not in state):
+            raise ValueError(f"cannot resume {last}: it was trained {'with' if 'ema' in state else 'without'} "
+                             f"training.ema_decay; resume with the same setting or start a new run")
+        model.load_state_dict(state["train_state"] if ema is not None else state["state"])
+        if ema is not None:
+            ema.load(state["state"], state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         info = state["training"]
         epoch, iteration, elapsed_before = info["epoch"], info["iteration"], info["elapsed_s"]
@@ -431,6 +439,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                    if ema is not None:
+                        ema.update(model)
                     losses.append(loss.item())
                     iteration += 1
                     advance(completed=100 * fraction_done(), status=f"epoch {epoch + 1} loss {np.mean(losses):.3f}")
@@ -470,11 +480,14 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                             "val_mean_iou": _nan_to_none(val_iou), "checkpoint_metric": metric,
                             "best_score": _nan_to_none(best), "history": history,
                             "config": config.model_dump(mode="json")}
-                ckpt = _checkpoint(config, backend="torch", state=model.state_dict(), normalizer=normalizer,
+                ckpt = _checkpoint(config, backend="torch", state=scored.state_dict(), normalizer=normalizer,
                                    in_channels=in_channels, training=training, divisor=model_divisor(model))
                 if improved:
                     save_checkpoint(out_dir / MODEL_FILENAME, ckpt)
-                save_checkpoint(out_dir / LAST_FILENAME, {**ckpt, "optimizer": optimizer.state_dict()})
+                resumable = {"optimizer": optimizer.state_dict()}
+                if ema is not None:  # "state" holds the average; the optimiser goes on from the raw weights
+                    resumable.update(train_state=model.state_dict(), ema=ema.state_dict())
+                save_checkpoint(out_dir / LAST_FILENAME, {**ckpt, **resumable})
                 logger.info("epoch %d: loss %.4f%s", epoch, record["train_loss"],
                             (f", val mean IoU {val_iou:.3f}" + (f", {metric} {history[-1]:.4g}" if metric != "val_mean_iou" and history[-1] is not None else "")
                              + f" (best epoch {best_epoch})") if len(val) else "")
