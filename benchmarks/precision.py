@@ -51,6 +51,7 @@ def median(values: list[float]) -> float:
 
 def main() -> None:
     eager, compiled, bf16 = stepper(), stepper(compile=True), stepper(torch.bfloat16)
+    # first steps are warm-ups, left out of the medians; the compiled one includes the compilation
     first = {"eager": eager(), "compiled": compiled(), "bf16": bf16()}
     times: dict[str, list[float]] = {"eager": [], "compiled": []}
     for _ in range(6):
