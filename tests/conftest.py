@@ -17,6 +17,27 @@ EPFL_CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_bounda
 # Two cores: keep torch from oversubscribing when pytest runs next to other work.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# ``precision: auto`` follows the CPU (bf16 where it has AVX512-BF16/AMX, fp32 elsewhere). The suite must not
+# depend on which CPU runs it, so by default every test sees a CPU *without* native bf16 (set before any
+# fixture trains a model; subprocesses inherit it). The precision-sensitive tests take the ``cpu_bf16``
+# fixture below and run once each way, so the bf16 code paths are tested on every machine (emulated bf16 on
+# an AVX2-only CPU: those tests stay tiny). ``EMSEG_NATIVE_BF16=1 make test`` runs the whole suite the other way.
+from emseg._device import NATIVE_BF16_ENV  # noqa: E402
+
+os.environ.setdefault(NATIVE_BF16_ENV, "0")
+
+
+@pytest.fixture(params=[False, True], ids=["cpu-fp32", "cpu-bf16"])
+def cpu_bf16(request, monkeypatch) -> bool:
+    """Run the test as on a CPU without (False) and with (True) native bf16: ``precision: auto`` is fp32, then bf16."""
+    monkeypatch.setenv(NATIVE_BF16_ENV, "1" if request.param else "0")
+    return request.param
+
+
+def auto_dtype(cpu_bf16: bool):
+    """What ``precision: auto`` resolves to on the CPU under ``cpu_bf16`` (None: plain fp32)."""
+    return torch.bfloat16 if cpu_bf16 else None
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _wide_cli_consoles():

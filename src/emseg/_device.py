@@ -5,22 +5,39 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["autocast", "cpu_has_native_bf16", "default_device", "resolve_precision"]
+__all__ = ["NATIVE_BF16_ENV", "autocast", "cpu_has_native_bf16", "default_device", "resolve_precision"]
 
 
-@functools.cache
+#: Environment variable that overrides the CPU check: "1" (the CPU has native bf16) or "0" (it has not).
+#: The test suite sets it so that ``precision: auto`` means the same on every machine, and runs the
+#: precision-sensitive tests once with each value; a user can set it to try the other route.
+NATIVE_BF16_ENV = "EMSEG_NATIVE_BF16"
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX).
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX), or ``EMSEG_NATIVE_BF16=1``.
 
     Without them, oneDNN emulates bf16 and autocast is *slower* than fp32: on
     the AVX2-only development machine a U-Net step took 25x longer in bf16
     (docs/BENCHMARKS.md), so ``precision: auto`` uses fp32 there.
     """
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"{NATIVE_BF16_ENV} must be 0 or 1 (or unset to read the CPU flags), got {forced!r}")
+    return _cpu_flags_have_bf16()
+
+
+@functools.cache
+def _cpu_flags_have_bf16() -> bool:
+    """The CPU flags in /proc/cpuinfo name ``avx512_bf16`` or ``amx_bf16``."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

@@ -111,19 +111,26 @@ def test_grid_search_finds_the_hand_worked_weights():
 
 
 def test_grid_search_three_members_each_right_on_part_of_the_voxels():
-    # 3 classes, 6 voxels. A is sure and right on voxels 0-3, unsure and wrong on 4-5; B the other way round;
-    # C is sure and always wrong. Hand-worked: wA = wB = 0.5, wC = 0 gives p(truth) = 0.575 on every voxel
-    # (0.9 * 0.5 + 0.25 * 0.5) against at most 0.275 for another class, so a perfect score exists; C must get 0
-    # (with wC > 0.5, C's wrong class wins everywhere).
+    # 3 classes, 6 voxels. A is sure (0.9) and right on voxels 0-3, unsure (0.5) and wrong on 4-5; B the other way
+    # round; C is very sure (0.98, others 0.01) and always wrong. Hand-worked, with weights (a, b, c):
+    #   voxels 0-3: truth beats B's class iff 0.85a > 0.25b, and beats C's iff 0.85a > 0.97c;
+    #   voxels 4-5: truth beats A's class iff 0.85b > 0.25a, and beats C's iff 0.85b > 0.97c.
+    # No point of the 0.1 grid lies on one of these lines (97c = 85a has no solution in tenths <= 1), so no score
+    # depends on float rounding. Perfect points: c < 0.876 min(a, b) and a/3.4 < b < 3.4a. Of those, the nearest
+    # to equal weights (the tie rule) is (0.4, 0.4, 0.2): (0.4, 0.3, 0.3) and its permutations are nearer but put
+    # 0.3 > 0.876 * 0.3 on C. An earlier version used C = 0.9, whose lines c = a and c = b pass through grid
+    # points: there the winner was decided by rounding, and (0.4, 0.3, 0.3) won on some CPUs.
     truth = np.array([0, 0, 1, 1, 2, 2])
     a = np.concatenate([_onehotish([0, 0, 1, 1], high=0.9), _onehotish([0, 0], high=0.5)], axis=1)
     b = np.concatenate([_onehotish([1, 1, 0, 0], high=0.5), _onehotish([2, 2], high=0.9)], axis=1)
-    c = _onehotish([2, 2, 2, 2, 1, 1], high=0.9)
+    c = _onehotish([2, 2, 2, 2, 1, 1], high=0.98)
     cache = np.stack([a, b, c])
     assert score_weights(cache, truth, [0.5, 0.5, 0.0])[0] == 1.0
     search = grid_search_weights(cache, truth, step=0.1)
     assert search.score == 1.0
-    assert search.weights[2] <= 0.2 and search.weights[0] > 0 and search.weights[1] > 0
+    np.testing.assert_allclose(search.weights, [0.4, 0.4, 0.2], atol=1e-9)
+    for near in ([0.4, 0.3, 0.3], [0.3, 0.4, 0.3], [0.3, 0.3, 0.4]):  # nearer to equal weights, not perfect
+        assert score_weights(cache, truth, near)[0] < 1.0
     # brute force over the same grid agrees
     scores = [score_weights(cache, truth, w)[0] for w in simplex_grid(3, step=0.1)]
     np.testing.assert_allclose(search.scores, scores)

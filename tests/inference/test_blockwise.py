@@ -124,7 +124,7 @@ def test_window_grid_is_global_and_hand_worked():
     ("model25", "raw2.zarr", (1, 64, 90)),
     ("model", "raw.n5/em", (3, 75, 100)),
 ])
-def test_blockwise_equals_in_memory(data, tmp_path, case):
+def test_blockwise_equals_in_memory(data, tmp_path, case, cpu_bf16):
     model_key, source, block = case
     model = data[model_key]
     expected = _in_memory(model, data["raw"])
@@ -186,7 +186,7 @@ def test_metadata_and_markers(data, tmp_path):
     assert read_image(out).shape == (6, 150, 200)  # the emseg readers see one array; .emseg is hidden
 
 
-def test_resume_partial_run_equals_clean_run(data, tmp_path):
+def test_resume_partial_run_equals_clean_run(data, tmp_path, cpu_bf16):
     src = data["dir"] / "raw3.zarr"
     clean = predict_blockwise(data["model"], src, tmp_path / "clean.zarr", block=(2, 75, 100), progress=False)
     part = predict_blockwise(data["model"], src, tmp_path / "part.zarr", block=(2, 75, 100), progress=False,
@@ -385,25 +385,35 @@ def test_receptive_field_probe_hand_worked():
     assert _probe_receptive_radius(net, 1, (64, 64), 16) in (3, 4)
 
 
-def test_global_grid_tiling_matches_monai_sliding_window(data):
+def test_global_grid_tiling_matches_monai_sliding_window(data, cpu_bf16):
     """On a whole slice the windows sit where MONAI puts them: probabilities agree to float rounding.
 
-    1e-5 measured on the AVX2 development machine, 4e-4 on a 16-core AVX-512 host (oneDNN picks other
-    kernels for MONAI's batches there).
+    MONAI runs the network under the same autocast as ours (``precision: auto``: fp32, or bf16 on a CPU with
+    native bf16). fp32: 1e-5 measured on the AVX2 development machine, 4e-4 on a 16-core AVX-512 host (oneDNN
+    picks other kernels for MONAI's batches there); bf16: 4e-5 on a 2-core AVX512-BF16 host. Against fp32
+    MONAI, bf16 moves 0.6 % of these near-uniform random-network labels, hence the same autocast on both sides.
     """
+    from conftest import auto_dtype
     from monai.inferers import sliding_window_inference
 
+    from emseg._device import autocast
+
     p = Predictor.from_checkpoint(data["model"], overlap=0.25, device=torch.device("cpu"), calibrated=False)
+    assert p.dtype == auto_dtype(cpu_bf16)
     image = data["raw"][0]
     ours = p.predict_proba_slice(image)
     x = torch.from_numpy(p.normalizer(image))[None, None]
-    with torch.no_grad():
+    with torch.no_grad(), autocast(p.device, p.dtype):
         logits = sliding_window_inference(x, roi_size=p._roi(image.shape), sw_batch_size=p.batch_size,
                                           predictor=p.model, overlap=0.25, mode="gaussian", padding_mode="reflect")
-    theirs = torch.softmax(logits, 1)[0].numpy()
+    theirs = torch.softmax(logits.float(), 1)[0].numpy()
     assert ours.shape == theirs.shape == (7, 150, 200)
     np.testing.assert_allclose(ours, theirs, atol=1e-3)
     assert (ours.argmax(0) == theirs.argmax(0)).mean() > 0.999
+    if cpu_bf16:  # the bf16 route really ran: it differs from fp32 by more than fp32 rounding
+        fp32 = Predictor.from_checkpoint(data["model"], overlap=0.25, device=torch.device("cpu"), calibrated=False,
+                                         precision="fp32")
+        assert np.abs(fp32.predict_proba_slice(image) - ours).max() > 1e-5
 
 
 def test_cli_rejects_bad_overlap_and_engine_options_without_zarr(data, tmp_path):
@@ -423,22 +433,51 @@ def test_cli_rejects_bad_overlap_and_engine_options_without_zarr(data, tmp_path)
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="--jit is CPU-only, and emseg.predict would use the GPU")
 def test_jit_predictor_agrees_with_eager_and_runs_blockwise(data, tmp_path):
-    """--jit: the frozen TorchScript copy is really used, agrees with the eager network, and the engine is exact."""
-    eager = Predictor.from_checkpoint(data["model"], overlap="auto")
-    frozen = Predictor.from_checkpoint(data["model"], overlap="auto", jit=True)
+    """--jit (fp32): the frozen TorchScript copy is really used, agrees with the eager network, the engine is exact.
+
+    ``precision="fp32"`` is explicit, so the frozen route runs on either kind of CPU (under ``auto`` on a CPU with
+    native bf16, --jit gives way to bf16: next test).
+    """
+    eager = Predictor.from_checkpoint(data["model"], overlap="auto", precision="fp32")
+    frozen = Predictor.from_checkpoint(data["model"], overlap="auto", jit=True, precision="fp32")
     p_eager, p_jit = eager.predict_proba_volume(data["raw"]), frozen.predict_proba_volume(data["raw"])
     assert frozen.jit and frozen._jit_module is not None  # no silent fall-back to eager
     assert np.abs(p_jit - p_eager).max() < 1e-4
     assert (p_jit.argmax(0) == p_eager.argmax(0)).mean() > 0.9999
     expected, _ = frozen.predict_volume(data["raw"])  # labels from the frozen network's blended logits
     out = emseg.predict(data["model"], str(data["dir"] / "raw3.zarr"), tmp_path / "jit.zarr", block=(2, 75, 100),
-                        jit=True, progress=False)
+                        jit=True, precision="fp32", progress=False)
     import zarr
 
     np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[...], expected)
     assert read_run_metadata(out)["predictor_options"]["jit"] is True
-    emseg.predict(data["model"], data["dir"] / "raw.tif", tmp_path / "jit.tif", jit=True, progress=False)
+    emseg.predict(data["model"], data["dir"] / "raw.tif", tmp_path / "jit.tif", jit=True, precision="fp32",
+                  progress=False)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "jit.tif"), expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--jit is CPU-only, and emseg.predict would use the GPU")
+def test_jit_under_bf16_runs_eagerly_with_a_warning(data, tmp_path, monkeypatch, caplog):
+    """Under bf16 the frozen fp32 copy would be the slower route: --jit is turned off, with a warning naming the fix."""
+    from emseg._device import NATIVE_BF16_ENV
+
+    monkeypatch.setenv(NATIVE_BF16_ENV, "1")  # precision auto -> bf16, as on an AMX / AVX512-BF16 CPU
+    with caplog.at_level("WARNING", logger="emseg.inference._predictor"):
+        asked = Predictor.from_checkpoint(data["model"], overlap="auto", jit=True)
+    assert asked.dtype == torch.bfloat16 and not asked.jit
+    assert "CPU fp32 route" in caplog.text and "--precision fp32 --jit" in caplog.text
+    eager = Predictor.from_checkpoint(data["model"], overlap="auto")
+    labels, _ = asked.predict_volume(data["raw"])
+    assert asked._jit_module is None
+    np.testing.assert_array_equal(labels, eager.predict_volume(data["raw"])[0])  # the same eager bf16 route
+    out = emseg.predict(data["model"], str(data["dir"] / "raw3.zarr"), tmp_path / "bf16.zarr", block=(2, 75, 100),
+                        jit=True, progress=False)
+    import zarr
+
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[...], labels)  # blockwise = in memory
+    forced = Predictor.from_checkpoint(data["model"], overlap="auto", jit=True, precision="fp32")
+    forced.predict_proba_slice(data["raw"][0])
+    assert forced.jit and forced._jit_module is not None  # --precision fp32 --jit: the frozen copy
 
 
 def test_jit_falls_back_to_eager_when_the_trace_does_not_hold(data, caplog):
@@ -455,7 +494,8 @@ def test_jit_falls_back_to_eager_when_the_trace_does_not_hold(data, caplog):
             return out if x.shape[-1] >= 64 else -out  # Python branch: frozen into the trace
 
     predictor = Predictor(ShapeDependent(inner.model).eval(), classes=inner.classes, normalizer=inner.normalizer,
-                          window=(64, 64), overlap=0.0, divisor=4, jit=True, device=torch.device("cpu"))
+                          window=(64, 64), overlap=0.0, divisor=4, jit=True, device=torch.device("cpu"),
+                          precision="fp32")
     predictor.predict_proba_slice(data["raw"][0, :64, :64])  # traced at 64 x 64
     assert predictor.jit
     small = data["raw"][0, :32, :32]  # 32 x 32 window: the trace holds the other branch
@@ -463,7 +503,8 @@ def test_jit_falls_back_to_eager_when_the_trace_does_not_hold(data, caplog):
         got = predictor.predict_proba_slice(small)
     assert not predictor.jit and "disagrees with the eager network" in caplog.text
     want = Predictor(ShapeDependent(inner.model).eval(), classes=inner.classes, normalizer=inner.normalizer,
-                     window=(64, 64), overlap=0.0, divisor=4, device=torch.device("cpu")).predict_proba_slice(small)
+                     window=(64, 64), overlap=0.0, divisor=4, device=torch.device("cpu"),
+                     precision="fp32").predict_proba_slice(small)
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 

@@ -102,7 +102,7 @@ def test_the_predictor_adds_the_offsets_to_the_logits_before_softmax_and_argmax(
         _conv_predictor([0.0, 1.0])
 
 
-def test_training_calibrates_the_best_checkpoint_and_predict_applies_it(tiny_config, epfl_crop, tmp_path):
+def test_training_calibrates_the_best_checkpoint_and_predict_applies_it(tiny_config, epfl_crop, tmp_path, cpu_bf16):
     """The stored offsets reproduce the validation score the calibration reports, through `emseg.predict`."""
     import emseg
     from emseg.inference import Predictor

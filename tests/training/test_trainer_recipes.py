@@ -81,7 +81,12 @@ def test_abandon_rule_and_early_stopping_rule(tmp_path, epfl_crop):
     assert _early_stop(rule, epoch=5, best_epoch=4, val_iou=0.1) is None  # the rule is checked at epoch N only
 
 
-def test_grain_filter_channels_round_trip_through_the_checkpoint(tmp_path, epfl_crop):
+def test_grain_filter_channels_round_trip_through_the_checkpoint(tmp_path, epfl_crop, cpu_bf16):
+    """Trained and predicted under ``precision: auto`` (fp32, then bf16 as on a CPU with native bf16)."""
+    from conftest import auto_dtype
+
+    from emseg._device import autocast
+
     cfg = _config(tmp_path, epfl_crop, "{name: unet2d, features: [4, 8]}", "epochs: 1",
                   extra="preprocess: {grain_filter: [30, 200]}")
     run = tmp_path / "run"
@@ -89,14 +94,18 @@ def test_grain_filter_channels_round_trip_through_the_checkpoint(tmp_path, epfl_
     ckpt = load_checkpoint(run)
     assert ckpt["preprocess"] == {"grain_filter": [30, 200]} and ckpt["model"]["in_channels"] == 3
     predictor = Predictor.from_checkpoint(run, calibrated=False)  # compared with the bare network below
-    assert predictor.grain_filter == [30, 200]
+    assert predictor.grain_filter == [30, 200] and predictor.dtype == auto_dtype(cpu_bf16)
     image = tifffile.imread(epfl_crop["raw"])[3, :64, :64]
     probs = predictor.predict_proba_slice(image)
-    # by hand: image + two grain-filtered copies, normalised, through the network
+    # by hand: image + two grain-filtered copies, normalised, through the network (same autocast: one
+    # 64 x 64 window, so the same kernels run and the two agree to fp32 rounding in either precision)
     x = torch.from_numpy(predictor.normalizer(add_grain_channels(image, [30, 200])))[None]
-    with torch.no_grad():
-        expected = torch.softmax(predictor.model(x), 1)[0].numpy()
+    with torch.no_grad(), autocast(predictor.device, predictor.dtype):
+        expected = torch.softmax(predictor.model(x).float(), 1)[0].numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
+    without = torch.from_numpy(predictor.normalizer(np.stack([image] * 3)))[None]  # filter channels matter
+    with torch.no_grad(), autocast(predictor.device, predictor.dtype):
+        assert not np.allclose(torch.softmax(predictor.model(without).float(), 1)[0].numpy(), probs, atol=1e-3)
     out = tmp_path / "pred.tif"
     emseg.predict(run, str(epfl_crop["raw"]), str(out), progress=False)
     assert tifffile.imread(out).shape == (4, 192, 256)

@@ -139,7 +139,8 @@ def predict(
     window: Annotated[Optional[tuple[int, int]], typer.Option(help="Sliding-window size Y X (default: the model's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Windows per forward pass.")] = None,
     jit: Annotated[bool, typer.Option("--jit", help="CPU: frozen TorchScript network (batch norm folded, oneDNN fusions), "
-                                      "1.3-1.6x faster for unet2d after a few seconds of set-up; checked against the eager network.")] = False,
+                                      "1.3-1.6x faster for unet2d after a few seconds of set-up; checked against the eager network. "
+                                      "fp32 only: under bf16 (auto on a CPU with native bf16) it is turned off with a warning.")] = False,
     calibration: Annotated[bool, typer.Option("--calibration/--no-calibration",
                                               help="Apply the model's logit offsets fitted on validation after training.")] = True,
     quiet: _QUIET = False,

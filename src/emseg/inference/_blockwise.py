@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from emseg._device import cpu_has_native_bf16
 from emseg.inference._tiling import first_argmax
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,8 @@ def load_predictor(model: str, sha256: str, options: dict[str, Any],
     ``loader(model, **options)`` builds it (default :meth:`Predictor.from_checkpoint`; an ensemble
     passes its own), wrapped by :func:`as_block_predictor`.
     """
-    key = (model, sha256, tuple(sorted(options.items())), loader)
+    # precision "auto" follows the CPU check (which EMSEG_NATIVE_BF16 can override), so the key holds its answer
+    key = (model, sha256, tuple(sorted(options.items())), loader, cpu_has_native_bf16())
     if key not in _PREDICTORS:
         if loader is None:
             from emseg.inference._predictor import Predictor
