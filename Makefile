@@ -1,6 +1,7 @@
 # Two entry points, both from a fresh clone:
 #   make demo  -> .venv with emseg, trains on the embedded sample, segments, evaluates
-#   make test  -> .venv with the dev extras, runs the test suite
+#   make test  -> .venv with the dev extras and the system packages the tests use
+#                 (scripts/test-system-deps: chromium), runs the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -25,6 +26,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/emseg demo --out emseg-demo
 
 test: $(VENV)/.installed-dev
+	bash scripts/test-system-deps
 	$(PY) -m pytest -q
 
 clean:

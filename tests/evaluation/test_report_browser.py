@@ -15,7 +15,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 def _chromium(args: list[str], profile: Path) -> str:
-    assert Path(CHROMIUM).exists(), "chromium is needed: apt-get install -y chromium (.ci/run does it on CI)"
+    assert Path(CHROMIUM).exists(), "chromium is needed: make test installs it (scripts/test-system-deps), or apt-get install -y chromium"
     done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
