@@ -34,6 +34,7 @@ Predictor interface used (any object offering it plugs in: 3-D models, ensembles
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import hashlib
 import itertools
 import json
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from emseg._device import cpu_has_native_bf16
+from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
 from emseg.inference._tiling import first_argmax
 
 logger = logging.getLogger(__name__)
@@ -423,9 +425,10 @@ def predict_blockwise(
         raise ValueError(f"blockwise output must be a .zarr store, got {output}")
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+    check_options(window=window, batch_size=batch_size, workers=workers, threads=threads)
     threads = int(threads)
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads!r}")
+    check_distinct_paths(image, output)
+    check_writable(output, "labels output")
     options: dict[str, Any] = {"precision": precision, "tta": tta, "overlap": overlap, "batch_size": batch_size}
     if window is not None:
         options["window"] = tuple(int(w) for w in window)
@@ -463,6 +466,7 @@ def predict_blockwise(
         in_dtype, is_2d, voxel_size = str(data.array.dtype), data.is_2d, data.voxel_size
         input_text = os.fspath(image)
         input_id = str(Path(input_text).resolve()) if Path(input_text).exists() else input_text
+        check_finite(data.array, image)
         blk = choose_block(predictor if predictor is not None else probe, shape, block)
         layout = BlockLayout(shape, blk)
         dtype = np.uint8 if len(classes) <= 255 else np.uint16
@@ -474,52 +478,81 @@ def predict_blockwise(
             "ome_zarr": ome_zarr, "zarr_format": 2 if ome_zarr else zarr_format,
             "voxel_size": list(voxel_size) if voxel_size else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        created = overwrite or not output.exists()
         labels_path = _prepare_output(output, meta, resume=resume, overwrite=overwrite, shape=out_shape,
                                       chunks=out_chunks, dtype=dtype, ome=ome_zarr, zarr_format=zarr_format,
                                       remove=remove_path)
-        done = finished_blocks(output)
-        todo = [i for i in layout.indices() if i not in done]
-        if done:
-            logger.info("resuming %s: %d of %d blocks already done", output, len(layout) - len(todo), len(layout))
-        if max_blocks is not None:
-            todo = todo[:max_blocks]
-        total_vox = sum(int(np.prod([s.stop - s.start for s in layout.region(i)])) for i in todo)
-        logger.info("predicting %s %s in %d blocks of %s -> %s", input_text, shape, len(todo), blk, output)
-        start = time.perf_counter()
-        counted = {"vox": 0}
-        with progress_bar("Segmenting", total=total_vox, unit="voxels", enabled=progress) as advance:
-            def on_done(index: tuple[int, int, int], nvox: int) -> None:
-                _mark(output, index)
-                counted["vox"] += nvox
-                rate = counted["vox"] / max(time.perf_counter() - start, 1e-9) / 1e6
-                advance(nvox, status=f"{rate:.2f} MVox/s")
+        try:
+            done = finished_blocks(output)
+            todo = [i for i in layout.indices() if i not in done]
+            if done:
+                logger.info("resuming %s: %d of %d blocks already done", output, len(layout) - len(todo), len(layout))
+            if max_blocks is not None:
+                todo = todo[:max_blocks]
+            total_vox = sum(int(np.prod([s.stop - s.start for s in layout.region(i)])) for i in todo)
+            logger.info("predicting %s %s in %d blocks of %s -> %s", input_text, shape, len(todo), blk, output)
+            start = time.perf_counter()
+            counted = {"vox": 0}
+            with progress_bar("Segmenting", total=total_vox, unit="voxels", enabled=progress) as advance:
+                def on_done(index: tuple[int, int, int], nvox: int) -> None:
+                    _mark(output, index)
+                    counted["vox"] += nvox
+                    rate = counted["vox"] / max(time.perf_counter() - start, 1e-9) / 1e6
+                    advance(nvox, status=f"{rate:.2f} MVox/s")
 
-            if workers or scheduler:
-                from emseg.inference._dask import run_blocks_dask
+                if workers or scheduler:
+                    from emseg.inference._dask import run_blocks_dask
 
-                job = BlockJob(model=model_path, model_sha256=sha, input=input_text, output=str(output),
-                               labels_path=labels_path, shape=shape, block=blk, dtype=np.dtype(dtype).name,
-                               is_2d=is_2d, predictor_options=options, loader=loader, threads=threads)
-                run_blocks_dask(job, todo, workers=workers, scheduler=scheduler, on_done=on_done)
-            else:
-                import torch
+                    job = BlockJob(model=model_path, model_sha256=sha, input=input_text, output=str(output),
+                                   labels_path=labels_path, shape=shape, block=blk, dtype=np.dtype(dtype).name,
+                                   is_2d=is_2d, predictor_options=options, loader=loader, threads=threads)
+                    run_blocks_dask(job, todo, workers=workers, scheduler=scheduler, on_done=on_done)
+                else:
+                    import torch
 
-                # `threads` intra-op threads, as on each Dask worker: oneDNN convolutions round differently
-                # with different thread counts (last bit, measured 6e-8), so this keeps every route bit-identical.
-                before = torch.get_num_threads()
-                torch.set_num_threads(threads)
-                try:
-                    _run_serial(predictor, data.array, output, labels_path, layout, todo, dtype, is_2d, on_done)
-                finally:
-                    torch.set_num_threads(before)
-        elapsed = time.perf_counter() - start
+                    # `threads` intra-op threads, as on each Dask worker: oneDNN convolutions round differently
+                    # with different thread counts (last bit, measured 6e-8), so this keeps every route bit-identical.
+                    before = torch.get_num_threads()
+                    torch.set_num_threads(threads)
+                    try:
+                        _run_serial(predictor, data.array, output, labels_path, layout, todo, dtype, is_2d, on_done)
+                    finally:
+                        torch.set_num_threads(before)
+            elapsed = time.perf_counter() - start
+        except BaseException as err:
+            _after_failure(output, err, created=created)
+            raise
     if finished_blocks(output) >= set(layout.indices()):
-        if ome_zarr:
-            write_pyramid(output, voxel_size=voxel_size, is_2d=is_2d, chunks=out_chunks)
-        _update_meta(output, status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        try:
+            if ome_zarr:
+                write_pyramid(output, voxel_size=voxel_size, is_2d=is_2d, chunks=out_chunks)
+            _update_meta(output, status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        except OSError as err:
+            raise write_failure(err, output, "labels output", kept="Every block is written: rerun the same "
+                                "command to finish it") from None
         logger.info("segmented %s (%d voxels) in %.1f s (%.2f MVox/s) -> %s", input_text, int(np.prod(shape)),
                     elapsed, total_vox / max(elapsed, 1e-9) / 1e6, output)
     return output
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _after_failure(output: Path, err: BaseException, *, created: bool) -> None:
+    """Clean up after a failed run: a store this call created with no block finished is removed (nothing
+    to resume); an error writing names the store and says what is kept.  The caller re-raises ``err``
+    when this returns."""
+    from emseg.io._atomic import discard
+
+    done = len(finished_blocks(output))
+    if created and not done:
+        discard(output)
+        kept = "Nothing was kept"
+    else:
+        kept = (f"{done} finished blocks are kept: rerun the same command to resume (the store's status stays "
+                "'running' until every block is written)")
+    if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
+        raise write_failure(err, output, "labels output", kept=kept) from None
 
 
 def _resolved_overlap(predictor: Any, requested: Any) -> Any:

@@ -10,6 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from emseg.inference._outputs import (
+    check_distinct_paths,
+    check_finite,
+    check_options,
+    check_writable,
+    write_failure,
+)
 from emseg.inference._predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -32,23 +39,34 @@ def write_probabilities(path: str | os.PathLike, probs: np.ndarray, classes: lis
     from emseg.io import atomic_output, write_image
 
     path = Path(path)
-    text = str(path)
-    if text.lower().endswith((".tif", ".tiff")):
+    kind = probabilities_format(path)
+    if kind == "tiff":
         with atomic_output(path, overwrite=overwrite) as tmp:
             tifffile.imwrite(
                 tmp, np.ascontiguousarray(probs.transpose(1, 0, 2, 3)), imagej=True,
                 metadata={"axes": "ZCYX", "Labels": list(classes)}, compression="zlib",
             )
         return
-    if text.lower().endswith(".zarr"):
-        inner = "{tmp}/{name}"
-    elif text.lower().endswith((".h5", ".hdf5", ".hdf")):
-        inner = "{tmp}:{name}"
-    else:
-        raise ValueError(f"--probabilities {path}: use a .tif, .zarr or .h5 path (one channel/array per class)")
+    inner = "{tmp}/{name}" if kind == "zarr" else "{tmp}:{name}"
     with atomic_output(path, overwrite=overwrite) as tmp:
         for k, name in enumerate(classes):
             write_image(inner.format(tmp=tmp, name=name), probs[k, 0] if is_2d else probs[k])
+
+
+def probabilities_format(path: str | os.PathLike) -> str:
+    """``"tiff"``, ``"zarr"`` or ``"hdf5"``: the container of a probabilities path, from its suffix.
+
+    Raises:
+        ValueError: any other suffix.
+    """
+    text = os.fspath(path).lower()
+    if text.endswith((".tif", ".tiff")):
+        return "tiff"
+    if text.endswith(".zarr"):
+        return "zarr"
+    if text.endswith((".h5", ".hdf5", ".hdf")):
+        return "hdf5"
+    raise ValueError(f"--probabilities {os.fspath(path)}: use a .tif, .zarr or .h5 path (one channel/array per class)")
 
 
 def predict(
@@ -85,40 +103,96 @@ def predict(
 
     Returns:
         The output path.
+
+    Raises:
+        ValueError: an output that is the input (or the other output), option values out of range,
+            NaN or inf in a float image, ...: checked before any work, nothing is written.
+        OSError: an output folder that cannot be written (checked first) or a write that fails (a
+            full disk): no output is left behind, the message names the output.
     """
     from emseg._progress import progress_bar
     from emseg.io import open_image, write_image
 
     output = Path(output)
     blockwise = {k: v for k, v in blockwise.items() if v is not None}
+    check_options(**{k: blockwise.get(k) for k in ("window", "batch_size", "workers", "threads")})
+    check_distinct_paths(image, output, probabilities)
     blockwise.setdefault("overlap", "auto")  # from the receptive field, in memory and blockwise alike
-    if str(output).lower().endswith(".zarr") and probabilities is None:
+    to_zarr = str(output).lower().endswith(".zarr")
+    if to_zarr and probabilities is None:
         from emseg.inference._blockwise import predict_blockwise
 
         return predict_blockwise(model, image, output, overwrite=overwrite, progress=progress, precision=precision,
                                  tta=tta, **blockwise)
     predictor_keys = ("overlap", "window", "batch_size", "jit", "calibrated")
     engine_only = sorted(k for k, v in blockwise.items() if k not in predictor_keys and v)
+    if engine_only and to_zarr:  # a .zarr output with --probabilities: predicted in memory
+        flags = ", ".join("--" + k.replace("_", "-") for k in engine_only)
+        raise ValueError(f"--probabilities are computed in memory, not block by block, so {flags} cannot apply: "
+                         f"drop {flags} to write {output} and {probabilities} in memory, or drop --probabilities "
+                         f"to predict {output} blockwise (resumable, flat memory)")
     if engine_only:
         raise ValueError(f"{', '.join(engine_only)} need blockwise prediction: write the labels to a .zarr store "
                          f"(got output {output}{' and --probabilities' if probabilities else ''})")
+    if probabilities is not None:
+        probabilities_format(probabilities)
     for path in (output, probabilities):
         if path is not None and Path(str(path).split(":")[0]).exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    check_writable(output, "labels output")
+    if probabilities is not None:
+        check_writable(probabilities, "--probabilities output")
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(
         model, precision=precision, tta=tta, **{k: v for k, v in blockwise.items() if k in predictor_keys})
+    if to_zarr:
+        logger.info("--probabilities: predicting %s in memory (blockwise prediction writes labels only)", output)
     start = time.perf_counter()
     with open_image(image) as data:
         volume = data.array
         if int(np.prod(volume.shape)) > IN_MEMORY_LIMIT:
+            fix = ("drop --probabilities and write the labels to a .zarr store (blockwise, resumable, flat memory)"
+                   if probabilities is not None else "write to a .zarr store instead (blockwise, resumable, flat memory)")
             raise ValueError(f"{image} has {int(np.prod(volume.shape)):,} voxels, too many to segment in memory for "
-                             f"{output}; write to a .zarr store instead (blockwise, resumable, flat memory)")
+                             f"{output}; {fix}")
+        check_finite(volume, image)
         with progress_bar("Segmenting", total=volume.shape[0], unit="slice", enabled=progress) as advance:
             labels, probs = predictor.predict_volume(volume, probabilities=probabilities is not None, progress=advance)
         is_2d, voxel_size = data.is_2d, data.voxel_size
-    write_image(output, labels[0] if is_2d else labels, voxel_size=voxel_size, overwrite=overwrite)
-    if probabilities is not None:
-        write_probabilities(probabilities, probs, predictor.classes, is_2d=is_2d, overwrite=overwrite)
+    _write_outputs(output, labels[0] if is_2d else labels, voxel_size=voxel_size, overwrite=overwrite,
+                   probabilities=probabilities, probs=probs, classes=predictor.classes, is_2d=is_2d)
     elapsed = time.perf_counter() - start
     logger.info("segmented %s (%s voxels) in %.1f s -> %s", image, labels.size, elapsed, output)
     return output
+
+
+def _write_outputs(output: Path, labels: np.ndarray, *, voxel_size, overwrite: bool, probabilities, probs,
+                   classes: list[str], is_2d: bool) -> None:
+    """Write the labels, then the probabilities; each atomically, and the labels only kept if both succeed.
+
+    A failure names the output it happened on (a full disk: where to free space); labels this call
+    created are removed again if the probabilities cannot be written, so a failed command leaves
+    neither half behind.
+    """
+    from emseg.inference._outputs import _location
+    from emseg.io import write_image
+    from emseg.io._atomic import discard
+
+    labels_file = _location(output)[0]
+    created = not (labels_file.exists() or labels_file.is_symlink())
+    try:
+        write_image(output, labels, voxel_size=voxel_size, overwrite=overwrite)
+    except OSError as err:
+        raise write_failure(err, output, "labels output", kept="Nothing was written") from None
+    if probabilities is None:
+        return
+    try:
+        write_probabilities(probabilities, probs, classes, is_2d=is_2d, overwrite=overwrite)
+    except BaseException as err:
+        if created:
+            discard(labels_file)
+            kept = f"The labels {output} were removed again, so no half-finished result is left"
+        else:
+            kept = f"The labels {output} were written"
+        if isinstance(err, OSError):
+            raise write_failure(err, probabilities, "--probabilities output", kept=kept) from None
+        raise

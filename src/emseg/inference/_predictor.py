@@ -15,6 +15,7 @@ import torch
 from emseg._device import autocast, default_device, resolve_precision
 from emseg.data._load import _context_stack
 from emseg.data._normalize import Normalizer
+from emseg.inference._outputs import check_options
 from emseg.inference._tiling import first_argmax
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ class Predictor:
             logger.warning("jit: the frozen TorchScript copy is a CPU fp32 route; %s the windows run eagerly. "
                            "Use --precision fp32 --jit to force the frozen fp32 copy.", route)
             self.jit = False
+        check_options(window=tuple(window), batch_size=batch_size)
+        self._check_window_fits()
         self.logit_offsets = None
         if logit_offsets is not None:
             offsets = np.asarray(logit_offsets, np.float32)
@@ -142,6 +145,25 @@ class Predictor:
             self.overlap = self.auto_overlap()
         elif not isinstance(overlap, (int, float)) or not 0.0 <= float(overlap) < 1.0:
             raise ValueError(f"overlap must be a fraction in [0, 1) or 'auto', got {overlap!r}")
+
+    def _check_window_fits(self) -> None:
+        """A tiled 2-D network halves its input ``log2(divisor)`` times: each window side must be a multiple
+        of its ``divisor`` (so at least that).  Networks without a ``divisor`` attribute are not checked."""
+        if not (self.is_torch and self.spatial_dims == 2 and not self.margin):
+            return
+        divisor = getattr(self.model, "divisor", None)
+        if divisor is None:
+            return
+        d = int(max(divisor)) if isinstance(divisor, (tuple, list)) else int(divisor)
+        if d <= 1 or all(w % d == 0 for w in self.window):
+            return
+        wy, wx = self.window
+        up = [max(d, -(-w // d) * d) for w in self.window]
+        problem = (f"is too small for this network: the minimum is {d} x {d}" if min(self.window) < d
+                   else f"does not fit this network: each side must be a multiple of {d}")
+        raise ValueError(f"window {wy} x {wx} (--window) {problem} (it halves its input "
+                         f"{int(round(math.log2(d)))} time{'' if d == 2 else 's'}); use e.g. --window {up[0]} {up[1]}, or leave --window out "
+                         "to use the model's own window")
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:

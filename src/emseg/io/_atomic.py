@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_output", "remove_path", "temporary_sibling"]
+__all__ = ["atomic_output", "discard", "remove_path", "settle_background_writes", "temporary_sibling"]
 
 TMP_MARKER = ".tmp-"
 
@@ -39,6 +41,41 @@ def remove_path(path: str | os.PathLike) -> None:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+def settle_background_writes(timeout: float = 60.0) -> None:
+    """Wait until zarr's in-flight asynchronous writes have finished (or failed).
+
+    zarr 3 writes the chunks of one assignment concurrently on its own event loop, with
+    ``asyncio.gather``: when one write fails (a full disk) the error reaches the caller at once while
+    its siblings run on, and they recreate files in a temporary that was just removed.  Called before
+    cleaning up after a failure.  Does nothing when zarr has not been used in this process.
+    """
+    sync = sys.modules.get("zarr.core.sync")
+    loop = (getattr(sync, "loop", None) or [None])[0] if sync is not None else None
+    if loop is None or not loop.is_running():
+        return
+
+    async def wait() -> None:
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(wait(), loop).result(timeout + 5)
+    except Exception:  # noqa: BLE001 - cleaning up must not mask the real error
+        logger.debug("could not wait for zarr's pending writes", exc_info=True)
+
+
+def discard(path: str | os.PathLike) -> None:
+    """Remove a temporary after a failure, once no background write can recreate parts of it."""
+    for _ in range(3):
+        settle_background_writes()
+        remove_path(path)
+        if not (os.path.lexists(path)):
+            return
+    logger.warning("could not remove the temporary %s; delete it by hand", path)
 
 
 class atomic_output:  # noqa: N801 - used like a function: `with atomic_output(path) as tmp:`
@@ -92,7 +129,7 @@ class atomic_output:  # noqa: N801 - used like a function: `with atomic_output(p
         tmp = self.tmp_path
         assert tmp is not None  # set in __enter__
         if exc_type is not None:
-            remove_path(tmp)
+            discard(tmp)
             return None  # re-raise
         if not (tmp.exists() or tmp.is_symlink()):
             raise FileNotFoundError(
@@ -101,7 +138,7 @@ class atomic_output:  # noqa: N801 - used like a function: `with atomic_output(p
         try:
             self._commit(tmp)
         except BaseException:
-            remove_path(tmp)
+            discard(tmp)
             raise
         return None
 

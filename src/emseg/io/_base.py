@@ -28,6 +28,7 @@ __all__ = [
     "SliceStack",
     "View3D",
     "as_3d",
+    "damaged_file_error",
     "format_error",
     "missing_file_error",
     "normalize_voxel_size",
@@ -53,6 +54,15 @@ def _formats_text() -> str:
 def format_error(path: str | os.PathLike, problem: str) -> ImageFormatError:
     """Build an :class:`ImageFormatError` naming ``path``, ``problem`` and the formats understood."""
     return ImageFormatError(f"{os.fspath(path)!s}: {problem}\n{_formats_text()}")
+
+
+def damaged_file_error(path: str | os.PathLike, problem: str) -> ImageFormatError:
+    """Build an :class:`ImageFormatError` for a file that parses but cannot be read to the end.
+
+    The message names ``path``, the ``problem`` and the fix (a truncated copy or export is the usual cause).
+    """
+    return ImageFormatError(f"{os.fspath(path)!s}: {problem}: the file is truncated or damaged; "
+                            "re-export or re-copy it")
 
 
 def missing_file_error(path: str | os.PathLike, missing: str | os.PathLike | None = None) -> FileNotFoundError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -15,6 +16,7 @@ from ._base import (
     ImageReaderWriter,
     Location,
     SliceStack,
+    damaged_file_error,
     format_error,
 )
 
@@ -84,6 +86,67 @@ def tiff_voxel_size(tif: Any) -> tuple[float, float, float] | None:
     return None  # plain TIFF tags carry no z spacing
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _tifffile_log_held() -> Any:
+    """Hold back tifffile's own log records while a file is parsed.
+
+    A truncated file makes tifffile log errors ("invalid page offset", "ImageJ series metadata
+    invalid") and carry on with fewer pages; :func:`check_complete` turns that into one clear
+    message.  Records of a file that passes the checks are logged again here, as warnings.
+    """
+    log = logging.getLogger("tifffile")
+    handler, propagate = _Collect(), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield handler.records
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
+def check_complete(tif: Any, series: Any, path: str, expected_pages: int) -> None:
+    """Raise :func:`damaged_file_error` if the series' image data runs past the end of the file.
+
+    Cheap: the contiguous extent of the series when tifffile knows it, else the last page's strips
+    (reaching the last page follows the chain of page headers; a broken chain means a cut file).
+    ImageJ files whose header promises more images than the series holds are cut too (tifffile
+    then falls back to the first page alone).
+    """
+    size = int(tif.filehandle.size)
+    ij = tif.imagej_metadata if tif.is_imagej else None
+    if ij:
+        promised = int(ij.get("images", 1) or 1)
+        if promised > expected_pages:
+            raise damaged_file_error(path, f"its ImageJ header announces {promised} images but only "
+                                           f"{expected_pages} can be read")
+    offset = series.dataoffset
+    if offset is not None:
+        end = int(offset) + int(series.nbytes)
+    else:
+        try:
+            pages = series.pages
+            if len(pages) < expected_pages:
+                raise IndexError(len(pages))
+            last = pages[expected_pages - 1]
+            if last is None:
+                raise IndexError(expected_pages - 1)
+            end = max((int(o) + int(c) for o, c in zip(last.dataoffsets, last.databytecounts)), default=0)
+        except (IndexError, ValueError, OSError):
+            raise damaged_file_error(path, f"{expected_pages} pages expected, the page headers end early") from None
+    if end > size:
+        raise damaged_file_error(path, f"it is {size:,} bytes long but its image data run to byte {end:,}")
+
+
 class TiffReaderWriter(ImageReaderWriter):
     """Multipage TIFF ``(Z, Y, X)`` or single 2-D TIFF ``(Y, X)``.
 
@@ -103,49 +166,64 @@ class TiffReaderWriter(ImageReaderWriter):
         import tifffile
 
         path = location.original
-        try:
-            tif = tifffile.TiffFile(location.file)
-        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a readable TIFF"
-            raise format_error(path, f"cannot read as TIFF ({exc})") from exc
-        try:
-            if not tif.series:
-                raise format_error(path, "the TIFF holds no image series")
-            series = tif.series[0]
-            shape = tuple(int(s) for s in series.shape)
-            dtype = np.dtype(series.dtype)
-            voxel_size = tiff_voxel_size(tif)
-            axes = str(series.axes)
-            if len(shape) < 2 or axes[-2:] != "YX" or sum(s > 1 for s in shape[:-2]) > 1:
-                raise format_error(
-                    path,
-                    f"the TIFF holds an array of shape {shape} (axes {axes!r}); "
-                    "emseg reads single-channel 2-D (Y, X) or 3-D (Z, Y, X) images",
-                )
-            page_shape = shape[-2:]
-            n_pages = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-            is_2d = len(shape) == 2
-            array: Any = None
+        with _tifffile_log_held() as held:
             try:
-                mm = tifffile.memmap(location.file, mode="r", series=0)
-                array = mm.reshape((n_pages,) + page_shape)
-            except Exception:  # noqa: BLE001 - compressed or non-contiguous: fall back to pages
-                array = None
-            if array is not None:
+                tif = tifffile.TiffFile(location.file)
+            except Exception as exc:  # noqa: BLE001 - any parse failure means "not a readable TIFF"
+                raise format_error(path, f"cannot read as TIFF ({exc})") from exc
+            try:
+                data = self._open(tif, location, path)
+            except BaseException:
                 tif.close()
-                closers: list = []
-            else:
-                lock = threading.Lock()
+                raise
+        for record in held:  # the file passed the checks: tifffile's remarks are worth a look
+            if record.levelno >= logging.WARNING:
+                logger.warning("%s: tifffile: %s", path, record.getMessage())
+        return data
 
-                def read_pages(zs: list[int], _tif: Any = tif) -> np.ndarray:
+    def _open(self, tif: Any, location: Location, path: str) -> ImageData:
+        import tifffile
+
+        if not tif.series:
+            raise format_error(path, "the TIFF holds no image series")
+        series = tif.series[0]
+        shape = tuple(int(s) for s in series.shape)
+        dtype = np.dtype(series.dtype)
+        voxel_size = tiff_voxel_size(tif)
+        axes = str(series.axes)
+        if len(shape) < 2 or axes[-2:] != "YX" or sum(s > 1 for s in shape[:-2]) > 1:
+            raise format_error(
+                path,
+                f"the TIFF holds an array of shape {shape} (axes {axes!r}); "
+                "emseg reads single-channel 2-D (Y, X) or 3-D (Z, Y, X) images",
+            )
+        page_shape = shape[-2:]
+        n_pages = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        is_2d = len(shape) == 2
+        check_complete(tif, series, path, n_pages)
+        array: Any = None
+        try:
+            mm = tifffile.memmap(location.file, mode="r", series=0)
+            array = mm.reshape((n_pages,) + page_shape)
+        except Exception:  # noqa: BLE001 - compressed or non-contiguous: fall back to pages
+            array = None
+        if array is not None:
+            tif.close()
+            closers: list = []
+        else:
+            lock = threading.Lock()
+
+            def read_pages(zs: list[int], _tif: Any = tif) -> np.ndarray:
+                try:
                     with lock:
                         data = _tif.asarray(key=zs if len(zs) > 1 else zs[0], series=0)
                     return np.asarray(data).reshape((len(zs),) + page_shape)
+                except Exception as exc:  # noqa: BLE001 - a page that cannot be decoded: a damaged file
+                    where = f"page {zs[0]}" if len(zs) == 1 else f"pages {zs[0]}-{zs[-1]}"
+                    raise damaged_file_error(path, f"cannot read {where} ({type(exc).__name__}: {exc})") from exc
 
-                array = SliceStack((n_pages,) + page_shape, dtype, read_pages)
-                closers = [tif.close]
-        except BaseException:
-            tif.close()
-            raise
+            array = SliceStack((n_pages,) + page_shape, dtype, read_pages)
+            closers = [tif.close]
         logger.debug("opened TIFF %s shape=%s dtype=%s lazy=%s", path, array.shape, dtype, type(array).__name__)
         return ImageData(
             array=array,
