@@ -15,10 +15,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_distinct_paths", "check_finite", "check_options", "check_writable", "write_failure"]
+__all__ = ["OutputWriteError", "check_distinct_paths", "check_finite", "check_options", "check_writable",
+           "image_location", "write_failure"]
 
 #: Bytes of input read at a time when scanning a float image for NaN/inf.
 SCAN_BYTES = 64 * 2**20
+
+
+class OutputWriteError(OSError):
+    """Writing an output failed; the message names the output, the cause, the fix and what was kept."""
 
 
 def _os_error(cls: type[OSError], code: int | None, message: str) -> OSError:
@@ -28,7 +33,7 @@ def _os_error(cls: type[OSError], code: int | None, message: str) -> OSError:
     return err
 
 
-def _location(path: str | os.PathLike) -> tuple[Path, tuple[str, ...]]:
+def image_location(path: str | os.PathLike) -> tuple[Path, tuple[str, ...]]:
     """``(file on disk, resolved; path inside it as parts)`` of an image path (``vol.h5:raw``, ``s.zarr/a``)."""
     from emseg.io._registry import resolve
 
@@ -54,7 +59,7 @@ def _overlap(a: str | os.PathLike, b: str | os.PathLike) -> str | None:
     """How writing image path ``a`` would replace or alter image path ``b``: ``"is"`` (the same file or
     dataset, links seen through), ``"is inside"`` (an array in a store, a file in a folder of slices),
     ``"holds"`` (a store or file holding ``b``), or None."""
-    (fa, ia), (fb, ib) = _location(a), _location(b)
+    (fa, ia), (fb, ib) = image_location(a), image_location(b)
     if _same_file(fa, fb):
         na, nb = PurePosixPath("/", *ia), PurePosixPath("/", *ib)
     else:
@@ -117,7 +122,7 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> None:
         NotADirectoryError: a component of the path is a file.
         PermissionError / OSError: the folder refuses new files (the message says which and why).
     """
-    target, inner = _location(path)
+    target, inner = image_location(path)
     folder = target if (inner and target.is_dir()) else target.parent  # an array added to a zarr store
     while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
         folder = folder.parent
@@ -134,16 +139,19 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> None:
     os.unlink(probe)
 
 
-def write_failure(err: OSError, path: str | os.PathLike, what: str, *, kept: str = "") -> OSError:
-    """An :class:`OSError` naming the output ``path`` and the fix, from the error raised writing it."""
-    where = _location(path)[0].parent
+def write_failure(err: OSError, path: str | os.PathLike, what: str, *, kept: str = "") -> OutputWriteError:
+    """An :class:`OutputWriteError` naming the output ``path`` and the fix, from the error raised writing it;
+    ``err`` itself if it is one already."""
+    if isinstance(err, OutputWriteError):
+        return err
+    where = image_location(path)[0].parent
     if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         problem = f"no space left on the device holding {where} ({err.strerror})"
         fix = "free space there or choose another folder for it"
     else:
         problem = err.strerror or str(err)
         fix = "choose another folder for it"
-    return _os_error(OSError, err.errno, f"cannot write the {what} {os.fspath(path)}: {problem}; {fix}"
+    return _os_error(OutputWriteError, err.errno, f"cannot write the {what} {os.fspath(path)}: {problem}; {fix}"
                                          f"{'. ' + kept if kept else ''}")
 
 
@@ -169,7 +177,7 @@ def check_options(*, window: Any = None, batch_size: Any = None, workers: Any = 
         raise ValueError(f"workers (--workers) must be 0 (predict in this process) or a number of Dask worker "
                          f"processes, at least 1; got {workers!r}")
     if threads is not None and not (_is_int(threads) and threads >= 1):
-        raise ValueError(f"threads (--threads) must be a number of torch threads, at least 1; got {threads!r}")
+        raise ValueError(f"threads must be at least 1 (--threads: torch threads per block), got {threads!r}")
 
 
 def check_finite(array: Any, image: str | os.PathLike) -> None:

@@ -15,6 +15,7 @@ from emseg.inference._outputs import (
     check_finite,
     check_options,
     check_writable,
+    image_location,
     write_failure,
 )
 from emseg.inference._predictor import Predictor
@@ -167,24 +168,44 @@ def predict(
 
 def _write_outputs(output: Path, labels: np.ndarray, *, voxel_size, overwrite: bool, probabilities, probs,
                    classes: list[str], is_2d: bool) -> None:
-    """Write the labels, then the probabilities; each atomically, and the labels only kept if both succeed.
+    """Write the labels and the probabilities so that a failure or a kill leaves neither looking finished.
 
-    A failure names the output it happened on (a full disk: where to free space); labels this call
-    created are removed again if the probabilities cannot be written, so a failed command leaves
-    neither half behind.
+    The labels go to a hidden temporary first, the probabilities are written (atomically), and only
+    then are the labels renamed into place; a failure discards the temporary and names the output it
+    happened on (a full disk: where to free space).  Labels inside a container (``file.h5:labels``)
+    cannot be staged that way: they are written first and removed again if the probabilities fail
+    and this call created their file.
     """
-    from emseg.inference._outputs import _location
-    from emseg.io import write_image
+    from emseg.io import atomic_output, write_image
     from emseg.io._atomic import discard
 
-    labels_file = _location(output)[0]
+    labels_file, inner = image_location(output)
+    if probabilities is None:
+        try:
+            write_image(output, labels, voxel_size=voxel_size, overwrite=overwrite)
+        except OSError as err:
+            raise write_failure(err, output, "labels output", kept="Nothing was written") from None
+        return
+    if not inner:
+        try:
+            with atomic_output(labels_file, overwrite=overwrite) as staged:
+                try:
+                    write_image(staged, labels, voxel_size=voxel_size, overwrite=True)
+                except OSError as err:
+                    raise write_failure(err, output, "labels output", kept="Nothing was written") from None
+                try:
+                    write_probabilities(probabilities, probs, classes, is_2d=is_2d, overwrite=overwrite)
+                except OSError as err:
+                    raise write_failure(err, probabilities, "--probabilities output",
+                                        kept=f"The labels {output} were not written either") from None
+        except OSError as err:  # write_failure passes its own errors through
+            raise write_failure(err, output, "labels output", kept="Nothing was written") from None
+        return
     created = not (labels_file.exists() or labels_file.is_symlink())
     try:
         write_image(output, labels, voxel_size=voxel_size, overwrite=overwrite)
     except OSError as err:
         raise write_failure(err, output, "labels output", kept="Nothing was written") from None
-    if probabilities is None:
-        return
     try:
         write_probabilities(probabilities, probs, classes, is_2d=is_2d, overwrite=overwrite)
     except BaseException as err:
