@@ -86,6 +86,10 @@ def tiff_voxel_size(tif: Any) -> tuple[float, float, float] | None:
     return None  # plain TIFF tags carry no z spacing
 
 
+#: Words of tifffile log messages meaning the file's structure is broken (it then reads less than is there).
+_DAMAGE = ("failed to reshape", "corrupted", "invalid page offset", "truncated", "invalid IFD", "invalid tag")
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -173,6 +177,10 @@ class TiffReaderWriter(ImageReaderWriter):
                 raise format_error(path, f"cannot read as TIFF ({exc})") from exc
             try:
                 data = self._open(tif, location, path)
+                damage = next((r.getMessage() for r in held if any(k in r.getMessage() for k in _DAMAGE)), None)
+                if damage is not None:  # tifffile carried on with what it could parse
+                    data.close()
+                    raise damaged_file_error(path, f"its page headers do not hold together ({damage})")
             except BaseException:
                 tif.close()
                 raise
