@@ -38,7 +38,7 @@ def _run(*args: str):
     result = CliRunner().invoke(app, ["predict", *map(str, args), "--quiet"])
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output  # a message, not a crash
-    return result.output
+    return " ".join(result.output.split())  # on one line: rich wraps long paths at the console's width
 
 
 def _digest(path: Path) -> str:
