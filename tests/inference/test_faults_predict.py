@@ -210,3 +210,23 @@ def test_full_disk_blockwise_names_the_store_and_resumes(files, tmp_path, monkey
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert _store_files(out) == _store_files(clean_blockwise)
+
+
+def test_full_disk_writing_tiff_labels_names_the_output_and_leaves_nothing(files, tmp_path, monkeypatch):
+    """ENOSPC half way through a TIFF: the temporary is removed, no labels.tif appears, the output is named."""
+    import tifffile as tf
+
+    original = tf.imwrite
+
+    def full_disk(path, data, *args, **kwargs):
+        Path(path).write_bytes(b"II*\0" + bytes(1000))  # part of the file made it to disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf, "imwrite", full_disk)
+    result = CliRunner().invoke(app, ["predict", str(files["model"]), str(files["dir"] / "wide.tif"),
+                                      str(tmp_path / "labels.tif"), "--quiet"])
+    monkeypatch.setattr(tf, "imwrite", original)
+    assert result.exit_code == 2, result.output
+    assert f"cannot write the labels output {tmp_path / 'labels.tif'}: no space left on the device holding " \
+           f"{tmp_path}" in _said(result) and "Nothing was written" in _said(result)
+    assert list(tmp_path.iterdir()) == []

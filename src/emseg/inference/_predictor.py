@@ -131,7 +131,6 @@ class Predictor:
                            "Use --precision fp32 --jit to force the frozen fp32 copy.", route)
             self.jit = False
         check_options(window=tuple(window), batch_size=batch_size)
-        self._check_window_fits()
         self.logit_offsets = None
         if logit_offsets is not None:
             offsets = np.asarray(logit_offsets, np.float32)
@@ -146,9 +145,12 @@ class Predictor:
         elif not isinstance(overlap, (int, float)) or not 0.0 <= float(overlap) < 1.0:
             raise ValueError(f"overlap must be a fraction in [0, 1) or 'auto', got {overlap!r}")
 
-    def _check_window_fits(self) -> None:
-        """A tiled 2-D network halves its input ``log2(divisor)`` times: each window side must be a multiple
-        of its ``divisor`` (so at least that).  Networks without a ``divisor`` attribute are not checked."""
+    def check_window_fits(self) -> None:
+        """Raise a ValueError if :attr:`window` does not fit the network (checked for a window the user asked for).
+
+        A tiled 2-D network halves its input ``log2(divisor)`` times: each window side must be a multiple
+        of its ``divisor`` (so at least that).  Networks without a ``divisor`` attribute are not checked.
+        """
         if not (self.is_torch and self.spatial_dims == 2 and not self.margin):
             return
         divisor = getattr(self.model, "divisor", None)
@@ -205,13 +207,14 @@ class Predictor:
         if spec.spatial_dims == 3 and inference.get("window_3d") is not None:
             kwargs.setdefault("window_3d", tuple(inference["window_3d"]))
         kwargs.setdefault("spatial_dims", spec.spatial_dims)
+        asked_window = kwargs.get("window") is not None  # the user's (--window): must fit the network
         kwargs.setdefault("window", tuple(inference.get("window", (512, 512))))
         kwargs.setdefault("overlap", inference.get("overlap", 0.25))
         kwargs.setdefault("grain_filter", list(ckpt.get("preprocess", {}).get("grain_filter", [])))
         calibrated = kwargs.pop("calibrated", True)
         if spec.backend != "random-forest":
             kwargs.setdefault("logit_offsets", inference.get("logit_offsets") if calibrated else None)
-        return cls(
+        predictor = cls(
             model,
             classes=ckpt["classes"],
             normalizer=Normalizer.from_dict(ckpt["normalization"]),
@@ -219,6 +222,9 @@ class Predictor:
             divisor=int(inference.get("divisor", 16)),
             **kwargs,
         )
+        if asked_window:
+            predictor.check_window_fits()
+        return predictor
 
     @property
     def num_classes(self) -> int:
