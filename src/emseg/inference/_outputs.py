@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from emseg.io._registry import resolve
+
 __all__ = ["OutputWriteError", "check_distinct_paths", "check_finite", "check_options", "check_writable",
            "image_location", "write_failure"]
 
@@ -35,8 +37,6 @@ def _os_error(cls: type[OSError], code: int | None, message: str) -> OSError:
 
 def image_location(path: str | os.PathLike) -> tuple[Path, tuple[str, ...]]:
     """``(file on disk, resolved; path inside it as parts)`` of an image path (``vol.h5:raw``, ``s.zarr/a``)."""
-    from emseg.io._registry import resolve
-
     text = os.fspath(path)
     found = resolve(text)
     if found is None:
@@ -151,8 +151,8 @@ def write_failure(err: OSError, path: str | os.PathLike, what: str, *, kept: str
     else:
         problem = err.strerror or str(err)
         fix = "choose another folder for it"
-    return _os_error(OutputWriteError, err.errno, f"cannot write the {what} {os.fspath(path)}: {problem}; {fix}"
-                                         f"{'. ' + kept if kept else ''}")
+    message = f"cannot write the {what} {os.fspath(path)}: {problem}; {fix}" + (f". {kept}" if kept else "")
+    return _os_error(OutputWriteError, err.errno, message)
 
 
 def _is_int(value: Any) -> bool:
