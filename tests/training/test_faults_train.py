@@ -29,39 +29,27 @@ EPOCHS = 5
 TRAINING = (f"{{max_minutes: 30, epochs: {EPOCHS}, iterations_per_epoch: 6, batch_size: 2, patch_size: 64, "
             f"precision: fp32, num_threads: 1, patch_sampling: {{mode: grid}}}}")
 
-# Runs `emseg train ...` with torch.save wrapped to SIGKILL the process at one chosen checkpoint write:
-# argv: FILE N WHERE emseg-arguments...; WHERE "inside": half of the N-th FILE written to its temporary,
-# then killed (as a kill mid-write leaves it); "after": killed once the N-th FILE is in place.
+# Runs `emseg train ...` with torch.save wrapped to SIGKILL the process in the middle of one chosen
+# checkpoint write (argv: FILE N emseg-arguments...): the N-th write of FILE goes to its temporary, is cut
+# to half its size, and the process is killed, as a kill mid-write leaves it.
 KILLER = """
 import os, signal, sys
 import torch
-name, nth, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+name, nth = sys.argv[1], int(sys.argv[2])
 stem = name.rsplit(".", 1)[0]
 real_save, calls = torch.save, [0]
 def save(obj, f, *args, **kwargs):
-    base = os.path.basename(str(f))
-    if not (base == name or base.startswith("." + stem + ".tmp-")):
-        return real_save(obj, f, *args, **kwargs)
-    calls[0] += 1
     real_save(obj, f, *args, **kwargs)
-    if calls[0] == nth and where == "inside":
-        size = os.path.getsize(f)
-        with open(f, "r+b") as fh:
-            fh.truncate(size // 2)
-        os.kill(os.getpid(), signal.SIGKILL)
+    if os.path.basename(str(f)).startswith("." + stem + ".tmp-"):
+        calls[0] += 1
+        if calls[0] == nth:
+            size = os.path.getsize(f)
+            with open(f, "r+b") as fh:
+                fh.truncate(size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
 torch.save = save
-if where == "after":
-    import emseg.training._trainer as trainer
-    real_checkpoint, done = trainer.save_checkpoint, [0]
-    def checkpoint(path, ckpt):
-        real_checkpoint(path, ckpt)
-        if os.path.basename(str(path)) == name:
-            done[0] += 1
-            if done[0] == nth:
-                os.kill(os.getpid(), signal.SIGKILL)
-    trainer.save_checkpoint = checkpoint
 from emseg.cli import main
-sys.argv = ["emseg", *sys.argv[4:]]
+sys.argv = ["emseg", *sys.argv[3:]]
 main()
 """
 
@@ -144,27 +132,36 @@ def test_kill_9_after_an_epoch_then_resume_equals_an_uninterrupted_run(tmp_path,
     _assert_same_run(run, reference)
 
 
-@pytest.mark.parametrize("name, nth, where", [
-    ("last.pt", 3, "inside"),   # a truncated .last.tmp-* and a metrics line of an epoch never saved
-    ("last.pt", 0, "after"),    # between last.pt and model.pt of the best epoch: model.pt one best behind
-])
-def test_kill_9_inside_a_checkpoint_write_then_resume_equals_an_uninterrupted_run(tmp_path, fault_config, reference,
-                                                                                  name, nth, where):
-    if nth == 0:
-        nth = json.loads((reference / "summary.json").read_text())["best_epoch"]
-    run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", KILLER, name, str(nth), where, "train", str(fault_config), "--out",
-                           str(run), "-q"], env=_env(), capture_output=True, text=True, timeout=300)
+def _improvements(reference: Path) -> int:
+    """How many times the reference run wrote model.pt (epochs that beat the best validation mean IoU)."""
+    best, count = -1.0, 0
+    for record in _records(reference):
+        if record["val_mean_iou"] is not None and record["val_mean_iou"] > best:
+            best, count = record["val_mean_iou"], count + 1
+    return count
+
+
+def _kill_inside(run: Path, config: Path, name: str, nth: int) -> None:
+    proc = subprocess.run([sys.executable, "-c", KILLER, name, str(nth), "train", str(config), "--out", str(run),
+                           "-q"], env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    if where == "inside":
-        assert len(_temporaries(run)) == 1  # what a kill mid-write leaves
-        assert len(_records(run)) == nth and load_checkpoint(run / "last.pt")["training"]["epoch"] == nth - 1
-        # model.pt is never a truncated file: it is the best epoch before the kill
-        assert load_checkpoint(run / "model.pt")["training"]["epoch"] < nth
-    else:
+    assert len(_temporaries(run)) == 1  # what a kill mid-write leaves
+
+
+@pytest.mark.parametrize("name", ["last.pt", "model.pt"])
+def test_kill_9_inside_a_checkpoint_write_then_resume_equals_an_uninterrupted_run(tmp_path, fault_config, reference,
+                                                                                  name):
+    run = tmp_path / "run"
+    best_epoch = json.loads((reference / "summary.json").read_text())["best_epoch"]
+    if name == "last.pt":  # epoch 3's: a truncated .last.tmp-* and a metrics line of an epoch never saved
+        _kill_inside(run, fault_config, "last.pt", 3)
+        assert len(_records(run)) == 3 and load_checkpoint(run / "last.pt")["training"]["epoch"] == 2
+        assert load_checkpoint(run / "model.pt")["training"]["epoch"] <= 2  # never a truncated model.pt
+    else:  # the best epoch's model.pt, after its last.pt: model.pt is one best behind, or absent
+        _kill_inside(run, fault_config, "model.pt", _improvements(reference))
         last = load_checkpoint(run / "last.pt")["training"]
-        assert last["epoch"] == last["best_epoch"] == nth
-        assert not (run / "model.pt").exists() or load_checkpoint(run / "model.pt")["training"]["epoch"] < nth
+        assert last["epoch"] == last["best_epoch"] == best_epoch
+        assert not (run / "model.pt").exists() or load_checkpoint(run / "model.pt")["training"]["epoch"] < best_epoch
     emseg.train(fault_config, run, resume=True, progress=False)
     _assert_same_run(run, reference)
 
@@ -174,10 +171,8 @@ def test_a_run_killed_in_its_first_checkpoint_starts_again(tmp_path, fault_confi
     import shutil
 
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", KILLER, "last.pt", "1", "inside", "train", str(fault_config),
-                           "--out", str(run), "-q"], env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert not (run / "last.pt").exists() and (run / "config.yaml").is_file() and len(_temporaries(run)) == 1
+    _kill_inside(run, fault_config, "last.pt", 1)
+    assert not (run / "last.pt").exists() and (run / "config.yaml").is_file()
     shutil.copytree(run, tmp_path / "rerun")
     emseg.train(fault_config, run, resume=True, progress=False)
     said = " ".join(caplog.text.split())
