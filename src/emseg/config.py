@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -395,6 +396,13 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
+    #: The YAML file it was read from (set by :func:`load_config`), for messages.
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """The YAML file this configuration was read from, or ``None``."""
+        return self._source
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -493,7 +501,9 @@ def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = N
         from emseg.training._recipes import apply_recipe
 
         data = apply_recipe(recipe, data)
-    return config_from_dict(data, base_dir=path.resolve().parent, source=f"in {path}")
+    config = config_from_dict(data, base_dir=path.resolve().parent, source=f"in {path}")
+    config._source = str(path)
+    return config
 
 
 def deep_merge(base: dict, extra: dict) -> dict:

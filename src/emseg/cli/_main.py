@@ -78,9 +78,13 @@ def train(
     """Train a model; the best checkpoint (by training.checkpoint_metric, default validation mean IoU) is OUT/model.pt."""
     _setup(quiet)
     from emseg.config import load_config
+    from emseg.training import TrainingInterrupted
     from emseg.training import train as _train
 
     try:
+        if max_minutes is not None and not max_minutes > 0:  # the option, not the YAML file, is at fault
+            raise ValueError(f"--max-minutes must be a number of minutes above 0, got {max_minutes:g}; "
+                             f"leave it out to use training.max_minutes of {config}")
         overrides = {"training": {"max_minutes": max_minutes}} if max_minutes is not None else None
         cfg = load_config(config, overrides=overrides, recipe=recipe)
         if seeds is not None or folds is not None:  # several runs: emseg.ensemble (resumable, skips finished runs)
@@ -91,6 +95,16 @@ def train(
         result = _train(cfg, out, overwrite=overwrite, resume=resume, progress=not quiet)
     except _user_errors() as err:
         _fail(err)
+    except TrainingInterrupted as stop:  # Ctrl-C: both checkpoints kept; 130 = 128 + SIGINT, as shells report
+        again = ("run the same command again" if seeds is not None or folds is not None
+                 else f"emseg train {config} --out {out} --resume")
+        err_console.print(f"interrupted after epoch {stop.epochs}: best model {_escape(str(stop.model_path))} "
+                          f"(epoch {stop.best_epoch}), state to resume from {_escape(str(stop.last_path))}; "
+                          f"to continue: {_escape(again)}")
+        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted before the first epoch finished: no model saved in {_escape(str(out))}")
+        raise typer.Exit(code=130) from None
     console.print(f"model: {result.model_path}  (best epoch {result.best_epoch}, "
                   f"validation mean IoU {result.best_val_mean_iou:.3f}; stopped: {result.stop_reason})")
 

@@ -73,8 +73,14 @@ def _load_source(source: VolumeSource, key: str, *, num_classes: int, ignore_lab
         except ValueError as err:
             raise DataError(f"{key}.slices: {err} ({source.image})") from None
         out = LabelledSlices()
+        floating = np.issubdtype(raw.array.dtype, np.floating) or np.issubdtype(raw.array.dtype, np.complexfloating)
+        non_finite: dict[int, int] = {}  # z -> NaN / infinite pixels
         for z in zs:
             image = np.asarray(raw.array[z]) if context == 1 else _context_stack(raw.array, z, context)
+            if floating:
+                bad_pixels = int(np.count_nonzero(~np.isfinite(image)))  # with context slices: of the whole stack
+                if bad_pixels:
+                    non_finite[z] = bad_pixels
             labels = np.asarray(lab.array[z]).astype(np.int64)
             valid = labels != ignore_label if ignore_label is not None else np.ones(labels.shape, bool)
             bad = np.unique(labels[valid & ((labels < 0) | (labels >= num_classes))])
@@ -88,7 +94,20 @@ def _load_source(source: VolumeSource, key: str, *, num_classes: int, ignore_lab
             out.images.append(image)
             out.labels.append(labels)
             out.names.append(f"{source.image} z={z}")
+    if non_finite:
+        _raise_non_finite(key, source.image, non_finite)
     return out
+
+
+def _raise_non_finite(key: str, image: str, non_finite: dict[int, int]) -> None:
+    """NaN or infinite pixels would turn the normalisation and every loss into NaN: name them and stop."""
+    zs = sorted(non_finite)
+    where = ", ".join(f"z={z}: {non_finite[z]}" for z in zs[:5]) + (", ..." if len(zs) > 5 else "")
+    raise DataError(
+        f"{key}: image {image} contains {sum(non_finite.values())} NaN or infinite pixels in {len(zs)} "
+        f"slice(s) ({where}); replace them with finite values (e.g. the image mean) or leave those slices out "
+        f"with {key}.slices"
+    )
 
 
 def _load_sources(sources: list[VolumeSource], key: str, config: Config) -> LabelledSlices:

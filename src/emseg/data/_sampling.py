@@ -155,6 +155,15 @@ class PatchSampler:
         x0 = int(np.clip(center[1] - px // 2 + jx, 0, shape[1] - px))
         return y0, x0
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the random generator (saved by the trainer): the grid
+        mode's windows still to visit in this pass."""
+        return {"queue": [int(k) for k in self._queue]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self._queue = [int(k) for k in state.get("queue", [])]
+
     def windows(self, count: int) -> list[tuple[int, int, int]]:
         """The next ``count`` windows ``(slice, y0, x0)`` (advances the random state)."""
         return [self._window() for _ in range(count)]

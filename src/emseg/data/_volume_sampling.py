@@ -262,6 +262,15 @@ class VolumePatchSampler:
             i = int(self.rng.choice(len(self.labels), p=self.volume_p))
         return (i, *self._corner(self.labels[i].shape, center))
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the random generator (saved by the trainer): the grid
+        mode's windows still to visit in this pass."""
+        return {"queue": [int(k) for k in self._queue]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self._queue = [int(k) for k in state.get("queue", [])]
+
     def sample(self, batch_size: int):
         """Return images ``(B, C, pz, py, px)`` float32 and labels ``(B, pz, py, px)`` int64,
         plus weights ``(B, pz, py, px)`` float32 when the sampler was given weight maps."""

@@ -199,7 +199,10 @@ class TiffReaderWriter(ImageReaderWriter):
         dtype = np.dtype(series.dtype)
         voxel_size = tiff_voxel_size(tif)
         axes = str(series.axes)
-        if len(shape) < 2 or axes[-2:] != "YX" or sum(s > 1 for s in shape[:-2]) > 1:
+        # tifffile stores a (Z, Y, 1) stack, e.g. of 1 x 1 images, as one Z x Y page and names the axes of the
+        # shape it records 'YQX' or 'YXQ': that recorded shape is the array as written, (Z, Y, X)
+        as_written = tif.is_shaped and len(shape) == 3 and axes[-2:] != "YX" and "S" not in axes
+        if len(shape) < 2 or (axes[-2:] != "YX" and not as_written) or sum(s > 1 for s in shape[:-2]) > 1:
             raise format_error(
                 path,
                 f"the TIFF holds an array of shape {shape} (axes {axes!r}); "
@@ -208,13 +211,15 @@ class TiffReaderWriter(ImageReaderWriter):
         page_shape = shape[-2:]
         n_pages = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
         is_2d = len(shape) == 2
-        check_complete(tif, series, path, n_pages)
+        check_complete(tif, series, path, 1 if as_written else n_pages)  # as written: one page holds all
         array: Any = None
         try:
             mm = tifffile.memmap(location.file, mode="r", series=0)
             array = mm.reshape((n_pages,) + page_shape)
         except Exception:  # noqa: BLE001 - compressed or non-contiguous: fall back to pages
             array = None
+        if array is None and as_written:  # not one page per z: read it whole (such files are tiny)
+            array = np.asarray(tif.asarray(series=0)).reshape((n_pages,) + page_shape)
         if array is not None:
             tif.close()
             closers: list = []

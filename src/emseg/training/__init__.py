@@ -4,7 +4,8 @@ from emseg.training._checkpoint import CheckpointError, load_checkpoint, save_ch
 from emseg.training._loss_registry import LOSSES, build_loss
 from emseg.training._losses import DiceCELoss
 from emseg.training._recipes import apply_recipe, list_recipes
-from emseg.training._trainer import TrainResult, calibrate, class_weights_from_frequencies, train
+from emseg.training._run_dir import RunWriteError
+from emseg.training._trainer import TrainingInterrupted, TrainResult, calibrate, class_weights_from_frequencies, train
 
 __all__ = [
     "CheckpointError",
@@ -13,7 +14,9 @@ __all__ = [
     "apply_recipe",
     "build_loss",
     "list_recipes",
+    "RunWriteError",
     "TrainResult",
+    "TrainingInterrupted",
     "calibrate",
     "class_weights_from_frequencies",
     "load_checkpoint",

@@ -24,24 +24,29 @@ import torch
 from emseg.config import Config
 from emseg.data import (
     IGNORE_INDEX,
+    DataError,
     LabelledVolumes,
     Normalizer,
     VolumePatchSampler,
+    class_frequencies,
     load_training_data,
     load_training_volumes,
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
-from emseg.models import MODELS, build_model
+from emseg.models import MODELS, build_model, model_divisor
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MIN_SLICE_SIZE",
     "evaluate_volumes",
+    "fit_patch_to_data",
     "inference_metadata",
     "load_data",
     "match_target",
     "resolve_patch_size",
     "volume_sampler",
+    "warn_absent_classes",
     "with_aux_heads",
 ]
 
@@ -178,3 +183,79 @@ def evaluate_volumes(predictor, val: LabelledVolumes, num_classes: int, backgrou
         pred = predictor.predict_proba_volume(image).argmax(0)
         confusion += confusion_matrix(pred, labels, num_classes=num_classes, ignore_label=IGNORE_INDEX)
     return EvaluationResult.from_confusion(confusion, classes=predictor.classes, background=background)
+
+
+#: Smallest training slice (pixels in y and x) a network is trained on: the smallest ``training.patch_size``.
+MIN_SLICE_SIZE = 16
+
+
+def fit_patch_to_data(config: Config, train) -> Config:
+    """Check the training slices against ``training.patch_size``; a smaller patch when the images are smaller.
+
+    A patch larger than every training slice is mostly padding: each step
+    costs the full patch and learns from the image only.  For 2-D models (not
+    valid-padding ones) the patch is shrunk, axis by axis, to the largest
+    training slice rounded down to the network's divisor, with a warning that
+    names the key and the image size; the returned configuration (a copy)
+    carries that patch, so ``config.yaml`` of the run records what was used.
+    Other models keep their patch (padded), with the same warning.
+
+    Raises:
+        DataError: every training slice is smaller than :data:`MIN_SLICE_SIZE` pixels in y or x.
+    """
+    shapes = [tuple(int(s) for s in lab.shape[-2:]) for lab in train.labels]
+    largest = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+    if min(largest) < MIN_SLICE_SIZE:
+        raise DataError(
+            f"data.train: the training images are {largest[0]} x {largest[1]} pixels (y x) at most "
+            f"({train.names[0]}); a network needs images of at least {MIN_SLICE_SIZE} x {MIN_SLICE_SIZE} "
+            f"pixels to learn from: use larger images (or crops)")
+    patch = list(resolve_patch_size(config, log=False))
+    yx = patch[-2:]
+    if yx[0] <= largest[0] and yx[1] <= largest[1]:
+        return config
+    spec = MODELS.get(config.model.name)
+    where = f"the largest training image is {largest[0]} x {largest[1]} pixels (y x)"
+    if spec.spatial_dims != 2 or spec.valid_padding:
+        logger.warning("training.patch_size %s is larger than the training images (%s): patches are padded, so "
+                       "each step costs the whole patch; set training.patch_size to at most %s", patch, where,
+                       [*patch[:-2], *(min(p, s) for p, s in zip(yx, largest))])
+        return config
+    divisor = model_divisor(_meta_model(config))
+    fitted = [min(p, max(MIN_SLICE_SIZE, divisor, s // divisor * divisor)) for p, s in zip(yx, largest)]
+    logger.warning("training.patch_size %s is larger than the training images (%s): training on %s patches "
+                   "instead (a multiple of the network's divisor %d); set training.patch_size to at most %s to "
+                   "silence this", patch, where, fitted, divisor, fitted)
+    config = config.model_copy(deep=True)
+    config.training.patch_size = fitted
+    return config
+
+
+def warn_absent_classes(config: Config, train, val) -> dict[str, list[str]]:
+    """Warn about classes with no pixel in the training or validation labels; returns them by split.
+
+    A class absent from the training labels cannot be learnt; one absent from
+    the validation labels has no IoU (nothing to intersect), so the validation
+    mean IoU averages over the other classes only, and a network that never
+    predicts it can still score 1.000.
+    """
+    classes = list(config.data.classes)
+    absent: dict[str, list[str]] = {}
+    for split, data in (("train", train), ("val", val)):
+        if not len(data):
+            continue
+        freqs = class_frequencies(list(data.labels), len(classes))
+        missing = [f"{classes[c]} ({c})" for c in range(len(classes)) if freqs[c] == 0]
+        if missing:
+            absent[split] = missing
+    if "train" in absent:
+        logger.warning("data.train: no training pixel has the class %s of data.classes: the network cannot learn "
+                       "%s; add labelled examples, or remove the class from data.classes (and relabel)",
+                       ", ".join(absent["train"]), "it" if len(absent["train"]) == 1 else "them")
+    if "val" in absent:
+        logger.warning("%s: no validation pixel has the class %s: the IoU of %s is not measured and the "
+                       "validation mean IoU averages over the other classes only; validate on slices that "
+                       "contain every class", "data.val" if config.data.val is not None else
+                       "the validation slices (data.val_fraction)", ", ".join(absent["val"]),
+                       "this class" if len(absent["val"]) == 1 else "these classes")
+    return absent

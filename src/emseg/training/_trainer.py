@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +33,31 @@ from emseg.data import (
 from emseg.evaluation import EvaluationResult, confusion_matrix
 from emseg.inference._predictor import Predictor
 from emseg.models import MODELS, build_model, count_parameters, model_divisor
-from emseg.training._checkpoint import MODEL_FILENAME, load_checkpoint, save_checkpoint
+from emseg.training._checkpoint import MODEL_FILENAME, CheckpointError, load_checkpoint, save_checkpoint
+from emseg.training._run_dir import (
+    CONFIG_FILENAME,
+    LAST_FILENAME,
+    METRICS_FILENAME,
+    SUMMARY_FILENAME,
+    append_metrics,
+    describe_differences,
+    network_differences,
+    never_finished,
+    remove_stale_temporaries,
+    replace_text,
+    restore_best,
+    truncate_metrics,
+    writing,
+)
 from emseg.training._spatial import (
     evaluate_volumes,
+    fit_patch_to_data,
     inference_metadata,
     load_data,
     match_target,
     resolve_patch_size,
     volume_sampler,
+    warn_absent_classes,
 )
 from emseg.training._criterion import build_criterion, multi_head
 from emseg.training._ema import WeightAverage
@@ -50,9 +68,7 @@ from emseg.training._validation import METRIC_MODES, validate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "train", "class_weights_from_frequencies"]
-
-LAST_FILENAME = "last.pt"
+__all__ = ["TrainResult", "TrainingInterrupted", "train", "class_weights_from_frequencies"]
 
 
 @dataclass
@@ -68,6 +84,20 @@ class TrainResult:
     stop_reason: str
     checkpoint_metric: str = "val_mean_iou"
     best_metric: float = float("nan")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: ``model.pt`` (best so far) and ``last.pt`` are kept and resumable.
+
+    ``run_dir``, ``model_path`` and ``last_path`` say where; ``epochs`` is the
+    number of finished epochs, ``best_epoch`` the one in ``model.pt``.
+    """
+
+    def __init__(self, run_dir: Path, *, epochs: int, best_epoch: int) -> None:
+        self.run_dir, self.epochs, self.best_epoch = Path(run_dir), epochs, best_epoch
+        self.model_path, self.last_path = self.run_dir / MODEL_FILENAME, self.run_dir / LAST_FILENAME
+        super().__init__(f"training interrupted after epoch {epochs}: best checkpoint {self.model_path} "
+                         f"(epoch {best_epoch}), resumable state {self.last_path}")
 
 
 def _restack(maps: list[np.ndarray], volumes: list[np.ndarray]) -> list[np.ndarray]:
@@ -103,14 +133,78 @@ def class_weights_from_frequencies(freqs: np.ndarray, mode: str = "auto") -> np.
 
 def _prepare_run_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()) and not (overwrite or resume):
-        raise FileExistsError(
-            f"run directory {out_dir} is not empty; choose another --out, pass --overwrite to start again "
-            f"or --resume to continue"
-        )
+        if not never_finished(out_dir):
+            raise FileExistsError(
+                f"run directory {out_dir} is not empty; choose another --out, pass --overwrite to start again "
+                f"or --resume to continue"
+            )
+        logger.warning("%s holds only the start of a run that never finished an epoch (no %s): starting it again",
+                       out_dir, LAST_FILENAME)
+        overwrite = True
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     if overwrite and not resume:
-        for name in (MODEL_FILENAME, LAST_FILENAME, "metrics.jsonl", "summary.json"):
+        for name in (MODEL_FILENAME, LAST_FILENAME, METRICS_FILENAME, SUMMARY_FILENAME):
             (out_dir / name).unlink(missing_ok=True)
+
+
+def _resume_state(config: Config, out_dir: Path) -> dict[str, Any] | None:
+    """``last.pt`` of ``out_dir`` checked against ``config`` before anything in the run is touched.
+
+    Returns ``None`` (with a warning) when no epoch finished: the run starts
+    from scratch.  Raises ``ValueError`` naming both configurations and the
+    differing keys when ``config`` describes another network than the run's,
+    or when ``last.pt`` cannot be read.
+    """
+    last = out_dir / LAST_FILENAME
+    if not last.is_file():
+        logger.warning("--resume: %s has no %s (no epoch finished, or the run was stopped while writing its first "
+                       "checkpoint): starting the run from scratch", out_dir, LAST_FILENAME)
+        return None
+    try:
+        state = load_checkpoint(last)
+    except CheckpointError as err:
+        raise ValueError(f"cannot resume: {err}. Pass --overwrite instead of --resume to start the run again "
+                         f"(this deletes its checkpoints), or choose another --out") from None
+    run_config = out_dir / CONFIG_FILENAME
+    recorded = state.get("training", {}).get("config")
+    if not isinstance(recorded, dict) and run_config.is_file():
+        recorded = yaml.safe_load(run_config.read_text())
+    diffs = network_differences(recorded or {}, config.model_dump(mode="json"))
+    if diffs:
+        new = config.source or "the new configuration"
+        raise ValueError(
+            f"cannot resume {out_dir} with {new}: it describes another network than the run's {run_config} "
+            f"({describe_differences(diffs)}). Nothing was changed. Resume with the run's configuration "
+            f"(emseg train {run_config} --out {out_dir} --resume), or train the new network into a new --out"
+        )
+    if (config.training.ema_decay is None) != ("ema" not in state):
+        raise ValueError(f"cannot resume {last}: it was trained {'with' if 'ema' in state else 'without'} "
+                         f"training.ema_decay; resume with the same setting or start a new run")
+    return state
+
+
+def _random_states(rng: np.random.Generator, sampler: Any, device: torch.device) -> dict[str, Any]:
+    """Every random state the next epoch draws from, for ``last.pt`` (numbers as JSON text: safe to load)."""
+    states: dict[str, Any] = {
+        "numpy": json.dumps(rng.bit_generator.state),
+        "python": json.dumps(random.getstate()),
+        "torch": torch.get_rng_state(),
+        "sampler": json.dumps(sampler.state_dict()),
+    }
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _restore_random_states(states: dict[str, Any], rng: np.random.Generator, sampler: Any, device: torch.device) -> None:
+    rng.bit_generator.state = json.loads(states["numpy"])
+    version, internal, gauss = json.loads(states["python"])
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(states["torch"])
+    sampler.load_state_dict(json.loads(states["sampler"]))
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def _evaluate_slices(predictor: Predictor, val: LabelledSlices, num_classes: int, background: int | None) -> EvaluationResult:
@@ -147,8 +241,8 @@ def _checkpoint(config: Config, *, backend: str, state: dict, normalizer: Normal
 
 
 def _metrics_line(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, allow_nan=False) + "\n")
+    with writing(path, resumable=path.with_name(LAST_FILENAME)):
+        append_metrics(path, record)
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -177,19 +271,33 @@ def train(
         progress: show a progress bar (only on a terminal).
 
     Returns:
-        A :class:`TrainResult`. ``Ctrl-C`` stops training early and keeps the
-        best checkpoint written so far.
+        A :class:`TrainResult`.
+
+    Raises:
+        TrainingInterrupted: ``Ctrl-C`` after the first epoch: ``model.pt`` (the
+            best epoch so far) and ``last.pt`` are kept; ``resume=True`` continues.
+        RunWriteError: a file of the run could not be written (full disk); the
+            message names it.
     """
     if not isinstance(config, Config):
         config = load_config(config)
     out_dir = Path(out_dir)
-    train_data, val_data = load_data(config)  # all data checks before anything is written; 3-D: sub-stacks
-    _prepare_run_dir(out_dir, overwrite=overwrite, resume=resume)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    # every check before anything is written: data (3-D: sub-stacks), patch size, the run to resume
+    train_data, val_data = load_data(config)
     spec = MODELS.get(config.model.name)
+    if spec.backend != "random-forest":
+        config = fit_patch_to_data(config, train_data)
+    warn_absent_classes(config, train_data, val_data)
+    resume_state = None
+    if resume and spec.backend != "random-forest":
+        resume_state = _resume_state(config, out_dir)
+    if resume and resume_state is None:  # nothing to resume (or a forest, fitted in one go): start again
+        resume, overwrite = False, True
+    _prepare_run_dir(out_dir, overwrite=overwrite, resume=resume)
+    replace_text(out_dir / CONFIG_FILENAME, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if spec.backend == "random-forest":
         return _train_forest(config, out_dir, train_data, val_data)
-    return _train_torch(config, out_dir, train_data, val_data, resume=resume, progress=progress)
+    return _train_torch(config, out_dir, train_data, val_data, resume_state=resume_state, progress=progress)
 
 
 def _train_forest(config: Config, out_dir: Path, train_data: LabelledSlices, val_data: LabelledSlices) -> TrainResult:
@@ -210,8 +318,9 @@ def _train_forest(config: Config, out_dir: Path, train_data: LabelledSlices, val
                       val_iou={c: _nan_to_none(v["iou"]) for c, v in result.per_class.items()})
     _metrics_line(out_dir / "metrics.jsonl", record)
     training = {"epoch": 1, "val_mean_iou": _nan_to_none(score), "config": config.model_dump(mode="json")}
-    save_checkpoint(out_dir / MODEL_FILENAME, _checkpoint(config, backend="random-forest", state=forest.state_dict(),
-                                                        normalizer=normalizer, in_channels=1, training=training))
+    with writing(out_dir / MODEL_FILENAME):
+        save_checkpoint(out_dir / MODEL_FILENAME, _checkpoint(config, backend="random-forest", state=forest.state_dict(),
+                                                            normalizer=normalizer, in_channels=1, training=training))
     elapsed = time.perf_counter() - start
     return _finish(out_dir, best_epoch=1, best=score, epochs=1, elapsed=elapsed, reason="fitted")
 
@@ -274,7 +383,8 @@ def _calibrate(out_dir: Path, val: Any, scores: list[np.ndarray] | None, *, pred
     info = {**result.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
     ckpt["inference"]["logit_offsets"] = info["logit_offsets"]
     ckpt["training"]["calibration"] = info
-    save_checkpoint(path, ckpt)
+    with writing(path):
+        save_checkpoint(path, ckpt)
     logger.info("calibrated %s: validation mean IoU %.4f -> %.4f with logit offsets %s", path, result.before,
                 result.after, info["logit_offsets"])
     return info
@@ -290,14 +400,14 @@ def _finish(out_dir: Path, *, best_epoch: int, best: float, epochs: int, elapsed
                "epochs": epochs, "elapsed_s": round(elapsed, 1), "stop_reason": reason}
     if calibration is not None:
         summary["calibration"] = calibration
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    replace_text(out_dir / SUMMARY_FILENAME, json.dumps(summary, indent=2))
     logger.info("training stopped (%s) after %d epochs, %.0f s; best epoch %d, val mean IoU %s -> %s",
                 reason, epochs, elapsed, best_epoch, f"{best:.3f}" if not math.isnan(best) else "n/a", result.model_path)
     return result
 
 
 def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_data: LabelledSlices, *,
-                 resume: bool, progress: bool) -> TrainResult:
+                 resume_state: dict[str, Any] | None, progress: bool) -> TrainResult:
     from emseg._progress import progress_bar
 
     tc = config.training
@@ -374,15 +484,14 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     total_iters = tc.epochs * tc.iterations_per_epoch
     epoch, iteration, elapsed_before = 0, 0, 0.0
     best, best_epoch, best_iou = -math.inf, 0, float("nan")
-    if resume:
-        last = out_dir / LAST_FILENAME
-        if not last.is_file():
-            raise FileNotFoundError(f"cannot resume: {last} does not exist (start without --resume)")
-        state = load_checkpoint(last)
-        if (ema is None) != ("ema" not in state):
-            raise ValueError(f"cannot resume {last}: it was trained {'with' if 'ema' in state else 'without'} "
-                             f"training.ema_decay; resume with the same setting or start a new run")
-        model.load_state_dict(state["train_state"] if ema is not None else state["state"])
+    if resume_state is not None:
+        state = resume_state  # checked by _resume_state before the run directory was touched
+        try:
+            model.load_state_dict(state["train_state"] if ema is not None else state["state"])
+        except RuntimeError as err:  # a config.yaml edited by hand: torch lists every tensor; say it shortly
+            raise ValueError(f"cannot resume {out_dir / LAST_FILENAME}: its weights do not fit the configured "
+                             f"network ({str(err).splitlines()[0]} ...); resume with the run's configuration "
+                             f"{out_dir / CONFIG_FILENAME} or train into a new --out") from None
         if ema is not None:
             ema.load(state["state"], state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -393,8 +502,13 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
         best_iou = float("nan") if info["best_val_mean_iou"] is None else info["best_val_mean_iou"]
         best_epoch = info["best_epoch"]
         history = list(info.get("history", []))
-        rng = np.random.default_rng([tc.seed, epoch])
-        sampler.rng = rng
+        if "rng" in state:  # the random states at the end of that epoch: the run goes on as if never stopped
+            _restore_random_states(state["rng"], rng, sampler, device)
+        else:  # last.pt of emseg < 0.x without them: a fresh stream per epoch
+            rng = np.random.default_rng([tc.seed, epoch])
+            sampler.rng = rng
+        truncate_metrics(out_dir / METRICS_FILENAME, epoch)
+        restore_best(out_dir, state)
         logger.info("resuming %s at epoch %d", out_dir, epoch)
 
     start = time.perf_counter() - elapsed_before
@@ -403,6 +517,10 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     stop_reason = "epochs"
 
     def fraction_done() -> float:
+        # the first step starts the schedule at 0, not at the milliseconds of set-up on the clock, so that
+        # a run bounded by epochs (not by time) takes the same steps every time, resumed or not
+        if iteration == 0:
+            return 0.0
         return min(1.0, max((time.perf_counter() - start) / budget, iteration / total_iters))
 
     try:
@@ -470,7 +588,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                 else:
                     score = -float(np.mean(losses))  # no validation data: keep the lowest training loss
                     history.append(-score)
-                _metrics_line(out_dir / "metrics.jsonl", record)
+                _metrics_line(out_dir / METRICS_FILENAME, record)
                 improved = not math.isnan(score) and score > best
                 if improved:
                     best, best_epoch, best_iou = score, epoch, val_iou
@@ -482,12 +600,21 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                             "config": config.model_dump(mode="json")}
                 ckpt = _checkpoint(config, backend="torch", state=scored.state_dict(), normalizer=normalizer,
                                    in_channels=in_channels, training=training, divisor=model_divisor(model))
-                if improved:
-                    save_checkpoint(out_dir / MODEL_FILENAME, ckpt)
-                resumable = {"optimizer": optimizer.state_dict()}
+                resumable = {"optimizer": optimizer.state_dict(), "rng": _random_states(rng, sampler, device)}
                 if ema is not None:  # "state" holds the average; the optimiser goes on from the raw weights
                     resumable.update(train_state=model.state_dict(), ema=ema.state_dict())
-                save_checkpoint(out_dir / LAST_FILENAME, {**ckpt, **resumable})
+                # Order of writes: last.pt first, then model.pt. last.pt is the record of the run: an epoch
+                # counts once its last.pt is written (its metrics line before it is dropped on resume
+                # otherwise). A kill between the two writes leaves model.pt one best behind, and last.pt then
+                # holds that very best epoch (best_epoch == epoch, same weights), so resume and Ctrl-C rewrite
+                # model.pt from it (restore_best). The other order could leave a model.pt of an epoch that
+                # last.pt never recorded: resume would redo that epoch and, if it scored lower, keep a model.pt
+                # whose weights no record describes.
+                with writing(out_dir / LAST_FILENAME, resumable=out_dir / LAST_FILENAME):
+                    save_checkpoint(out_dir / LAST_FILENAME, {**ckpt, **resumable})
+                if improved:
+                    with writing(out_dir / MODEL_FILENAME, resumable=out_dir / LAST_FILENAME):
+                        save_checkpoint(out_dir / MODEL_FILENAME, ckpt)
                 logger.info("epoch %d: loss %.4f%s", epoch, record["train_loss"],
                             (f", val mean IoU {val_iou:.3f}" + (f", {metric} {history[-1]:.4g}" if metric != "val_mean_iou" and history[-1] is not None else "")
                              + f" (best epoch {best_epoch})") if len(val) else "")
@@ -498,17 +625,23 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                     stop_reason = stop
                     break
     except KeyboardInterrupt:
-        stop_reason = "interrupted"
-        logger.warning("interrupted: the best checkpoint so far is kept in %s", out_dir)
-        if best_epoch == 0:
+        if not (out_dir / LAST_FILENAME).is_file():
+            logger.warning("interrupted before the first epoch finished: nothing saved in %s", out_dir)
             raise
+        last = load_checkpoint(out_dir / LAST_FILENAME)  # the epochs written; Ctrl-C may have hit between two writes
+        restore_best(out_dir, last)
+        done = last["training"]
+        logger.warning("interrupted after epoch %d: the best checkpoint (epoch %d) is %s, the state to resume "
+                       "from is %s", done["epoch"], done["best_epoch"], out_dir / MODEL_FILENAME,
+                       out_dir / LAST_FILENAME)
+        raise TrainingInterrupted(out_dir, epochs=done["epoch"], best_epoch=done["best_epoch"]) from None
     if best_epoch == 0:
         raise RuntimeError(
             f"training stopped before the first epoch finished (max_minutes={tc.max_minutes}); "
             f"raise training.max_minutes or lower training.iterations_per_epoch"
         )
     calibration = None
-    if tc.calibrate and len(val) and stop_reason != "interrupted":
+    if tc.calibrate and len(val):
         calibration = _calibrate(out_dir, val, best_scores, predictor=predictor, num_classes=num_classes,
                                  background=config.data.background)
     best_value = best if mode == "max" else -best
