@@ -408,6 +408,11 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     try:
         with progress_bar("Training", total=100, unit="%", enabled=progress) as advance:
             while epoch < tc.epochs:
+                # every epoch draws from generators seeded by (seed, epoch), so a run resumed from last.pt at
+                # an epoch boundary trains exactly as the uninterrupted run would have
+                rng = np.random.default_rng([tc.seed, epoch])
+                sampler.rng = rng
+                torch.manual_seed(tc.seed * 1_000_003 + epoch)
                 model.train()
                 losses = []
                 plateau = plateau_scale(history, factor=tc.plateau_factor, patience=tc.plateau_patience,
