@@ -23,6 +23,14 @@ A network tells Grad-CAM where its bottleneck is by a ``gradcam_layer``
 attribute (a name from ``model.named_modules()``); networks with an
 ``encoders`` list (:class:`emseg.models.UNet`) default to the last encoder.
 
+The network input is built as in prediction: normalised, with the
+grain-filter channels of models trained with ``preprocess.grain_filter``
+(:meth:`Predictor._input`). 3-D networks (``unet3d-*``, ``hybrid2d3d``) get a
+``(Z, Y, X)`` sub-stack centred on the slice (their ``window_3d`` depth); the
+target is on the centre slice, the weights are the means of the gradients
+over the 3-D activation, and the map shown is the centre slice of the
+trilinearly upsampled 3-D map.
+
 Caveat for U-Nets: the skip connections can carry most of the decision, so
 the bottleneck may contribute little (small ``raw_max``, little of the map on
 the target, ``mass_in_target``).  The maps of a later layer, e.g. the last
@@ -202,8 +210,14 @@ def _divisor(model, predictor) -> tuple[int, int]:
     return div  # type: ignore[return-value]
 
 
+def _spatial_dims(model, predictor) -> int:
+    if predictor is not None:
+        return int(predictor.spatial_dims)
+    return int(getattr(model, "spatial_dims", 2))
+
+
 def _prepare_input(image: np.ndarray, predictor) -> np.ndarray:
-    """Normalised ``(C, Y, X)`` float32."""
+    """Normalised ``(C, Y, X)`` float32: the network input of prediction, grain-filter channels included."""
     image = np.asarray(image)
     context = predictor.context_slices if predictor is not None else None
     if image.ndim not in (2, 3):
@@ -215,8 +229,35 @@ def _prepare_input(image: np.ndarray, predictor) -> np.ndarray:
         )
     if context == 1 and image.ndim == 3 and image.shape[0] != 1:
         raise ValueError(f"this model takes single (Y, X) slices, got shape {image.shape}")
-    x = predictor.normalizer(image) if predictor is not None else np.asarray(image, dtype=np.float32)
-    return x[None] if x.ndim == 2 else x
+    if predictor is None:
+        x = np.asarray(image, dtype=np.float32)
+        return x[None] if x.ndim == 2 else x
+    if context == 1 and image.ndim == 3:
+        image = image[0]
+    return predictor._input(image)  # the same input as prediction: normalised, grain-filter channels appended
+
+
+def _prepare_volume(stack: np.ndarray, predictor, centre: int | None) -> tuple[np.ndarray, int]:
+    """Normalised ``(1, Z, Y, X)`` float32 input of a 3-D network and the index of the explained slice."""
+    stack = np.asarray(stack)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise ValueError(f"a 3-D model takes a (Z, Y, X) stack around the slice (or one (Y, X) slice), "
+                         f"got shape {stack.shape}")
+    centre = stack.shape[0] // 2 if centre is None else int(centre)
+    if not 0 <= centre < stack.shape[0]:
+        raise ValueError(f"centre slice {centre} is outside the stack of {stack.shape[0]} slices")
+    x = predictor.normalizer(stack) if predictor is not None else np.asarray(stack, dtype=np.float32)
+    return np.asarray(x, np.float32)[None], centre
+
+
+def _divisor3(model, predictor) -> tuple[int, int, int]:
+    div = getattr(model, "divisor", None)
+    if div is None:
+        div = 1
+    div = (int(div),) * 3 if isinstance(div, (int, np.integer)) else tuple(int(d) for d in div)
+    return (1,) * (3 - len(div)) + div[-3:]  # type: ignore[return-value]
 
 
 def compute_grad_cam(
@@ -226,6 +267,7 @@ def compute_grad_cam(
     class_name: str | int,
     layer: str = BOTTLENECK,
     mask: np.ndarray | None = None,
+    centre: int | None = None,
 ) -> GradCamResult:
     """Grad-CAM map of one class on one slice, with the raw maximum and target size.
 
@@ -238,21 +280,25 @@ def compute_grad_cam(
         image2d: raw ``(Y, X)`` slice, or ``(C, Y, X)`` context stack for
             models with ``context_slices = C > 1``.  The whole slice is run at
             once (fine up to about 1024 x 1024), reflect-padded to the
-            model's size divisor and cropped back.
+            model's size divisor and cropped back.  3-D models take a raw
+            ``(Z, Y, X)`` stack around the slice (padded by the network).
         class_name: class to explain (name, or index).
         layer: ``"bottleneck"`` (see :func:`bottleneck_layer`) or a module name
             from ``model.named_modules()``.
         mask: optional ``(Y, X)`` boolean target; default: the pixels whose
             argmax prediction is ``class_name``.
+        centre: 3-D models: index in the stack of the explained slice
+            (default: the middle one); ignored for 2-D models.
 
     Returns:
-        :class:`GradCamResult`; ``cam`` is ``(Y, X)`` float32 in ``[0, 1]``.
+        :class:`GradCamResult`; ``cam`` is ``(Y, X)`` float32 in ``[0, 1]``
+        (3-D models: the centre slice of the 3-D map).
 
     Raises:
         ValueError: random forest or other model without gradients, unknown
             class or layer (the message lists the valid ones), a layer that
-            does not run exactly once or is not a 2-D feature map, wrong image
-            or mask shape, empty mask.
+            does not run exactly once or is not a feature map of the model's
+            dimension, wrong image or mask shape, empty mask.
     """
     import torch
     import torch.nn.functional as F
@@ -261,8 +307,12 @@ def compute_grad_cam(
     classes = predictor.classes if predictor is not None else None
     index, name = _class_index(class_name, classes)
     layer_name, module = resolve_layer(model, layer)
-    x = _prepare_input(image2d, predictor)
-    _, height, width = x.shape
+    dims = _spatial_dims(model, predictor)
+    if dims == 3:
+        x, centre = _prepare_volume(image2d, predictor, centre)
+    else:
+        x = _prepare_input(image2d, predictor)
+    height, width = x.shape[-2:]
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != (height, width):
@@ -271,10 +321,14 @@ def compute_grad_cam(
         if not mask.any():
             raise ValueError("mask has no non-zero pixels: Grad-CAM needs at least one target pixel")
 
-    dy, dx = _divisor(model, predictor)
-    pad_y, pad_x = (-height) % dy, (-width) % dx
-    if pad_y or pad_x:
-        x = np.pad(x, ((0, 0), (0, pad_y), (0, pad_x)), mode="reflect")
+    if dims == 3:  # the 3-D networks pad at the end (edge values) to their divisor themselves
+        padded = tuple(s + (-s) % d for s, d in zip(x.shape[1:], _divisor3(model, predictor)))
+    else:
+        dy, dx = _divisor(model, predictor)
+        pad_y, pad_x = (-height) % dy, (-width) % dx
+        if pad_y or pad_x:
+            x = np.pad(x, ((0, 0), (0, pad_y), (0, pad_x)), mode="reflect")
+        padded = tuple(x.shape[1:])
 
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -294,13 +348,18 @@ def compute_grad_cam(
                     "that runs exactly once (e.g. one encoder block, not a shared pooling layer)"
                 )
             acts = captured[0]
-            if not isinstance(acts, torch.Tensor) or acts.ndim != 4:
+            axes = "(N, C, Z, Y, X)" if dims == 3 else "(N, C, Y, X)"
+            if not isinstance(acts, torch.Tensor) or acts.ndim != 2 + dims:
                 kind = tuple(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__
-                raise ValueError(f"layer {layer_name!r} outputs {kind}; Grad-CAM needs a (N, C, Y, X) feature map")
-            if logits.ndim != 4 or logits.shape[0] != 1:
-                raise ValueError(f"model output has shape {tuple(logits.shape)}; expected (1, K, Y, X) logits")
+                raise ValueError(f"layer {layer_name!r} outputs {kind}; Grad-CAM of this {dims}-D model needs a "
+                                 f"{axes} feature map")
+            if logits.ndim != 2 + dims or logits.shape[0] != 1:
+                raise ValueError(f"model output has shape {tuple(logits.shape)}; expected (1, K, "
+                                 f"{'Z, ' if dims == 3 else ''}Y, X) logits")
             if index >= logits.shape[1]:
                 raise ValueError(f"class index {index} but the model has {logits.shape[1]} outputs")
+            if dims == 3:
+                logits = logits[:, :, centre]  # the explained slice
             logits = logits[:, :, :height, :width].float()
             if mask is None:
                 target = (logits[0].detach().argmax(0) == index)
@@ -320,10 +379,12 @@ def compute_grad_cam(
                     raise ValueError(f"layer {layer_name!r} does not influence the model's output; choose another")
         with torch.no_grad():
             acts, grads = acts.detach().float(), grads.detach().float()
-            weights = grads.mean(dim=(2, 3), keepdim=True)
+            spatial = tuple(range(2, acts.ndim))
+            weights = grads.mean(dim=spatial, keepdim=True)
             cam = torch.relu((weights * acts).sum(dim=1, keepdim=True))
-            cam = F.interpolate(cam, size=tuple(tensor.shape[2:]), mode="bilinear", align_corners=False)
-            cam = cam[0, 0, :height, :width].cpu().numpy().astype(np.float32)
+            cam = F.interpolate(cam, size=padded, mode="trilinear" if dims == 3 else "bilinear", align_corners=False)
+            cam = cam[0, 0, centre] if dims == 3 else cam[0, 0]
+            cam = cam[:height, :width].cpu().numpy().astype(np.float32)
     finally:
         handle.remove()
         model.train(was_training)
@@ -344,6 +405,7 @@ def grad_cam(
     class_name: str | int,
     layer: str = BOTTLENECK,
     mask: np.ndarray | None = None,
+    centre: int | None = None,
 ) -> np.ndarray:
     """Grad-CAM map ``(Y, X)`` float32 in ``[0, 1]`` of one class on one slice.
 
@@ -352,7 +414,8 @@ def grad_cam(
 
     >>> cam = grad_cam(predictor, raw[10], class_name="mitochondrion")   # doctest: +SKIP
     """
-    return compute_grad_cam(predictor_or_model, image2d, class_name=class_name, layer=layer, mask=mask).cam
+    return compute_grad_cam(predictor_or_model, image2d, class_name=class_name, layer=layer, mask=mask,
+                            centre=centre).cam
 
 
 # --------------------------------------------------------------------------- overlay
@@ -523,7 +586,8 @@ def explain(
         classes: class name(s) to explain.
         out_dir: output folder (created).
         layer: ``"bottleneck"`` or a module name (see :func:`resolve_layer`).
-        z: slice index; 2.5-D models get the context stack centred on it.
+        z: slice index; 2.5-D models get the context stack centred on it,
+            3-D models the sub-stack of their ``window_3d`` depth around it.
         mask_path: optional target mask (non-zero = target), 2-D or a stack
             like the image; default target: the pixels predicted as the class.
         array_format: ``"npy"`` or ``"tif"``.
@@ -570,12 +634,23 @@ def explain(
             predictor = Predictor.from_checkpoint_dict(ckpt)
             _torch_model(predictor)  # refuses random forests before any work
             context = predictor.context_slices
-            if context not in stacks:
-                stacks[context] = _context_stack(data.array, z, context)
             record: dict[str, Any] = {"model": str(path), "dir": os.path.relpath(member_dir, out_dir),
-                                      "context_slices": context, "classes": {}}
+                                      "context_slices": context, "spatial_dims": predictor.spatial_dims,
+                                      "classes": {}}
+            centre = None
+            if predictor.spatial_dims == 3:  # the sub-stack of the model's window depth around z
+                window = min(int(predictor.window_3d[0]), depth)
+                z0 = min(max(0, z - window // 2), depth - window)
+                model_input = np.asarray(data.array[z0:z0 + window])
+                centre = z - z0
+                record["slices"] = [z0, z0 + window]
+            else:
+                if context not in stacks:
+                    stacks[context] = _context_stack(data.array, z, context)
+                model_input = stacks[context]
             for name in names:
-                result = compute_grad_cam(predictor, stacks[context], class_name=name, layer=layer, mask=mask)
+                result = compute_grad_cam(predictor, model_input, class_name=name, layer=layer, mask=mask,
+                                          centre=centre)
                 stem = f"gradcam_{_safe(name)}"
                 array_file = member_dir / f"{stem}.{array_format}"
                 if array_format == "npy":

@@ -46,6 +46,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -752,6 +753,10 @@ def _class_table(
 def write_table(df: Any, path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Write a table to ``.parquet`` and/or ``.csv`` atomically (one file per path given).
 
+    Every file is first written under a hidden temporary name next to it; only
+    when all of them are complete are they renamed into place, so a failure
+    (a full disk, say) leaves none of the tables, only the previous files.
+
     Args:
         df: a ``pandas.DataFrame``.
         path: one path or a list of paths; the suffix picks the format.
@@ -761,19 +766,35 @@ def write_table(df: Any, path: str | os.PathLike | Sequence[str | os.PathLike]) 
 
     Raises:
         ValueError: a suffix other than ``.parquet`` or ``.csv``.
+        OSError: a table could not be written (the message names it); nothing was written.
     """
-    from emseg.io import atomic_output
+    from emseg.io._atomic import remove_path, temporary_sibling
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     for p in paths:
         if os.fspath(p).lower().rsplit(".", 1)[-1] not in ("parquet", "csv"):
             raise ValueError(f"{os.fspath(p)}: table files must end in .parquet or .csv")
-    written = []
-    for p in paths:
-        with atomic_output(p) as tmp:
-            if os.fspath(p).lower().endswith(".parquet"):
-                df.to_parquet(tmp, index=False)
-            else:
-                df.to_csv(tmp, index=False)
-        written.append(os.fspath(p))
-    return written
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for p in paths:
+            final = Path(p)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temporary_sibling(final)
+            staged.append((tmp, final))
+            try:
+                if final.suffix.lower() == ".parquet":
+                    df.to_parquet(tmp, index=False)
+                else:
+                    df.to_csv(tmp, index=False)
+            except OSError as err:
+                failure = OSError(f"could not write the table {final}: {err.strerror or err}. Free some space "
+                                  "or choose another --out folder; no table was written")
+                failure.errno = err.errno
+                raise failure from None
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in staged:
+            remove_path(tmp)
+        raise
+    return [os.fspath(p) for p in paths]

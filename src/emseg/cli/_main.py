@@ -18,8 +18,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# User text (paths, class names, arguments) is printed as typed: no ":smile:" emoji codes, and on stdout no
+# "[...]" markup either; err_console keeps markup for its "error:" prefix and escapes the message (_fail).
+console = Console(emoji=False, markup=False)
+err_console = Console(stderr=True, emoji=False)
 
 _QUIET = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
 
@@ -201,15 +203,20 @@ def evaluate(
     _setup(quiet)
     from emseg.evaluation import evaluate as _evaluate
 
-    try:
-        names = [c.strip() for c in classes.split(",")] if classes else None
-        if model is not None and names is None:
-            from emseg.training import load_checkpoint
+    from emseg.cli import _evaluate_metrics as checks
+    from emseg.evaluation._confusion import LabelRangeError
 
-            names = load_checkpoint(model)["classes"]
+    try:
+        names, source = checks.class_names(classes, model)  # both given and different: refused
         pred_in, truth_in = (prediction, ground_truth) if slices is None else _select_slices(prediction, ground_truth, slices)
-        result = _evaluate(pred_in, truth_in, classes=names, ignore_label=ignore_label,
-                           background=None if background < 0 else background)
+        checks.check_not_empty(pred_in, truth_in, prediction, ground_truth)
+        try:
+            result = _evaluate(pred_in, truth_in, classes=names, ignore_label=ignore_label,
+                               background=None if background < 0 else background)
+        except LabelRangeError as err:
+            raise checks.explain_label_error(err, prediction=prediction, ground_truth=ground_truth, source=source,
+                                             ignore_label=ignore_label) from None
+        checks.check_counted(result, ground_truth, ignore_label, slices)
         scores = None
         if metrics is not None or subset:
             from emseg.cli._evaluate_metrics import evaluate_groups
@@ -290,7 +297,6 @@ def demo(
 def models(quiet: _QUIET = False) -> None:
     """List the registered models with their parameter counts and FLOPs per 512x512 slice (3D: 5x256x256 window)."""
     _setup(quiet)
-    from rich.markup import escape
     from rich.table import Table
 
     from emseg.models import MODELS, model_cost
@@ -305,7 +311,7 @@ def models(quiet: _QUIET = False) -> None:
             flops = f"{cost.flops / 1e9:.1f} / {'x'.join(map(str, cost.window))}"
         else:
             params = flops = "-"
-        table.add_row(name, spec.backend, params, flops, escape(spec.description))
+        table.add_row(name, spec.backend, params, flops, spec.description)
     console.print(table)
 
 

@@ -284,10 +284,18 @@ def build_ensemble(
     if top is not None and top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     simplex_grid(1, step=step)  # checks the step before any work
+    from emseg.ensemble._runs import remove_stale_temporaries
+
     out_dir = Path(out_dir)
     model_path = out_dir / MODEL_FILENAME
+    # model.pt, then ensemble.json (each atomically): the report marks a finished build. A model.pt without
+    # it is what a build killed between the two left; it is built again without needing --overwrite.
     if model_path.exists() and not overwrite:
-        raise FileExistsError(f"{model_path} already exists; choose another --out or pass --overwrite")
+        if (out_dir / REPORT_FILENAME).is_file():
+            raise FileExistsError(f"{model_path} already exists; choose another --out or pass --overwrite")
+        logger.warning("%s has no %s: an earlier build was interrupted; building it again", model_path,
+                       REPORT_FILENAME)
+    remove_stale_temporaries(out_dir)
     names, ckpts = load_members(members)
     classes = list(ckpts[0]["classes"])
     background = ckpts[0].get("background")
@@ -361,6 +369,7 @@ def build_ensemble(
                                      selection=finite({"metric": metric, "step": step, "top": top,
                                                        "val_score": report["chosen"].get(metric)}))
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORT_FILENAME).unlink(missing_ok=True)  # an old report never sits next to a new model
     save_checkpoint(model_path, checkpoint)
     with atomic_output(out_dir / REPORT_FILENAME, overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps(finite(report), indent=2, allow_nan=False))

@@ -290,15 +290,35 @@ def _hash(raw: dict[str, Any]) -> str:
 
 
 def _read_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of ``metrics.jsonl``, one per epoch.
+
+    A run killed after an epoch's line was appended but before its ``last.pt``
+    was saved repeats that epoch when it resumes: the later line (the epoch the
+    model comes from) wins. A line cut short by the kill is skipped.
+    """
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    curve = []
+    by_epoch: dict[Any, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
-        if line.strip():
+        if not line.strip():
+            continue
+        try:
             record = json.loads(line)
-            curve.append({k: record.get(k) for k in ("epoch", "elapsed_s", "val_mean_iou", "train_loss")})
-    return curve
+        except json.JSONDecodeError:
+            logger.warning("%s: skipping a line cut short (an interrupted run?): %.60s", path, line)
+            continue
+        by_epoch.pop(record.get("epoch"), None)
+        by_epoch[record.get("epoch")] = {k: record.get(k) for k in ("epoch", "elapsed_s", "val_mean_iou", "train_loss")}
+    return list(by_epoch.values())
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON content of ``path``, or ``None`` when it is missing or cut short (a killed writer)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 def _load_volume(source: VolumeSource) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -401,6 +421,7 @@ def _annotator_row(bench: BenchConfig, out: Path, test: tuple) -> dict[str, Any]
 
 def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, val: tuple | None,
              *, progress: bool) -> dict[str, Any]:
+    from emseg.ensemble._runs import remove_stale_temporaries
     from emseg.evaluation._complexity import model_complexity
     from emseg.evaluation._suite import flatten_scores
     from emseg.inference import Predictor
@@ -410,8 +431,9 @@ def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, va
     run_dir = out / "runs" / run["name"]
     marker = run_dir / RESULT_FILENAME
     digest = _hash(raw)
+    remove_stale_temporaries(run_dir)
     if marker.is_file():
-        previous = json.loads(marker.read_text())
+        previous = _read_json(marker) or {}  # written atomically; unreadable only if damaged by hand
         if previous.get("config_hash") == digest:
             logger.info("%s: finished earlier, not retrained", run["name"])
             return previous
@@ -420,19 +442,20 @@ def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, va
         _clear_run(run_dir)
     device = _check_device(budget)
     stamp = run_dir / "bench_run.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("config_hash") != digest:
-        _clear_run(run_dir)
-    if (run_dir / "summary.json").is_file() and (run_dir / "model.pt").is_file():
+    if stamp.is_file() and (_read_json(stamp) or {}).get("config_hash") != digest:
+        _clear_run(run_dir)  # other options, or a stamp cut short: nothing here can be trusted
+    summary = _read_json(run_dir / "summary.json")
+    if summary is not None and (run_dir / "model.pt").is_file():
         logger.info("%s: training had finished; predicting and scoring", run["name"])
     else:
         resume = (run_dir / "last.pt").is_file()
         if not resume:
             _clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"config_hash": digest}))
+        _write_json(stamp, {"config_hash": digest})
         logger.info("%s: %s (budget %.2f min)", run["name"], "resuming training" if resume else "training", budget.minutes)
         train(config, run_dir, resume=resume, overwrite=not resume, progress=progress)
-    summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
     over_budget = summary["elapsed_s"] > 1.1 * budget.minutes * 60 + 5
     if over_budget:  # e.g. a random forest: it is fitted in one go, the budget cannot stop it
         logger.warning("%s: training took %.0f s, over its budget of %.1f min", run["name"], summary["elapsed_s"],
@@ -440,7 +463,8 @@ def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, va
     curve = _read_curve(run_dir)
     best = next((c for c in curve if c["epoch"] == summary["best_epoch"]), None)
 
-    predictor = Predictor.from_checkpoint(run_dir)
+    # predicted at the precision it was trained and validated with (training.precision, default auto)
+    predictor = Predictor.from_checkpoint(run_dir, precision=config.training.precision)
     raw_test, truth, _ = test
     start = time.perf_counter()
     labels, probs = predictor.predict_volume(raw_test, probabilities=True)
@@ -616,14 +640,29 @@ CSV_FIELDS = ("run", "kind", "model", "model_name", "loss", "seed", "fold", "bud
               "stop_reason", "best_val_mean_iou", "predict_seconds", "mvox_per_s")
 
 
-def _write_results(out: Path, bench: BenchConfig, records: list[dict], source: str) -> None:
+def _write_results(out: Path, bench: BenchConfig, records: list[dict], source: str, *, report: bool = False,
+                   test: tuple | None = None) -> None:
+    """``results.csv``, ``report.html`` (with ``report``), then ``results.json``: the last file written, each
+    atomically, so a ``results.json`` is only ever there once everything of the benchmark is."""
     from emseg.io import atomic_output
 
     payload = {"title": bench.title, "benchmark": source, "classes": bench.classes,
                "background": bench.background, "ignore_label": bench.ignore_label,
                "test": bench.dataset.test.model_dump(mode="json"), "overlays": bench.overlays.model_dump(mode="json"),
                "runs": records}
-    _write_json(out / "results.json", payload)
+    _write_csv(out, records)
+    with atomic_output(out / "results.json", overwrite=True) as tmp:
+        _write_json(tmp, payload)  # the report reads it from its temporary name, next to the runs
+        if report:
+            from emseg.evaluation._report import write_report
+
+            write_report(tmp, out / "report.html", test_image=None if test is None else test[0],
+                         test_truth=None if test is None else test[1])
+
+
+def _write_csv(out: Path, records: list[dict]) -> None:
+    from emseg.io import atomic_output
+
     metric_keys: list[str] = []
     for r in records:
         metric_keys += [k for k in r["metrics"] if k not in metric_keys]
@@ -661,6 +700,10 @@ def run_benchmark(
     bench = load_bench_config(bench_file)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from emseg.ensemble._runs import remove_stale_temporaries
+
+    for folder in (out, out / "annotator", *(p for p in (out / "ensembles").glob("*") if p.is_dir())):
+        remove_stale_temporaries(folder)
     plan = _plan(bench)
     test = _load_volume(bench.dataset.test)
     val = None
@@ -687,9 +730,5 @@ def run_benchmark(
             records.append(record)
     if bench.dataset.second_annotation is not None:
         records.append(_annotator_row(bench, out, test))
-    _write_results(out, bench, records, str(bench_file))
-    if report:
-        from emseg.evaluation._report import write_report
-
-        write_report(out / "results.json", out / "report.html", test_image=test[0], test_truth=test[1])
+    _write_results(out, bench, records, str(bench_file), report=report, test=test)
     return json.loads((out / "results.json").read_text())

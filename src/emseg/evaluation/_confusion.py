@@ -28,6 +28,24 @@ _MAX_INFERRED_CLASSES = 1024
 _MAX_LISTED = 10
 
 
+class LabelRangeError(ValueError):
+    """A counted label value is negative or not below the number of classes.
+
+    Attributes:
+        which: ``"prediction"`` or ``"truth"``.
+        values: the offending distinct values (at most ``_MAX_LISTED``), ascending.
+        distinct: how many distinct offending values there are.
+        num_classes: the number of classes checked against, or ``None`` (only negatives refused).
+    """
+
+    def __init__(self, message: str, *, which: str, values: list[int], distinct: int, num_classes: int | None):
+        super().__init__(message)
+        self.which = which
+        self.values = values
+        self.distinct = distinct
+        self.num_classes = num_classes
+
+
 def _check_ignore_label(ignore_label: Any) -> int | None:
     if ignore_label is None:
         return None
@@ -109,10 +127,12 @@ def _check_range(values: np.ndarray, name: str, num_classes: int | None, ignore_
             if name == "truth"
             else f" (checked where truth != ignore_label={ignore_label})"
         )
-    raise ValueError(
+    raise LabelRangeError(
         f"{name} contains label values outside the valid range {valid}{hint}: {listed}. "
         f"Pass num_classes/classes covering every label, or set ignore_label for "
-        f"an 'unlabelled' value in the truth."
+        f"an 'unlabelled' value in the truth.",
+        which=name, values=[int(v) for v in offending[:_MAX_LISTED]], distinct=int(offending.size),
+        num_classes=num_classes,
     )
 
 
