@@ -25,10 +25,7 @@ def write_checkpoint(path: Path, name: str, options: dict, *, context: int = 1, 
     spec = MODELS.get(name)
     torch.manual_seed(seed)
     net = build_model(name, in_channels=context, num_classes=len(EPFL_CLASSES), options=options, pretrained=False)
-    for module in net.modules():  # non-trivial running statistics: a freshly built net says one class everywhere
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
+    _calibrate_batch_norm(net, context=context, spatial_dims=spec.spatial_dims, valid=spec.valid_padding)
     inference = {"window": [512, 512], "overlap": 0.25, "divisor": model_divisor(net), "spatial_dims": spec.spatial_dims}
     if spec.spatial_dims == 3:
         inference["window_3d"] = [4, 64, 64]
@@ -67,12 +64,31 @@ def epfl_stack(tmp_path_factory) -> Path:
     return path
 
 
+def _calibrate_batch_norm(net: torch.nn.Module, *, context: int, spatial_dims: int, valid: bool) -> None:
+    """Batch-norm statistics of real EPFL tiles (a freshly built net with unit statistics says one class
+    everywhere); the last layer's weights scaled up so the classes compete."""
+    raw = tifffile.imread(EPFL / "train_raw.tif")[4:8, 200:328, 300:428].astype(np.float32)
+    x = torch.from_numpy((raw - 128.0) / 40.0)
+    size = net.valid_input_size(100) if valid else 128
+    x = x[None, None, :, :size, :size] if spatial_dims == 3 else x[:context, :size, :size][None]
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average
+    net.train()
+    with torch.no_grad():
+        net(x)
+        last = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))][-1]
+        last.weight.mul_(8.0)
+    net.eval()
+
+
 KINDS = {
     # name -> (registry name, options, context slices)
     "unet2d-2.5d": ("unet2d", {"features": [4, 8]}, 3),
     "encoder-unet": ("unet-resnet18", {"width": 0.125, "decoder_channels": [8, 8, 8, 8, 8],
                                        "bottleneck_channels": 16}, 1),
-    "unet-original": ("unet-original", {"features": [4, 8]}, 1),
+    "unet-original": ("unet-original", {"features": [4, 8], "norm": "batch"}, 1),
     "unet3d": ("unet3d-thin", {"features": [4, 8]}, 1),
 }
 

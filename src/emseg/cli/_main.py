@@ -190,9 +190,9 @@ def evaluate(
     try:
         names = [c.strip() for c in classes.split(",")] if classes else None
         if model is not None and names is None:
-            from emseg.training import load_checkpoint
+            from emseg.export import model_classes  # a model.pt, or an exported .onnx / bioimage.io .zip
 
-            names = load_checkpoint(model)["classes"]
+            names = model_classes(model)
         pred_in, truth_in = (prediction, ground_truth) if slices is None else _select_slices(prediction, ground_truth, slices)
         result = _evaluate(pred_in, truth_in, classes=names, ignore_label=ignore_label,
                            background=None if background < 0 else background)
@@ -306,11 +306,11 @@ def formats() -> None:
 
 def _register_subcommands() -> None:
     # Analysis commands live in their own modules; each adds its commands here.
-    from emseg.cli import (_cmd_benchmark, _cmd_ensemble, _cmd_explain, _cmd_index, _cmd_objects, _cmd_recipes,
-                           _cmd_weights)
+    from emseg.cli import (_cmd_benchmark, _cmd_ensemble, _cmd_explain, _cmd_export, _cmd_index, _cmd_objects,
+                           _cmd_recipes, _cmd_weights)
 
     for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_benchmark, _cmd_ensemble, _cmd_recipes,
-                   _cmd_weights):
+                   _cmd_weights, _cmd_export):
         module.register(app)
 
 

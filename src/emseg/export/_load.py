@@ -94,19 +94,20 @@ class OnnxNetwork(nn.Module):
 
         self._session = onnx_session(path)
         self.spatial_dims = int(meta["spatial_dims"])
-        self._shape_helper = skeleton(meta["models"][0], len(meta["classes"])) if meta.get("margin") else None
-        if self._shape_helper is not None:
+        # a plain list: the weightless architecture must not become a submodule (it is not moved with .to())
+        self._shape = [skeleton(meta["models"][0], len(meta["classes"]))] if meta.get("margin") else []
+        if self._shape:
             self.output_margin = int(meta["margin"])
 
     @property
     def alignment(self) -> int:
-        return int(self._shape_helper.alignment)
+        return int(self._shape[0].alignment)
 
     def output_size(self, size: int) -> int:
-        return self._shape_helper.output_size(size)
+        return self._shape[0].output_size(size)
 
     def valid_input_size(self, min_size: int) -> int:
-        return self._shape_helper.valid_input_size(min_size)
+        return self._shape[0].valid_input_size(min_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._session.run(None, {"input": x.detach().float().cpu().numpy()})[0]

@@ -212,6 +212,9 @@ def export_metadata(ckpt: dict[str, Any], predictor: Any, *, source_sha256: str)
                     "in_channels": int(m["model"]["in_channels"]),
                     "context_slices": int(m["model"].get("context_slices", 1))} for m in members],
     }
+    if spec.spatial_dims == 3:
+        div = getattr(skeleton(meta["models"][0], len(meta["classes"])), "divisor", None)
+        meta["divisor_z"] = int(div[0]) if isinstance(div, (tuple, list)) else 1
     if is_ensemble:
         meta["channels"] = [list(c) for c in build_export_network(ckpt, on_meta=True).channels]
         meta["method"] = ckpt["method"]
