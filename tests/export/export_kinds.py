@@ -52,7 +52,7 @@ def write_checkpoint(path: Path, name: str, options: dict, *, context: int = 1, 
 def epfl_test_crop(tmp_path_factory) -> Path:
     """Two real EPFL test slices, 96 x 128 (a crop the default 512 window covers in one piece)."""
     path = tmp_path_factory.mktemp("epfl_test") / "test_raw.tif"
-    tifffile.imwrite(path, tifffile.imread(EPFL / "test_raw.tif")[:2, 300:396, 300:428])
+    tifffile.imwrite(path, tifffile.imread(EPFL / "test_raw.tif")[:2, 300:396, 300:428], photometric="minisblack")
     return path
 
 
@@ -60,7 +60,7 @@ def epfl_test_crop(tmp_path_factory) -> Path:
 def epfl_stack(tmp_path_factory) -> Path:
     """Four real EPFL training slices, 64 x 96 (for 3-D and 2.5-D models)."""
     path = tmp_path_factory.mktemp("epfl_stack") / "raw.tif"
-    tifffile.imwrite(path, tifffile.imread(EPFL / "train_raw.tif")[:4, 400:464, 200:296])
+    tifffile.imwrite(path, tifffile.imread(EPFL / "train_raw.tif")[:4, 400:464, 200:296], photometric="minisblack")
     return path
 
 
