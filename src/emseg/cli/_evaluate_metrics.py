@@ -139,9 +139,9 @@ def class_names(classes: str | None, model: Path | None) -> tuple[list[str] | No
     names = [c.strip() for c in classes.split(",")] if classes else None
     if model is None:
         return names, None if names is None else f"--classes {classes}"
-    from emseg.training import load_checkpoint
+    from emseg.export import model_classes  # a model.pt, or an exported .onnx / bioimage.io .zip
 
-    model_names = [str(c) for c in load_checkpoint(model)["classes"]]
+    model_names = [str(c) for c in model_classes(model)]
     if names is not None and names != model_names:
         raise ValueError(f"--classes and --model name different classes: --classes gives {len(names)} "
                          f"({', '.join(names)}) but model {model} has {len(model_names)} "

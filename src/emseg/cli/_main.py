@@ -326,11 +326,11 @@ def formats() -> None:
 
 def _register_subcommands() -> None:
     # Analysis commands live in their own modules; each adds its commands here.
-    from emseg.cli import (_cmd_benchmark, _cmd_ensemble, _cmd_explain, _cmd_index, _cmd_objects, _cmd_recipes,
-                           _cmd_weights)
+    from emseg.cli import (_cmd_benchmark, _cmd_ensemble, _cmd_explain, _cmd_export, _cmd_index, _cmd_objects,
+                           _cmd_recipes, _cmd_weights)
 
     for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_benchmark, _cmd_ensemble, _cmd_recipes,
-                   _cmd_weights):
+                   _cmd_weights, _cmd_export):
         module.register(app)
 
 

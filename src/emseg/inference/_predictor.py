@@ -172,6 +172,10 @@ class Predictor:
         """Rebuild the model and preprocessing from a run directory or checkpoint file."""
         from emseg.training._checkpoint import load_checkpoint
 
+        if str(path).lower().endswith((".onnx", ".zip")):  # a file written by `emseg export` (emseg.export)
+            from emseg.export import load_exported
+
+            return load_exported(path, **kwargs)
         ckpt = load_checkpoint(path)
         return cls.from_checkpoint_dict(ckpt, **kwargs)
 

@@ -1,0 +1,248 @@
+"""The network an export writes: one torch module from a checkpoint, with everything emseg adds around it.
+
+A single model becomes its network plus the checkpoint's calibration offsets (added to the logits). An
+ensemble (``mean`` or ``weighted``) becomes one module that feeds every member its own normalisation and
+context slices, averages the members' softmax probabilities with the ensemble's weights, and returns their
+logarithm: a softmax of the output gives the ensemble's probabilities, as a softmax of a single network's
+logits gives its probabilities. Either way the exported module maps the *normalised* input
+``(N, C, Y, X)`` (3-D: ``(N, 1, Z, Y, X)``) to ``(N, K, ...)`` "logits" whose softmax is emseg's probability.
+
+The metadata (:func:`export_metadata`) says how to feed it: classes, normalisation, context slices,
+window, overlap and the receptive-field margin emseg measures.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from emseg import __version__
+
+__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "EnsembleNetwork", "ExportRefused", "SingleNetwork",
+           "build_export_network", "export_metadata", "network_from_metadata", "skeleton"]
+
+EXPORT_FORMAT = "emseg-export"
+EXPORT_VERSION = 1
+#: Floor of the ensemble's probabilities before the logarithm (log 1e-30 = -69: far below any real logit gap).
+_PROB_FLOOR = 1e-30
+_DELEGATED = ("output_margin", "alignment", "output_size", "valid_input_size", "spatial_dims")
+
+
+class ExportRefused(ValueError):
+    """The model cannot be exported to the requested format; the message says why and what to do."""
+
+
+class SingleNetwork(nn.Module):
+    """A registry network plus its calibration offsets: ``(N, C, ...)`` -> ``(N, K, ...)`` logits."""
+
+    def __init__(self, net: nn.Module, num_classes: int, offsets: list[float] | None = None) -> None:
+        super().__init__()
+        self.net = net
+        # always present (zeros when uncalibrated: adding 0.0 changes no bit), so every export has one layout
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.float32) if offsets
+                             else torch.zeros(num_classes, dtype=torch.float32))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in _DELEGATED:  # what the Predictor asks of the network (valid padding, 3-D)
+                return getattr(self._modules["net"], name)
+            raise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        return y + self.offsets.view((1, -1) + (1,) * (y.ndim - 2))
+
+
+class EnsembleNetwork(nn.Module):
+    """Members' probabilities combined with fixed weights, returned as log-probabilities.
+
+    Args:
+        members: one :class:`SingleNetwork` per member.
+        weights: ``(M,)`` non-negative, summing to 1.
+        scales, shifts: per member, ``x_member = x * scale + shift`` turns the ensemble's normalised input
+            into the member's (its own mean/std).
+        channels: per member, ``(start, stop)`` of the input channels it takes (its centred context slices).
+    """
+
+    def __init__(self, members: list[nn.Module], *, weights: list[float], scales: list[float], shifts: list[float],
+                 channels: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
+        self.register_buffer("scales", torch.tensor(scales, dtype=torch.float32))
+        self.register_buffer("shifts", torch.tensor(shifts, dtype=torch.float32))
+        self.channels = [(int(a), int(b)) for a, b in channels]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(1, dtype=x.dtype, device=x.device)
+        for i, member in enumerate(self.members):
+            start, stop = self.channels[i]
+            xi = x[:, start:stop] * self.scales[i] + self.shifts[i]
+            total = total + self.weights[i] * torch.softmax(member(xi), dim=1)
+        return torch.log(torch.clamp(total, min=_PROB_FLOOR))
+
+
+def _member_network(ckpt: dict[str, Any], *, on_meta: bool = False) -> nn.Module:
+    from emseg.models import build_model
+
+    meta = ckpt["model"]
+    if on_meta:
+        with torch.device("meta"):
+            return build_model(meta["name"], in_channels=meta["in_channels"], num_classes=len(ckpt["classes"]),
+                               options=meta["options"], pretrained=False)
+    return build_model(meta["name"], in_channels=meta["in_channels"], num_classes=len(ckpt["classes"]),
+                       options=meta["options"], pretrained=False)
+
+
+def skeleton(model: dict[str, Any], num_classes: int) -> nn.Module:
+    """The registry network of an export's ``model`` entry built on the meta device (no weights): its shape
+    helpers (``output_margin``, ``valid_input_size``, ...) without its arithmetic."""
+    from emseg.models import build_model
+
+    with torch.device("meta"):
+        return build_model(model["name"], in_channels=int(model["in_channels"]), num_classes=num_classes,
+                           options=model["options"], pretrained=False)
+
+
+def check_exportable(ckpt: dict[str, Any], fmt: str) -> None:
+    """Refuse what one exported network cannot compute (random forest, grain-filter inputs, vote, mixed members)."""
+    from emseg.models import MODELS
+    from emseg.training._checkpoint import ENSEMBLE_BACKEND
+
+    if ckpt.get("backend") == ENSEMBLE_BACKEND:
+        if ckpt.get("method") == "vote":
+            raise ExportRefused(f"a majority-vote ensemble is not exportable to {fmt}: a vote is not one network's "
+                                "output; rebuild it with `emseg ensemble --method mean` or `--method weighted`")
+        for i, member in enumerate(ckpt["members"]):
+            try:
+                check_exportable(member, fmt)
+            except ExportRefused as err:
+                raise ExportRefused(f"ensemble member {i}: {err}") from None
+        dims = {int(MODELS.get(m["model"]["name"]).spatial_dims) for m in ckpt["members"]}
+        if len(dims) > 1:
+            raise ExportRefused(f"an ensemble mixing 2-D and 3-D members is not exportable to {fmt} as one network "
+                                "(their inputs differ); export the members separately")
+        if any(MODELS.get(m["model"]["name"]).valid_padding for m in ckpt["members"]):
+            raise ExportRefused(f"an ensemble with a valid-padding member (unet-original) is not exportable to "
+                                f"{fmt} as one network; export the members separately")
+        return
+    name = ckpt["model"]["name"]
+    spec = MODELS.get(name)
+    if spec.backend != "torch":
+        raise ExportRefused(f"model {name!r} (backend {spec.backend}) is not exportable to {fmt}: only neural "
+                            "networks are; the random forest's filters and trees run in emseg (`emseg predict`)")
+    if (ckpt.get("preprocess") or {}).get("grain_filter"):
+        raise ExportRefused(f"model {name!r} was trained with preprocess.grain_filter, whose filtered input channels "
+                            f"are computed outside the network: not exportable to {fmt}")
+
+
+def build_export_network(ckpt: dict[str, Any], *, on_meta: bool = False) -> nn.Module:
+    """The exported module of a checkpoint (single model or ensemble), weights loaded, in eval mode."""
+    from emseg.training._checkpoint import ENSEMBLE_BACKEND, CheckpointError
+
+    if ckpt.get("backend") == ENSEMBLE_BACKEND:
+        members, scales, shifts, channels = [], [], [], []
+        first = ckpt["members"][0]["normalization"]
+        context = max(int(m["model"].get("context_slices", 1)) for m in ckpt["members"])
+        for member in ckpt["members"]:
+            members.append(build_export_network(member, on_meta=on_meta))
+            norm = member["normalization"]
+            # x0 = (raw - m0) / s0 ; xi = (raw - mi) / si = x0 * s0 / si + (m0 - mi) / si
+            scales.append(float(first["std"]) / float(norm["std"]))
+            shifts.append((float(first["mean"]) - float(norm["mean"])) / float(norm["std"]))
+            c = int(member["model"].get("context_slices", 1))
+            start = context // 2 - c // 2
+            channels.append((start, start + c))
+        total = sum(float(w) for w in ckpt["weights"])
+        weights = [float(w) / total for w in ckpt["weights"]]
+        if ckpt["method"] == "mean":
+            weights = [1.0 / len(members)] * len(members)
+        return EnsembleNetwork(members, weights=weights, scales=scales, shifts=shifts, channels=channels).eval()
+    net = _member_network(ckpt, on_meta=on_meta)
+    if not on_meta:
+        try:
+            net.load_state_dict(ckpt["state"])
+        except RuntimeError as err:
+            raise CheckpointError(f"weights do not fit model {ckpt['model']['name']!r}: {err}") from None
+    offsets = (ckpt.get("inference") or {}).get("logit_offsets")
+    return SingleNetwork(net, len(ckpt["classes"]), list(offsets) if offsets else None).eval()
+
+
+def export_metadata(ckpt: dict[str, Any], predictor: Any, *, source_sha256: str) -> dict[str, Any]:
+    """What a reader of the exported file needs to feed it exactly as emseg does (JSON-able)."""
+    from emseg.models import MODELS
+    from emseg.training._checkpoint import ENSEMBLE_BACKEND
+
+    is_ensemble = ckpt.get("backend") == ENSEMBLE_BACKEND
+    first = ckpt["members"][0] if is_ensemble else ckpt
+    spec = MODELS.get(first["model"]["name"])
+    context = (max(int(m["model"].get("context_slices", 1)) for m in ckpt["members"]) if is_ensemble
+               else int(ckpt["model"].get("context_slices", 1)))
+    members = ckpt["members"] if is_ensemble else [ckpt]
+    inner = predictor.members[0] if is_ensemble else predictor
+    radius = max(int(p.receptive_radius()) for p in (predictor.members if is_ensemble else [predictor])) \
+        if spec.spatial_dims == 2 else None
+    inference = first.get("inference") or {}
+    offsets = [(m.get("inference") or {}).get("logit_offsets") for m in members]
+    meta: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "emseg_version": __version__,
+        "kind": "ensemble" if is_ensemble else "network",
+        "classes": list(ckpt["classes"]),
+        "normalization": {"mean": float(first["normalization"]["mean"]), "std": float(first["normalization"]["std"])},
+        "in_channels": context if spec.spatial_dims == 2 else 1,
+        "context_slices": context,
+        "spatial_dims": int(spec.spatial_dims),
+        "window": [int(w) for w in inner.window],
+        "window_3d": [int(w) for w in inner.window_3d] if spec.spatial_dims == 3 else None,
+        "overlap": float(inner.overlap),
+        "receptive_radius": radius,
+        "divisor": int(inference.get("divisor", 16)),
+        "margin": int(inference.get("margin", 0)) if spec.valid_padding else 0,
+        "output": "logits" if not is_ensemble else "log-probabilities",
+        "calibrated": any(o and any(float(v) != 0.0 for v in o) for o in offsets),
+        "source_sha256": source_sha256,
+        "models": [{"name": m["model"]["name"], "options": m["model"]["options"],
+                    "in_channels": int(m["model"]["in_channels"]),
+                    "context_slices": int(m["model"].get("context_slices", 1))} for m in members],
+    }
+    if spec.spatial_dims == 3:
+        div = getattr(skeleton(meta["models"][0], len(meta["classes"])), "divisor", None)
+        meta["divisor_z"] = int(div[0]) if isinstance(div, (tuple, list)) else 1
+    if is_ensemble:
+        meta["channels"] = [list(c) for c in build_export_network(ckpt, on_meta=True).channels]
+        meta["method"] = ckpt["method"]
+        meta["weights"] = [float(w) for w in ckpt["weights"]]
+        meta["member_names"] = list(ckpt.get("member_names") or [])
+    return meta
+
+
+def network_from_metadata(meta: dict[str, Any]) -> nn.Module:
+    """The exported module's structure from its metadata (weights and buffers zero-initialised or random):
+    load the export's state dict into it (``torch.load(..., weights_only=True)``)."""
+    from emseg.models import build_model
+
+    num_classes = len(meta["classes"])
+    nets = [SingleNetwork(build_model(m["name"], in_channels=int(m["in_channels"]), num_classes=num_classes,
+                                      options=m["options"], pretrained=False), num_classes)
+            for m in meta["models"]]
+    if meta.get("kind") != "ensemble":
+        return nets[0].eval()
+    m = len(nets)
+    return EnsembleNetwork(nets, weights=[1.0 / m] * m, scales=[1.0] * m, shifts=[0.0] * m,
+                           channels=[tuple(c) for c in meta["channels"]]).eval()
+
+
+def halo(meta: dict[str, Any]) -> int:
+    """In-plane pixels each side of a tile the network needs for an exact centre (the receptive-field radius;
+    valid-padding: the output margin)."""
+    if meta.get("margin"):
+        return int(meta["margin"])
+    radius = meta.get("receptive_radius")
+    return int(radius) if radius is not None else int(math.ceil(min(meta["window_3d"][1:]) / 4))
