@@ -138,8 +138,11 @@ def test_sigkill_in_memory_tiff_leaves_no_output_that_looks_complete(files, tmp_
     proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _kill_when(proc, ready)
     assert _visible(tmp_path) == set()  # only hidden .tmp- files: nothing that looks like a result
+    left = {p.name for p in tmp_path.iterdir() if ".tmp-" in p.name}
+    assert left  # the killed writer's temporary ...
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
+    assert not left & {p.name for p in tmp_path.iterdir()}  # ... is removed by the rerun
     emseg.predict(files["model"], files["dir"] / "in.tif", tmp_path / "ref.tif", precision="fp32", progress=False)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "labels.tif"), tifffile.imread(tmp_path / "ref.tif"))
     probs = tifffile.imread(tmp_path / "probs.tif")

@@ -481,3 +481,29 @@ def test_import_is_cheap():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_remove_stale_temporaries_keeps_those_of_running_writers(tmp_path):
+    """Hidden temporaries of dead writers go; this process's, running processes' and other files stay."""
+    import subprocess
+    import sys
+
+    from emseg.io import remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid no longer runs
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        names = [f".labels.tmp-{dead.pid}-ab12cd34.tif", f".probs.tmp-{dead.pid}-ab12cd34.zarr",
+                 f".model.old-{dead.pid}-00ff00ff.pt", f".labels.tmp-{alive.pid}-ab12cd34.tif",
+                 f".labels.tmp-{os.getpid()}-ab12cd34.tif", "labels.tif", ".hidden.tif", ".x.tmp-notapid.tif"]
+        for name in names:
+            (tmp_path / name).mkdir() if name.endswith(".zarr") else (tmp_path / name).write_bytes(b"x")
+        only_labels = remove_stale_temporaries(tmp_path, names=["labels.tif"])
+        assert [p.name for p in only_labels] == [names[0]]
+        removed = {p.name for p in remove_stale_temporaries(tmp_path)}
+        assert removed == {names[1], names[2]}
+        assert {p.name for p in tmp_path.iterdir()} == set(names[3:])
+    finally:
+        alive.kill()
+        alive.wait()

@@ -284,7 +284,7 @@ def build_ensemble(
     if top is not None and top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     simplex_grid(1, step=step)  # checks the step before any work
-    from emseg.ensemble._runs import remove_stale_temporaries
+    from emseg.io import remove_stale_temporaries
 
     out_dir = Path(out_dir)
     model_path = out_dir / MODEL_FILENAME

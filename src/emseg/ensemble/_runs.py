@@ -47,34 +47,6 @@ def finite(value: Any) -> Any:
     return value
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete the hidden ``.NAME.tmp-<pid>-...`` files that writers killed mid-write left in ``folder``.
-
-    Only temporaries of processes that are no longer running are removed (see
-    :func:`emseg.io.atomic_output` for the naming).
-    """
-    from emseg.io._atomic import TMP_MARKER, remove_path
-
-    if not folder.is_dir():
-        return
-    for child in folder.iterdir():
-        name = child.name
-        if not name.startswith(".") or TMP_MARKER not in name:
-            continue
-        pid_text = name.split(TMP_MARKER, 1)[1].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
-            continue
-        logger.info("removing %s, left by an interrupted writer", child)
-        remove_path(child)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: it exists, owned by someone else
-        return True
     return True
 
 

@@ -421,7 +421,7 @@ def _annotator_row(bench: BenchConfig, out: Path, test: tuple) -> dict[str, Any]
 
 def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, val: tuple | None,
              *, progress: bool) -> dict[str, Any]:
-    from emseg.ensemble._runs import remove_stale_temporaries
+    from emseg.io import remove_stale_temporaries
     from emseg.evaluation._complexity import model_complexity
     from emseg.evaluation._suite import flatten_scores
     from emseg.inference import Predictor
@@ -700,7 +700,7 @@ def run_benchmark(
     bench = load_bench_config(bench_file)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from emseg.ensemble._runs import remove_stale_temporaries
+    from emseg.io import remove_stale_temporaries
 
     for folder in (out, out / "annotator", *(p for p in (out / "ensembles").glob("*") if p.is_dir())):
         remove_stale_temporaries(folder)

@@ -112,7 +112,7 @@ def predict(
             full disk): no output is left behind, the message names the output.
     """
     from emseg._progress import progress_bar
-    from emseg.io import open_image, write_image
+    from emseg.io import open_image, remove_stale_temporaries, write_image
 
     output = Path(output)
     blockwise = {k: v for k, v in blockwise.items() if v is not None}
@@ -143,6 +143,10 @@ def predict(
     check_writable(output, "labels output")
     if probabilities is not None:
         check_writable(probabilities, "--probabilities output")
+    for path in (output, probabilities):  # hidden temporaries of an earlier run of this command killed mid-write
+        if path is not None:
+            file = Path(str(path).split(":")[0])
+            remove_stale_temporaries(file.parent, names=[file.name])
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(
         model, precision=precision, tta=tta, **{k: v for k, v in blockwise.items() if k in predictor_keys})
     if to_zarr:

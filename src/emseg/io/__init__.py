@@ -13,7 +13,7 @@ explicit list (``emseg.io._registry.BACKENDS``)::
 See :func:`supported_formats` for the formats understood.
 """
 
-from ._atomic import atomic_output
+from ._atomic import atomic_output, remove_stale_temporaries
 from ._base import ImageData, ImageFormatError, ImageReaderWriter
 from ._registry import open_image, read_image, supported_formats, write_image
 
@@ -24,6 +24,7 @@ __all__ = [
     "atomic_output",
     "open_image",
     "read_image",
+    "remove_stale_temporaries",
     "supported_formats",
     "write_image",
 ]

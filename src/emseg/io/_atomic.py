@@ -8,12 +8,20 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_output", "discard", "remove_path", "settle_background_writes", "temporary_sibling"]
+__all__ = [
+    "atomic_output",
+    "discard",
+    "remove_path",
+    "remove_stale_temporaries",
+    "settle_background_writes",
+    "temporary_sibling",
+]
 
 TMP_MARKER = ".tmp-"
 
@@ -29,6 +37,58 @@ def temporary_sibling(path: str | os.PathLike, tag: str = "tmp") -> Path:
     stem = path.name[: -len(suffix)] if suffix else path.name
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     return path.with_name(f".{stem}.{tag}-{token}{suffix}")
+
+
+def _writer_pid(name: str, stems: set[str] | None) -> int | None:
+    """The writer's pid of a hidden temporary ``.STEM.tmp-<pid>-<hex>...`` / ``.STEM.old-<pid>-...``, else None."""
+    if not name.startswith("."):
+        return None
+    for marker in (TMP_MARKER, ".old-"):
+        stem, found, rest = name[1:].partition(marker)
+        if found and (stems is None or stem in stems):
+            pid = rest.split("-", 1)[0]
+            return int(pid) if pid.isdigit() else None
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, *, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the hidden temporaries that writers killed mid-write (``kill -9``, power cut) left in ``folder``.
+
+    :func:`atomic_output` removes its temporary on any exception, but nothing runs at SIGKILL. A temporary
+    (``.NAME.tmp-<pid>-<hex>SUFFIX``, see :func:`temporary_sibling`) is stale when its writer process no
+    longer runs on this machine; temporaries of this process and of running ones are kept. ``names``: only
+    the temporaries of these outputs (``["labels.tif"]``), e.g. when rerunning a command into a shared folder.
+
+    Returns:
+        The removed paths (a warning lists them).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stems = None
+    if names is not None:
+        stems = {Path(n).name[: -len(Path(n).suffix)] if Path(n).suffix else Path(n).name for n in names}
+    stale = []
+    for child in sorted(folder.iterdir()):
+        pid = _writer_pid(child.name, stems)
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        remove_path(child)
+        stale.append(child)
+    if stale:
+        logger.warning("removed %d unfinished temporary file(s) left in %s by an interrupted run: %s",
+                       len(stale), folder, ", ".join(p.name for p in stale))
+    return stale
 
 
 def remove_path(path: str | os.PathLike) -> None:

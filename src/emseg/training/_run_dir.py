@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from emseg.io import atomic_output
-from emseg.io._atomic import TMP_MARKER, remove_path
+from emseg.io import remove_stale_temporaries as _remove_stale_temporaries
+from emseg.io._atomic import TMP_MARKER
 from emseg.training._checkpoint import MODEL_FILENAME, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -106,21 +107,12 @@ def _is_temporary(name: str) -> bool:
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Remove the hidden temporaries a killed run left in ``out_dir``; returns them.
+    """Remove the hidden temporaries of the run files that a killed run left in ``out_dir``; returns them.
 
-    ``atomic_output`` removes its temporary on any exception, but a ``kill -9``
-    or a power cut mid-write leaves it; a run directory is written by one
-    process at a time, so at the start of a run every temporary is stale.
+    ``atomic_output`` removes its temporary on any exception, but a ``kill -9`` or a power cut mid-write
+    leaves it (see :func:`emseg.io.remove_stale_temporaries`: those of running processes are kept).
     """
-    if not out_dir.is_dir():
-        return []
-    stale = sorted(p for p in out_dir.iterdir() if _is_temporary(p.name))
-    for path in stale:
-        remove_path(path)
-    if stale:
-        logger.warning("removed %d unfinished temporary file(s) left in %s by an interrupted run: %s", len(stale),
-                       out_dir, ", ".join(p.name for p in stale))
-    return stale
+    return _remove_stale_temporaries(out_dir, names=RUN_FILES)
 
 
 def never_finished(out_dir: Path) -> bool:
