@@ -5,16 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import sigkill_when
 
 import emseg
 from emseg.inference import Predictor, ResumeError, predict_blockwise
@@ -234,20 +233,8 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(finished_blocks(tmp_path / "killed.zarr")) >= 2:  # not iterdir: a marker's .tmp counts there
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # not iterdir: a marker's .tmp counts there
+    sigkill_when(proc, lambda: len(finished_blocks(tmp_path / "killed.zarr")) >= 2, timeout=120)
     done = finished_blocks(tmp_path / "killed.zarr")
     assert 2 <= len(done) < 32 and read_run_metadata(tmp_path / "killed.zarr")["status"] == "running"
     # restart: the unfinished run of the same model and input is resumed by default

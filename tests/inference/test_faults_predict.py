@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from emseg.inference import predict_blockwise
 from emseg.inference._blockwise import finished_blocks, read_run_metadata
 from emseg.io import read_image, write_image
 
+from conftest import sigkill_when
 from test_blockwise import EPFL_RAW, SRC, _checkpoint, _store_files
 
 BLOCK = ("1", "96", "96")
@@ -81,23 +81,6 @@ def _env() -> dict[str, str]:
             "OMP_NUM_THREADS": "1"}
 
 
-def _kill_when(proc: subprocess.Popen, ready, *, timeout: float = 120.0) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every 2 ms); fail if it ends first."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None and not ready():
-            time.sleep(0.002)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        assert ready(), "the moment to kill never came"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-
 # ----------------------------------------------------------------- kill -9, blockwise
 
 
@@ -108,7 +91,7 @@ def test_sigkill_blockwise_at_several_moments_then_rerun_is_bit_identical(files,
     args = ["predict", files["model"], files["dir"] / "in.zarr", out, "--block", *BLOCK, "--precision", "fp32",
             "--quiet"]
     proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _kill_when(proc, lambda: len(finished_blocks(out)) >= after_blocks)
+    sigkill_when(proc, lambda: len(finished_blocks(out)) >= after_blocks)
     done = finished_blocks(out)
     assert after_blocks <= len(done) < 32
     assert read_run_metadata(out)["status"] == "running"  # nothing claims to be finished
@@ -136,7 +119,7 @@ def test_sigkill_in_memory_tiff_leaves_no_output_that_looks_complete(files, tmp_
         return any(p.name.startswith(".probs.tmp-") and p.stat().st_size > 2**20 for p in tmp_path.iterdir())
 
     proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _kill_when(proc, ready)
+    sigkill_when(proc, ready)
     assert _visible(tmp_path) == set()  # only hidden .tmp- files: nothing that looks like a result
     left = {p.name for p in tmp_path.iterdir() if ".tmp-" in p.name}
     assert left  # the killed writer's temporary ...

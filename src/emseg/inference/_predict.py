@@ -112,7 +112,7 @@ def predict(
             full disk): no output is left behind, the message names the output.
     """
     from emseg._progress import progress_bar
-    from emseg.io import open_image, remove_stale_temporaries, write_image
+    from emseg.io import open_image, remove_stale_temporaries
 
     output = Path(output)
     blockwise = {k: v for k, v in blockwise.items() if v is not None}
@@ -193,10 +193,7 @@ def _write_outputs(output: Path, labels: np.ndarray, *, voxel_size, overwrite: b
     if not inner:
         try:
             with atomic_output(labels_file, overwrite=overwrite) as staged:
-                try:
-                    write_image(staged, labels, voxel_size=voxel_size, overwrite=True)
-                except OSError as err:
-                    raise write_failure(err, output, "labels output", kept="Nothing was written") from None
+                write_image(staged, labels, voxel_size=voxel_size, overwrite=True)  # failures: the except below
                 try:
                     write_probabilities(probabilities, probs, classes, is_2d=is_2d, overwrite=overwrite)
                 except OSError as err:
