@@ -240,6 +240,10 @@ def export_model(
     if format == "bioimageio":
         require("bioimageio.spec", "bioimage.io export")
         require("bioimageio.core", "testing the bioimage.io export")
+        from emseg.export._bioimageio import check_names, check_pydantic
+
+        check_pydantic()
+        check_names(name, authors)
     sample = Path(sample) if sample is not None else DEFAULT_SAMPLE
     if not sample.exists():
         raise FileNotFoundError(f"--sample {sample} not found (a raw EM image the export is checked on)")
