@@ -105,6 +105,7 @@ def test_package_validates_and_its_test_tensors_reproduce(kind, packages, model_
         halos = [a.halo for a in space_out[-2:]]
         assert all(isinstance(a, SpaceOutputAxisWithHalo) for a in space_out[-2:]) and min(halos) >= 1
         assert all(s.size.min > 2 * h for s, h in zip(space_in[-2:], halos))
+        assert all(h % meta["divisor"] == 0 for h in halos)  # padding by the halo keeps the pooling grid
     weights = descr.weights
     assert weights.torchscript is not None and weights.pytorch_state_dict is not None
     assert weights.pytorch_state_dict.architecture.callable == "EmsegNetwork"
@@ -204,3 +205,25 @@ def test_name_or_author_bioimageio_rejects_refused(option, value, words, tiny_ru
     assert result.exit_code != 0 and "Traceback" not in result.output, result.output
     assert all(w in text for w in words), text
     assert not out.exists() and not list(tmp_path.glob(".m*"))
+
+
+@pytest.mark.parametrize("kind", ["unet2d", "unet2d-2.5d", "ensemble", "unet3d"])
+def test_bioimageio_pipeline_padding_by_the_halo_keeps_the_interior(kind, packages):
+    """bioimage.io readers (bioimageio.core's prediction pipeline, as ilastik and deepImageJ do) pad the input by
+    the output halo and crop it again: beyond the halo from the edge this equals the package's test output."""
+    from bioimageio.core import create_prediction_pipeline, load_description
+    from bioimageio.core.digest_spec import get_test_input_sample
+
+    package = packages(kind)
+    descr = load_description(package)
+    halo = next(a.halo for a in descr.outputs[0].axes if a.type == "space" and hasattr(a, "halo"))
+    radius = read_metadata(package)["receptive_radius"]  # measured for 2-D networks
+    assert radius is None or halo >= radius  # not capped: the interior is exact
+    pipeline = create_prediction_pipeline(descr, weight_format="torchscript")
+    got = pipeline.predict_sample_without_blocking(get_test_input_sample(descr)).members["probabilities"].data.values
+    with zipfile.ZipFile(package) as archive:
+        expected = np.load(archive.open("test_output.npy"))
+    assert got.shape == expected.shape
+    inner = (..., slice(halo, -halo), slice(halo, -halo))
+    assert np.abs(got[inner] - expected[inner]).max() <= 1e-4
+    assert labels_vary(expected[inner].argmax(1))

@@ -94,9 +94,10 @@ def _readme(meta: dict[str, Any], ckpt: dict[str, Any], name: str, tile_halo: in
                  if meta["context_slices"] > 1 else ""),
               f"- tiles: y and x multiples of {meta['divisor']}; halo {tile_halo} px "
               + ("(the valid-padding margin the network crops itself)" if meta["margin"] else
-                 "(the receptive-field radius emseg measures" + (f", {halo(meta)} px, capped so the test tile keeps "
-                                                                 "an interior" if tile_halo < halo(meta) else "")
-                 + ")") + "; emseg predicts with windows of "
+                 f"(readers pad each tile by it; the receptive-field radius emseg measures is {halo(meta)} px"
+                 + (", more than the test tile allows" if tile_halo < halo(meta) else "")
+                 + f"; a multiple of {meta['divisor']}, so padding keeps the pooling grid)")
+              + "; emseg predicts with windows of "
               + " x ".join(map(str, meta["window_3d"] if meta["spatial_dims"] == 3 else meta["window"])),
               "- output: class probabilities (softmax of the network's output)", "",
               "## How it was trained", ""]
@@ -150,13 +151,16 @@ def _axes(meta: dict[str, Any], channels_in: int, tile: tuple[int, ...]) -> tupl
         smallest = skel.valid_input_size(2 * margin + 1)
         sizes = {n: ParameterizedSize(min=smallest, step=int(skel.alignment)) for n in names}
     else:
-        # a tile keeps at least one divisor step inside its halo; bioimage.io also wants the test tensor (a real
-        # crop) to be a valid size, so a receptive field wider than that crop allows is capped, as emseg's own
-        # tiling caps its overlap at half a window
-        smallest = -(-(2 * pad + divisor) // divisor) * divisor
+        # The halo is a multiple of the divisor: readers pad each tile by it, and padding by anything else shifts
+        # the pooling grid, which changes the output everywhere, not only near the tile's edge. A tile keeps at
+        # least one divisor step inside its halo; bioimage.io also wants the test tensor (a real crop) to be a
+        # valid size, so a receptive field wider than that crop allows is capped (emseg's own tiling caps its
+        # overlap at half a window).
+        pad = -(-pad // divisor) * divisor
+        smallest = 2 * pad + divisor
         if smallest > min(tile):
             smallest = max(divisor, min(tile) // divisor * divisor)
-            pad = (smallest - divisor) // 2
+            pad = (smallest - divisor) // 2 // divisor * divisor
         sizes = {n: ParameterizedSize(min=smallest, step=divisor) for n in names}
         if meta["spatial_dims"] == 3:
             z_step = int(meta.get("divisor_z") or 1)
@@ -169,7 +173,7 @@ def _axes(meta: dict[str, Any], channels_in: int, tile: tuple[int, ...]) -> tupl
     outputs = [BatchAxis(), ChannelAxis(channel_names=[Identifier(c) for c in meta["classes"]])]
     for n in names:
         ref = SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId(n), offset=-2 * margin)
-        if margin or n == "z":
+        if margin or n == "z" or not pad:
             outputs.append(SpaceOutputAxis(id=AxisId(n), size=ref))
         else:
             outputs.append(SpaceOutputAxisWithHalo(id=AxisId(n), size=SizeReference(tensor_id=TensorId("raw"),
