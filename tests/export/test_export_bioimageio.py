@@ -117,8 +117,12 @@ def test_package_validates_and_its_test_tensors_reproduce(kind, packages, model_
     assert {"rdf.yaml", "cover.png", "weights_torchscript.pt", "weights_state_dict.pt", "emseg_architecture.py",
             "test_input.npy", "test_output.npy"} <= names
     assert "How it was trained" in readme and first["model"]["name"] in readme
+    validation = readme[readme.index("## Validation"):]
     if kind == "unet2d":  # a trained run: its config and validation score are in the README
-        assert "data:" in readme and "val mean iou" in readme
+        score = load_checkpoint(model_paths[kind])["training"]["val_mean_iou"]
+        assert "data:" in readme and f"val mean iou {score}" in validation
+    if kind == "ensemble":
+        assert "member 0" in validation and "member 1" in validation
     # the test input is a real EM crop: the middle of emseg's embedded EPFL test image
     crop = test_input[0] if meta["spatial_dims"] == 2 else test_input[0, 0]  # (C, y, x) / (z, y, x)
     assert np.array_equal(crop, _sample_tile(meta, DEFAULT_SAMPLE, crop.shape[-meta["spatial_dims"]:]))
@@ -227,3 +231,13 @@ def test_bioimageio_pipeline_padding_by_the_halo_keeps_the_interior(kind, packag
     inner = (..., slice(halo, -halo), slice(halo, -halo))
     assert np.abs(got[inner] - expected[inner]).max() <= 1e-4
     assert labels_vary(expected[inner].argmax(1))
+
+
+def test_evaluate_takes_classes_from_a_bioimageio_zip(packages, tmp_path):
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[:, :4] = 2
+    tifffile.imwrite(tmp_path / "p.tif", labels)
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "p.tif"), "--model",
+                                      str(packages("unet2d"))])
+    assert result.exit_code == 0, result.output
+    assert "mitochondrion" in result.output

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 import torch
 
 from emseg import __version__
@@ -113,12 +114,21 @@ def _readme(meta: dict[str, Any], ckpt: dict[str, Any], name: str, tile_halo: in
             lines.append(f"- data: `{json.dumps(config['data'], default=str)}`")
         if config.get("training"):
             lines.append(f"- training: `{json.dumps(config['training'], default=str)}`")
-        for key in ("epoch", "val_mean_iou", "best_val_mean_iou"):
-            if info.get(key) is not None:
-                lines.append(f"- {key.replace('_', ' ')}: {info[key]}")
+        if info.get("epoch") is not None:
+            lines.append(f"- epochs: {info['epoch']}")
         lines.append("")
-    if training.get("val_mean_iou") is not None and meta["kind"] == "ensemble":
-        lines += [f"Validation mean IoU of the ensemble: {training['val_mean_iou']}", ""]
+    lines += ["## Validation", "", "Scores on the validation data emseg held out while training (mean IoU over "
+              "the classes):", ""]
+    scores = [(f"member {i} ({m['model']['name']})" if len(members) > 1 else m["model"]["name"],
+               (m.get("training") or {})) for i, m in enumerate(members)]
+    if meta["kind"] == "ensemble":
+        scores.append(("the ensemble", training))
+    for label, info in scores:
+        found = [f"{key.replace('_', ' ')} {info[key]}" for key in ("val_mean_iou", "best_val_mean_iou")
+                 if info.get(key) is not None]
+        lines.append(f"- {label}: {', '.join(found) if found else 'not recorded in the model.pt'}")
+    lines += ["", "The package's test output was computed by emseg from a tile of a real EM crop; bioimage.io's "
+              "model test reproduces it from the test input.", ""]
     lines += ["## Use", "",
               "- ilastik (Neural Network Classification), deepImageJ, Fiji, QuPath, napari: open this zip.",
               "- Python: `bioimageio.core.predict(model='this.zip', inputs=...)`.",
@@ -220,6 +230,10 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
         test_out = folder / "test_output.npy"
         np.save(test_in, raw[None].astype(np.float32) if meta["spatial_dims"] == 2 else raw[None, None].astype(np.float32))
         np.save(test_out, probs)
+        # sample tensors (FAIR: a viewable image of each tensor): the same tile and its probabilities, as TIFF
+        sample_in, sample_out = folder / "sample_input.tif", folder / "sample_output.tif"
+        tifffile.imwrite(sample_in, np.load(test_in))
+        tifffile.imwrite(sample_out, probs)
         state = folder / BIOIMAGEIO_STATE
         torch.save(net.state_dict(), state)
         scripted = folder / "weights_torchscript.pt"
@@ -256,6 +270,7 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
             attachments=[FileDescr(source=folder / BIOIMAGEIO_METADATA)],
             inputs=[InputTensorDescr(
                 id=TensorId("raw"), axes=in_axes, test_tensor=FileDescr(source=test_in),
+                sample_tensor=FileDescr(source=sample_in),
                 description="raw EM intensities" + (f", {meta['context_slices']} slices centred on the one "
                                                     "segmented" if meta["context_slices"] > 1 else ""),
                 preprocessing=[FixedZeroMeanUnitVarianceDescr(
@@ -263,6 +278,7 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
             )],
             outputs=[OutputTensorDescr(
                 id=TensorId("probabilities"), axes=out_axes, test_tensor=FileDescr(source=test_out),
+                sample_tensor=FileDescr(source=sample_out),
                 description="class probabilities; classes: " + ", ".join(meta["classes"]),
                 postprocessing=[SoftmaxDescr(kwargs=SoftmaxKwargs(axis="channel"))],
             )],
