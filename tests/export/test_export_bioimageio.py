@@ -47,8 +47,9 @@ def packages(model_paths, tmp_path_factory):
     def get(kind):
         if kind not in done:
             out = folder / f"{kind}.zip"
+            name = f"emseg test {kind.replace('.', '_')}"  # bioimage.io names take no '.'
             result = CliRunner().invoke(app, ["export", str(model_paths[kind]), "--format", "bioimageio", "--out",
-                                              str(out), "--name", f"emseg test {kind.replace('.', '_')}", "--author", "A. Tester"])
+                                              str(out), "--name", name, "--author", "A. Tester"])
             assert result.exit_code == 0, result.output
             assert "bioimage.io validation and model test passed" in " ".join(result.output.split())
             done[kind] = out
@@ -115,7 +116,7 @@ def test_package_validates_and_its_test_tensors_reproduce(kind, packages, model_
         readme = archive.read("README.md").decode()
         test_input = np.load(archive.open("test_input.npy"))
     assert {"rdf.yaml", "cover.png", "weights_torchscript.pt", "weights_state_dict.pt", "emseg_architecture.py",
-            "test_input.npy", "test_output.npy"} <= names
+            "test_input.npy", "test_output.npy", "sample_input.tif", "sample_output.tif"} <= names
     assert "How it was trained" in readme and first["model"]["name"] in readme
     validation = readme[readme.index("## Validation"):]
     if kind == "unet2d":  # a trained run: its config and validation score are in the README

@@ -228,7 +228,7 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
         folder = Path(folder)
         test_in = folder / "test_input.npy"
         test_out = folder / "test_output.npy"
-        np.save(test_in, raw[None].astype(np.float32) if meta["spatial_dims"] == 2 else raw[None, None].astype(np.float32))
+        np.save(test_in, (raw[None] if meta["spatial_dims"] == 2 else raw[None, None]).astype(np.float32))
         np.save(test_out, probs)
         # sample tensors (FAIR: a viewable image of each tensor): the same tile and its probabilities, as TIFF
         sample_in, sample_out = folder / "sample_input.tif", folder / "sample_output.tif"
