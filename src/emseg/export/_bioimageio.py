@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 import torch
 
 from emseg import __version__
@@ -20,7 +21,7 @@ from emseg.export._network import halo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_bioimageio"]
+__all__ = ["PYDANTIC_FIX", "check_names", "check_pydantic", "write_bioimageio"]
 
 ARCHITECTURE_FILE = "emseg_architecture.py"
 ARCHITECTURE_SOURCE = '''"""Architecture of an emseg export (pytorch_state_dict weights): needs `pip install emseg`.
@@ -79,7 +80,7 @@ def _cover(raw: np.ndarray, labels: np.ndarray, path: Path) -> None:
     Image.fromarray((both * 255).astype(np.uint8)).save(path)
 
 
-def _readme(meta: dict[str, Any], ckpt: dict[str, Any], name: str) -> str:
+def _readme(meta: dict[str, Any], ckpt: dict[str, Any], name: str, tile_halo: int) -> str:
     training = ckpt.get("training") or {}
     members = ckpt.get("members") or [ckpt]
     lines = [f"# {name}", "",
@@ -92,8 +93,12 @@ def _readme(meta: dict[str, Any], ckpt: dict[str, Any], name: str) -> str:
               f"- {'3-D windows (z, y, x)' if meta['spatial_dims'] == 3 else 'one slice'}"
               + (f" with {meta['context_slices']} neighbouring slices as channels (centre slice in the middle)"
                  if meta["context_slices"] > 1 else ""),
-              f"- tiles: y and x multiples of {meta['divisor']}; halo {halo(meta)} px (the receptive-field margin "
-              "emseg measures); emseg predicts with windows of "
+              f"- tiles: y and x multiples of {meta['divisor']}; halo {tile_halo} px "
+              + ("(the valid-padding margin the network crops itself)" if meta["margin"] else
+                 f"(readers pad each tile by it; the receptive-field radius emseg measures is {halo(meta)} px"
+                 + (", more than the test tile allows" if tile_halo < halo(meta) else "")
+                 + f"; a multiple of {meta['divisor']}, so padding keeps the pooling grid)")
+              + "; emseg predicts with windows of "
               + " x ".join(map(str, meta["window_3d"] if meta["spatial_dims"] == 3 else meta["window"])),
               "- output: class probabilities (softmax of the network's output)", "",
               "## How it was trained", ""]
@@ -109,12 +114,21 @@ def _readme(meta: dict[str, Any], ckpt: dict[str, Any], name: str) -> str:
             lines.append(f"- data: `{json.dumps(config['data'], default=str)}`")
         if config.get("training"):
             lines.append(f"- training: `{json.dumps(config['training'], default=str)}`")
-        for key in ("epoch", "val_mean_iou", "best_val_mean_iou"):
-            if info.get(key) is not None:
-                lines.append(f"- {key.replace('_', ' ')}: {info[key]}")
+        if info.get("epoch") is not None:
+            lines.append(f"- epochs: {info['epoch']}")
         lines.append("")
-    if training.get("val_mean_iou") is not None and meta["kind"] == "ensemble":
-        lines += [f"Validation mean IoU of the ensemble: {training['val_mean_iou']}", ""]
+    lines += ["## Validation", "", "Scores on the validation data emseg held out while training (mean IoU over "
+              "the classes):", ""]
+    scores = [(f"member {i} ({m['model']['name']})" if len(members) > 1 else m["model"]["name"],
+               (m.get("training") or {})) for i, m in enumerate(members)]
+    if meta["kind"] == "ensemble":
+        scores.append(("the ensemble", training))
+    for label, info in scores:
+        found = [f"{key.replace('_', ' ')} {info[key]}" for key in ("val_mean_iou", "best_val_mean_iou")
+                 if info.get(key) is not None]
+        lines.append(f"- {label}: {', '.join(found) if found else 'not recorded in the model.pt'}")
+    lines += ["", "The package's test output was computed by emseg from a tile of a real EM crop; bioimage.io's "
+              "model test reproduces it from the test input.", ""]
     lines += ["## Use", "",
               "- ilastik (Neural Network Classification), deepImageJ, Fiji, QuPath, napari: open this zip.",
               "- Python: `bioimageio.core.predict(model='this.zip', inputs=...)`.",
@@ -122,7 +136,8 @@ def _readme(meta: dict[str, Any], ckpt: dict[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
-def _axes(meta: dict[str, Any], channels_in: int) -> tuple[list[Any], list[Any]]:
+def _axes(meta: dict[str, Any], channels_in: int, tile: tuple[int, ...]) -> tuple[list[Any], list[Any], int]:
+    """Input and output axes of the package (tile ``(y, x)``: the test tensor's in-plane size) and the halo."""
     from bioimageio.spec.model.v0_5 import (
         AxisId,
         BatchAxis,
@@ -146,8 +161,16 @@ def _axes(meta: dict[str, Any], channels_in: int) -> tuple[list[Any], list[Any]]
         smallest = skel.valid_input_size(2 * margin + 1)
         sizes = {n: ParameterizedSize(min=smallest, step=int(skel.alignment)) for n in names}
     else:
-        # at least one step beyond twice the halo, so a tile keeps an interior after the halo is cut
-        smallest = max(divisor, -(-(2 * pad + divisor) // divisor) * divisor)
+        # The halo is a multiple of the divisor: readers pad each tile by it, and padding by anything else shifts
+        # the pooling grid, which changes the output everywhere, not only near the tile's edge. A tile keeps at
+        # least one divisor step inside its halo; bioimage.io also wants the test tensor (a real crop) to be a
+        # valid size, so a receptive field wider than that crop allows is capped (emseg's own tiling caps its
+        # overlap at half a window).
+        pad = -(-pad // divisor) * divisor
+        smallest = 2 * pad + divisor
+        if smallest > min(tile):
+            smallest = max(divisor, min(tile) // divisor * divisor)
+            pad = (smallest - divisor) // 2 // divisor * divisor
         sizes = {n: ParameterizedSize(min=smallest, step=divisor) for n in names}
         if meta["spatial_dims"] == 3:
             z_step = int(meta.get("divisor_z") or 1)
@@ -160,13 +183,13 @@ def _axes(meta: dict[str, Any], channels_in: int) -> tuple[list[Any], list[Any]]
     outputs = [BatchAxis(), ChannelAxis(channel_names=[Identifier(c) for c in meta["classes"]])]
     for n in names:
         ref = SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId(n), offset=-2 * margin)
-        if margin or n == "z":
+        if margin or n == "z" or not pad:
             outputs.append(SpaceOutputAxis(id=AxisId(n), size=ref))
         else:
             outputs.append(SpaceOutputAxisWithHalo(id=AxisId(n), size=SizeReference(tensor_id=TensorId("raw"),
                                                                                       axis_id=AxisId(n)),
                                                    halo=pad))
-    return inputs, outputs
+    return inputs, outputs, pad
 
 
 def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str, Any], path: Path, *,
@@ -205,8 +228,12 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
         folder = Path(folder)
         test_in = folder / "test_input.npy"
         test_out = folder / "test_output.npy"
-        np.save(test_in, raw[None].astype(np.float32) if meta["spatial_dims"] == 2 else raw[None, None].astype(np.float32))
+        np.save(test_in, (raw[None] if meta["spatial_dims"] == 2 else raw[None, None]).astype(np.float32))
         np.save(test_out, probs)
+        # sample tensors (FAIR: a viewable image of each tensor): the same tile and its probabilities, as TIFF
+        sample_in, sample_out = folder / "sample_input.tif", folder / "sample_output.tif"
+        tifffile.imwrite(sample_in, np.load(test_in))
+        tifffile.imwrite(sample_out, probs)
         state = folder / BIOIMAGEIO_STATE
         torch.save(net.state_dict(), state)
         scripted = folder / "weights_torchscript.pt"
@@ -221,13 +248,16 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
         label_img = probs[0].argmax(0)
         if label_img.ndim == 3:
             label_img = label_img[label_img.shape[0] // 2]
+        crop = (centre.shape[0] - label_img.shape[0]) // 2  # a valid-padding network's output lacks the margin
+        centre = centre[crop:crop + label_img.shape[0], crop:crop + label_img.shape[1]]
         _cover(centre, label_img, folder / "cover.png")
+        in_axes, out_axes, tile_halo = _axes(meta, int(raw.shape[0]) if meta["spatial_dims"] == 2 else 1,
+                                             tuple(int(s) for s in raw.shape[-2:]))
         readme = folder / "README.md"
-        readme.write_text(_readme(meta, ckpt, name))
-        in_axes, out_axes = _axes(meta, int(raw.shape[0]) if meta["spatial_dims"] == 2 else 1)
+        readme.write_text(_readme(meta, ckpt, name, tile_halo))
         norm = meta["normalization"]
         tag_dims = "3d" if meta["spatial_dims"] == 3 else "2d"
-        descr = _describe(ModelDescr, dict(
+        descr = ModelDescr(
             name=name,
             description=f"Semantic segmentation of electron microscopy into {', '.join(meta['classes'])} "
                         f"(emseg {meta['kind']}, {meta['models'][0]['name']}).",
@@ -240,6 +270,7 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
             attachments=[FileDescr(source=folder / BIOIMAGEIO_METADATA)],
             inputs=[InputTensorDescr(
                 id=TensorId("raw"), axes=in_axes, test_tensor=FileDescr(source=test_in),
+                sample_tensor=FileDescr(source=sample_in),
                 description="raw EM intensities" + (f", {meta['context_slices']} slices centred on the one "
                                                     "segmented" if meta["context_slices"] > 1 else ""),
                 preprocessing=[FixedZeroMeanUnitVarianceDescr(
@@ -247,6 +278,7 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
             )],
             outputs=[OutputTensorDescr(
                 id=TensorId("probabilities"), axes=out_axes, test_tensor=FileDescr(source=test_out),
+                sample_tensor=FileDescr(source=sample_out),
                 description="class probabilities; classes: " + ", ".join(meta["classes"]),
                 postprocessing=[SoftmaxDescr(kwargs=SoftmaxKwargs(axis="channel"))],
             )],
@@ -261,7 +293,7 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
                                                     parent="pytorch_state_dict"),
             ),
             config={"emseg": {"version": __version__, "kind": meta["kind"], "source_sha256": meta["source_sha256"]}},
-        ))
+        )
         built = folder / "package.zip"
         save_bioimageio_package(descr, output_path=built)
         test = _validate_and_test(built)
@@ -269,21 +301,49 @@ def write_bioimageio(net: torch.nn.Module, meta: dict[str, Any], ckpt: dict[str,
     return {"max_prob_diff": diff, "test": test}
 
 
-def _describe(model_descr: Any, fields: dict[str, Any]) -> Any:
-    """``ModelDescr(**fields)``, turning a known incompatibility into a message that says what to install."""
+#: bioimageio.spec 0.5.12 (what bioimageio.core 0.11 requires) serialises through an older pydantic call that
+#: pydantic 2.14 rejects; the export extra pins ``pydantic<2.14``.
+PYDANTIC_FIX = 'pip install "pydantic<2.14"'
+
+
+def check_pydantic() -> None:
+    """Refuse, before any work, a pydantic that the installed bioimageio.spec cannot write packages with."""
     import pydantic
 
-    try:
-        return model_descr(**fields)
-    except pydantic.ValidationError as err:
-        if "index_key" in str(err):  # bioimageio.spec <= 0.5.12 calls pydantic's serializer handler the old way
-            import bioimageio.spec
+    major, minor = (int(p) for p in pydantic.VERSION.split(".")[:2])
+    if (major, minor) >= (2, 14):
+        spec = _version("bioimageio.spec")
+        if spec is not None and spec < (0, 5, 13):
+            raise RuntimeError(f"bioimage.io export: bioimageio.spec {'.'.join(map(str, spec))} cannot write packages "
+                               f"with pydantic {pydantic.VERSION}; run {PYDANTIC_FIX} (the export extra's pin), "
+                               "then export again")
 
-            raise RuntimeError(f"bioimage.io export: bioimageio.spec {bioimageio.spec.__version__} cannot serialise "
-                               f"with pydantic {pydantic.VERSION} (its file serializer passes pydantic's "
-                               "SerializationInfo as an index key); install a bioimageio.spec/bioimageio.core pair "
-                               "made for this pydantic (or the older pydantic that one was made for), then export again") from None
-        raise
+
+#: Characters bioimage.io allows in a model name (5 to 128 of them).
+NAME_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
+
+
+def check_names(name: str | None, authors: list[str] | None) -> None:
+    """Refuse, before any work, a --name or --author the bioimage.io model spec does not accept."""
+    if name is not None:
+        bad = sorted(set(name) - NAME_CHARACTERS)
+        if bad or not 5 <= len(name) <= 128:
+            problem = (f"contains {' '.join(repr(c) for c in bad)}" if bad else f"has {len(name)} characters")
+            raise ValueError(f"--name {name!r} {problem}: a bioimage.io model name has 5 to 128 letters, digits, "
+                             "spaces, '_', '+', '-', '(' or ')'; pass another --name")
+    for author in authors or []:
+        if not author.strip() or "/" in author:
+            raise ValueError(f"--author {author!r}: a bioimage.io author is a non-empty name without '/'; "
+                             "pass the person's name")
+
+
+def _version(dist: str) -> tuple[int, ...] | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return tuple(int(p) for p in version(dist).split(".")[:3] if p.isdigit())
+    except PackageNotFoundError:
+        return None
 
 
 def _validate_and_test(package: Path) -> str:

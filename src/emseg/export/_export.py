@@ -238,8 +238,12 @@ def export_model(
     require("onnx", "ONNX export") if format == "onnx" else None
     require("onnxruntime", "checking the ONNX export") if format == "onnx" else None
     if format == "bioimageio":
+        from emseg.export._bioimageio import check_names, check_pydantic
+
+        check_pydantic()  # first: reads versions only, so it also speaks when bioimageio.spec fails to import
         require("bioimageio.spec", "bioimage.io export")
         require("bioimageio.core", "testing the bioimage.io export")
+        check_names(name, authors)
     sample = Path(sample) if sample is not None else DEFAULT_SAMPLE
     if not sample.exists():
         raise FileNotFoundError(f"--sample {sample} not found (a raw EM image the export is checked on)")
