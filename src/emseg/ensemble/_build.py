@@ -22,6 +22,7 @@ from emseg.ensemble._combine import (
     score_weights,
     simplex_grid,
 )
+from emseg.models import ENSEMBLE_BACKEND, MODEL_FILENAME, load_checkpoint, resolve_model_path, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ def expand_members(paths: Sequence[str | os.PathLike]) -> list[Path]:
     Raises:
         ValueError: a path that is none of these, or the same model twice.
     """
-    from emseg.training._checkpoint import MODEL_FILENAME, resolve_model_path
-
     if not paths:
         raise ValueError("no members: pass run directories, model.pt files or a --seeds/--folds output folder")
     out: list[Path] = []
@@ -92,8 +91,6 @@ def load_members(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[di
     Raises:
         ValueError: a member is itself an ensemble or names other classes than the first.
     """
-    from emseg.training._checkpoint import ENSEMBLE_BACKEND, load_checkpoint
-
     files = expand_members(paths)
     names, ckpts = [], []
     for file in files:
@@ -119,8 +116,6 @@ def ensemble_checkpoint(checkpoints: Sequence[dict[str, Any]], *, method: str, w
     ``model`` (a summary: largest context, spatial dims) and ``selection`` (how
     the weights were chosen).
     """
-    from emseg.training._checkpoint import ENSEMBLE_BACKEND
-
     if method not in METHODS:
         raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     first = checkpoints[0]
@@ -277,7 +272,6 @@ def build_ensemble(
     from emseg.ensemble._runs import finite
     from emseg.inference._predictor import Predictor
     from emseg.io import atomic_output
-    from emseg.training._checkpoint import MODEL_FILENAME, save_checkpoint
 
     if method not in METHODS:
         raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
@@ -384,8 +378,6 @@ def split_ensembles(paths: Sequence[str | os.PathLike]) -> list[tuple[str, dict[
     ``label`` is the path, or ``"PATH[member name]"`` for an ensemble member.
     Used by ``emseg explain`` to make one map per member.
     """
-    from emseg.training._checkpoint import ENSEMBLE_BACKEND, load_checkpoint
-
     out = []
     for path in paths:
         ckpt = load_checkpoint(path)

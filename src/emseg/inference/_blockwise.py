@@ -52,6 +52,7 @@ import numpy as np
 from emseg._device import cpu_has_native_bf16
 from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
 from emseg.inference._tiling import first_argmax
+from emseg.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -437,8 +438,6 @@ def predict_blockwise(
     if not calibrated:
         options["calibrated"] = False
     if isinstance(model, (str, os.PathLike)):
-        from emseg.training._checkpoint import resolve_model_path
-
         if loader is None:
             model_path = str(resolve_model_path(model).resolve())
             sha = file_sha256(model_path)

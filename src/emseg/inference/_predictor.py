@@ -17,6 +17,15 @@ from emseg.data._load import _context_stack
 from emseg.data._normalize import Normalizer
 from emseg.inference._outputs import check_options
 from emseg.inference._tiling import first_argmax
+from emseg.models import (
+    DEFAULT_DIVISOR,
+    DEFAULT_OVERLAP,
+    DEFAULT_WINDOW,
+    DEFAULT_WINDOW_3D,
+    ENSEMBLE_BACKEND,
+    load_checkpoint,
+    rebuild_network,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +93,10 @@ class Predictor:
         classes: list[str],
         normalizer: Normalizer,
         context_slices: int = 1,
-        window: tuple[int, int] = (512, 512),
-        overlap: float | str = 0.25,
+        window: tuple[int, int] = DEFAULT_WINDOW,
+        overlap: float | str = DEFAULT_OVERLAP,
         batch_size: int = 4,
-        divisor: int = 16,
+        divisor: int = DEFAULT_DIVISOR,
         device: torch.device | None = None,
         precision: str = "auto",
         tta: bool = False,
@@ -118,7 +127,7 @@ class Predictor:
         if self.is_torch:
             self.model.to(self.device)
         self.spatial_dims = int(spatial_dims or getattr(model, "spatial_dims", 2))
-        self.window_3d = tuple(int(w) for w in (window_3d or (5, 256, 256)))
+        self.window_3d = tuple(int(w) for w in (window_3d or DEFAULT_WINDOW_3D))
         self.margin = int(getattr(model, "output_margin", 0)) if self.is_torch else 0
         self.jit = bool(jit)
         if self.jit and (self.device.type != "cpu" or self.dtype is not None):
@@ -170,8 +179,6 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
         """Rebuild the model and preprocessing from a run directory or checkpoint file."""
-        from emseg.training._checkpoint import load_checkpoint
-
         if str(path).lower().endswith((".onnx", ".zip")):  # a file written by `emseg export` (emseg.export)
             from emseg.export import load_exported
 
@@ -181,39 +188,19 @@ class Predictor:
 
     @classmethod
     def from_checkpoint_dict(cls, ckpt: dict[str, Any], **kwargs: Any) -> Predictor:
-        from emseg.models import MODELS, build_model
-        from emseg.training._checkpoint import ENSEMBLE_BACKEND, CheckpointError
-
         if ckpt.get("backend") == ENSEMBLE_BACKEND:  # an ensemble artefact predicts like one model
             from emseg.ensemble._predictor import EnsemblePredictor
 
             return EnsemblePredictor.from_checkpoint_dict(ckpt, **kwargs)
         meta = ckpt["model"]
-        spec = MODELS.get(meta["name"])
-        if ckpt["backend"] != spec.backend:
-            raise CheckpointError(f"checkpoint backend {ckpt['backend']!r} does not match model {meta['name']!r}")
-        if spec.backend == "random-forest":
-            from emseg.models import RandomForestSegmenter
-
-            model = RandomForestSegmenter.from_state_dict(ckpt["state"])
-        else:
-            model = build_model(meta["name"], in_channels=meta["in_channels"], num_classes=len(ckpt["classes"]),
-                                options=meta["options"], pretrained=False)  # trained weights follow
-            try:
-                model.load_state_dict(ckpt["state"])
-            except RuntimeError as err:
-                raise CheckpointError(f"weights do not fit model {meta['name']!r}: {err}") from None
-            model.eval()
+        model, spec = rebuild_network(ckpt)
         inference = ckpt.get("inference", {})
-        if spec.valid_padding and int(inference.get("margin", -1)) != int(getattr(model, "output_margin", -2)):
-            raise CheckpointError(f"checkpoint margin {inference.get('margin')} does not match model "
-                                  f"{meta['name']!r} (output margin {getattr(model, 'output_margin', None)})")
         if spec.spatial_dims == 3 and inference.get("window_3d") is not None:
             kwargs.setdefault("window_3d", tuple(inference["window_3d"]))
         kwargs.setdefault("spatial_dims", spec.spatial_dims)
         asked_window = kwargs.get("window") is not None  # the user's (--window): must fit the network
-        kwargs.setdefault("window", tuple(inference.get("window", (512, 512))))
-        kwargs.setdefault("overlap", inference.get("overlap", 0.25))
+        kwargs.setdefault("window", tuple(inference.get("window", DEFAULT_WINDOW)))
+        kwargs.setdefault("overlap", inference.get("overlap", DEFAULT_OVERLAP))
         kwargs.setdefault("grain_filter", list(ckpt.get("preprocess", {}).get("grain_filter", [])))
         calibrated = kwargs.pop("calibrated", True)
         if spec.backend != "random-forest":
@@ -223,7 +210,7 @@ class Predictor:
             classes=ckpt["classes"],
             normalizer=Normalizer.from_dict(ckpt["normalization"]),
             context_slices=int(meta.get("context_slices", 1)),
-            divisor=int(inference.get("divisor", 16)),
+            divisor=int(inference.get("divisor", DEFAULT_DIVISOR)),
             **kwargs,
         )
         if asked_window:

@@ -22,7 +22,7 @@ from typing import Any
 
 from emseg.io import atomic_output
 from emseg.io._atomic import TMP_MARKER, remove_path
-from emseg.training._checkpoint import MODEL_FILENAME, save_checkpoint
+from emseg.models import MODEL_FILENAME, CheckpointError, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +197,6 @@ def restore_best(out_dir: Path, last: dict[str, Any]) -> bool:
     epoch's model (its keys without :data:`RESUME_KEYS`), so ``model.pt`` is
     rewritten from it.
     """
-    from emseg.training._checkpoint import CheckpointError, load_checkpoint
-
     info = last.get("training", {})
     if info.get("best_epoch") != info.get("epoch"):
         return False
