@@ -22,6 +22,7 @@ from emseg.ensemble._combine import (
     score_weights,
     simplex_grid,
 )
+from emseg.inference import Predictor, member_probabilities
 from emseg.models import ENSEMBLE_BACKEND, MODEL_FILENAME, load_checkpoint, resolve_model_path, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,6 @@ def _predict_validation(predictors: Sequence[Any], dims: Sequence[int], data, nu
                         tmp_dir: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Every member's probabilities of the labelled validation voxels, once: ``(M, K, N)`` and truth ``(N,)``."""
     from emseg._progress import progress_bar
-    from emseg.ensemble._predictor import member_probabilities
     from emseg.io import open_image
 
     truth = np.concatenate([labels[labels >= 0] for _, _, labels in data])
@@ -270,7 +270,6 @@ def build_ensemble(
         An :class:`EnsembleResult`; ``report`` is the content of ``ensemble.json``.
     """
     from emseg.ensemble._runs import finite
-    from emseg.inference._predictor import Predictor
     from emseg.io import atomic_output
 
     if method not in METHODS:

@@ -221,7 +221,7 @@ def export_model(
     Returns:
         :class:`ExportResult` with the path and the agreement measured on the check tile.
     """
-    from emseg.inference._predictor import Predictor
+    from emseg.inference import Predictor
     from emseg.inference._blockwise import file_sha256
     from emseg.io import atomic_output
 

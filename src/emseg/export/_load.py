@@ -130,7 +130,7 @@ def load_exported(path: str | os.PathLike, **kwargs: Any) -> Any:
     receptive-field radius measured at export; ``jit`` is ignored for ONNX (onnxruntime optimises it).
     """
     from emseg.data._normalize import Normalizer
-    from emseg.inference._predictor import Predictor
+    from emseg.inference import Predictor
 
     path = Path(path)
     meta = read_metadata(path)

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from emseg._device import cpu_has_native_bf16
+from emseg.inference._predictor import load_predictor
 from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
 from emseg.inference._tiling import first_argmax
 from emseg.models import resolve_model_path
@@ -201,20 +202,18 @@ _INPUTS: dict[str, Any] = {}
 _OUTPUTS: dict[tuple[str, str], Any] = {}
 
 
-def load_predictor(model: str, sha256: str, options: dict[str, Any],
+def _cached_predictor(model: str, sha256: str, options: dict[str, Any],
                    loader: Callable[..., Any] | None = None) -> Any:
     """The predictor for ``model``, loaded once per process (keyed by path, checksum, options and loader).
 
-    ``loader(model, **options)`` builds it (default :meth:`Predictor.from_checkpoint`; an ensemble
+    ``loader(model, **options)`` builds it (default :func:`~emseg.inference.load_predictor`; an ensemble
     passes its own), wrapped by :func:`as_block_predictor`.
     """
     # precision "auto" follows the CPU check (which EMSEG_NATIVE_BF16 can override), so the key holds its answer
     key = (model, sha256, tuple(sorted(options.items())), loader, cpu_has_native_bf16())
     if key not in _PREDICTORS:
         if loader is None:
-            from emseg.inference._predictor import Predictor
-
-            loader = Predictor.from_checkpoint
+            loader = load_predictor
         _PREDICTORS[key] = as_block_predictor(loader(model, **options))
     return _PREDICTORS[key]
 
@@ -249,7 +248,7 @@ def run_block(job: BlockJob, index: tuple[int, int, int]) -> tuple[tuple[int, in
 
     if torch.get_num_threads() != job.threads:
         torch.set_num_threads(job.threads)  # the same on every route: the labels are then bit-identical
-    predictor = load_predictor(job.model, job.model_sha256, job.predictor_options, job.loader)
+    predictor = _cached_predictor(job.model, job.model_sha256, job.predictor_options, job.loader)
     volume = _open_input(job.input)
     layout = BlockLayout(job.shape, job.block)
     region = layout.region(index)
@@ -407,7 +406,7 @@ def predict_blockwise(
         progress: progress bar with voxels/s and ETA (terminal only).
         max_blocks: stop after this many blocks (tests, benchmarks); the run stays resumable.
         loader: ``loader(model_path, **predictor options)`` builds the predictor in each process
-            (default :meth:`Predictor.from_checkpoint`; e.g. an ensemble's loader).
+            (default :func:`~emseg.inference.load_predictor`: a model, an ensemble or an export).
 
     Returns:
         The output path.
@@ -444,9 +443,9 @@ def predict_blockwise(
         else:
             model_path = str(Path(model).resolve())
             sha = file_sha256(model_path) if Path(model_path).is_file() else _tree_sha256(Path(model_path))
-        predictor = load_predictor(model_path, sha, options, loader) if not (workers or scheduler) else None
+        predictor = _cached_predictor(model_path, sha, options, loader) if not (workers or scheduler) else None
         if predictor is None:
-            probe = load_predictor(model_path, sha, options, loader)  # resolves overlap="auto" once, for the record
+            probe = _cached_predictor(model_path, sha, options, loader)  # resolves overlap="auto" once, for the record
             options["overlap"] = _resolved_overlap(probe, overlap)
             classes = probe.classes
         else:

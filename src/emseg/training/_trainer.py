@@ -31,7 +31,7 @@ from emseg.data import (
     epoch_elastic_field,
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
-from emseg.inference._predictor import Predictor
+from emseg.inference import Predictor
 from emseg.models import MODELS, build_model, count_parameters, model_divisor
 from emseg.models import MODEL_FILENAME, CheckpointError, inference_defaults, load_checkpoint, save_checkpoint
 from emseg.training._run_dir import (
