@@ -50,9 +50,11 @@ from typing import Any
 import numpy as np
 
 from emseg._device import cpu_has_native_bf16
-from emseg.inference._predictor import load_predictor
 from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
+from emseg.inference._predictor import load_predictor
 from emseg.inference._tiling import first_argmax
+from emseg.io import open_image
+from emseg.io._atomic import discard, remove_path
 from emseg.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -220,8 +222,6 @@ def _cached_predictor(model: str, sha256: str, options: dict[str, Any],
 
 def _open_input(path: str) -> Any:
     if path not in _INPUTS:
-        from emseg.io import open_image
-
         _INPUTS[path] = open_image(path)
     return _INPUTS[path].array
 
@@ -417,8 +417,6 @@ def predict_blockwise(
     """
     from emseg import __version__
     from emseg._progress import progress_bar
-    from emseg.io import open_image
-    from emseg.io._atomic import remove_path
 
     output = Path(output)
     if not str(output).lower().endswith(".zarr"):
@@ -540,8 +538,6 @@ def _after_failure(output: Path, err: BaseException, *, created: bool) -> None:
     """Clean up after a failed run: a store this call created with no block finished is removed (nothing
     to resume); an error writing names the store and says what is kept.  The caller re-raises ``err``
     when this returns."""
-    from emseg.io._atomic import discard
-
     done = len(finished_blocks(output))
     if created and not done:
         discard(output)
