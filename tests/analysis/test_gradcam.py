@@ -286,7 +286,7 @@ def test_cli_explains_an_ensemble_with_a_mask(tiny_run_dir, epfl_crop, tmp_path)
 
 def test_explain_25d_model_writes_tif_maps(tmp_path, epfl_crop):
     from emseg.models import build_model
-    from emseg.training._checkpoint import save_checkpoint
+    from emseg.models import save_checkpoint
 
     torch.manual_seed(0)
     net = build_model("unet2d", in_channels=3, num_classes=2, options={"features": [4, 8]})

@@ -16,7 +16,7 @@ from emseg.cli import app
 from emseg.data._grain import add_grain_channels
 from emseg.inference import Predictor
 from emseg.models import build_model
-from emseg.training._checkpoint import load_checkpoint, save_checkpoint
+from emseg.models import load_checkpoint, save_checkpoint
 
 GRAIN = [30, 200]
 CLASSES = ["background", "membrane"]

@@ -20,7 +20,7 @@ from conftest import EPFL, EPFL_CLASSES
 def write_checkpoint(path: Path, name: str, options: dict, *, context: int = 1, seed: int = 0,
                      offsets: list[float] | None = None, normalization: dict | None = None) -> Path:
     from emseg.models import MODELS, build_model, model_divisor
-    from emseg.training._checkpoint import save_checkpoint
+    from emseg.models import save_checkpoint
 
     spec = MODELS.get(name)
     torch.manual_seed(seed)

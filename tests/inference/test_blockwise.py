@@ -38,7 +38,7 @@ def _engine_threads(one_torch_thread):
 def _checkpoint(path: Path, *, context: int = 1, features=(4, 8), window=(64, 64), seed: int = 0) -> Path:
     """A randomly initialised unet2d saved as an emseg checkpoint (fast; the engine does not care about accuracy)."""
     from emseg.models import build_model
-    from emseg.training._checkpoint import save_checkpoint
+    from emseg.models import save_checkpoint
 
     torch.manual_seed(seed)
     net = build_model("unet2d", in_channels=context, num_classes=7, options={"features": list(features)})

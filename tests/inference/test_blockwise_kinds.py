@@ -60,7 +60,7 @@ def _blockwise(model, source, out, block):
 
 def test_ensemble_runs_blockwise_and_equals_in_memory(volume, tmp_path):
     from emseg.ensemble import ensemble_checkpoint
-    from emseg.training._checkpoint import save_checkpoint
+    from emseg.models import save_checkpoint
 
     folder, raw = volume
     members = [_model_checkpoint(in_channels=1, seed=0), _model_checkpoint(in_channels=3, context=3, seed=1)]
@@ -78,7 +78,7 @@ def test_ensemble_runs_blockwise_and_equals_in_memory(volume, tmp_path):
 
 
 def test_grain_filter_model_runs_on_whole_slices_blockwise(volume, tmp_path):
-    from emseg.training._checkpoint import save_checkpoint
+    from emseg.models import save_checkpoint
 
     folder, raw = volume
     save_checkpoint(tmp_path / "grain.pt", _model_checkpoint(in_channels=3, grain=[20, 100]))

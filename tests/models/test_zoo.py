@@ -65,7 +65,7 @@ def test_trains_predicts_and_explains(tmp_path, epfl_crop, name):
     import emseg
     from emseg.analysis import compute_grad_cam
     from emseg.inference import Predictor
-    from emseg.training._checkpoint import load_checkpoint
+    from emseg.models import load_checkpoint
 
     options, divisor = ZOO[name]
     # 2.5D for half of the zoo, so training with context slices is covered too

@@ -28,9 +28,9 @@ from emseg.ensemble._combine import (
     vote_probabilities,
     vote_tie_epsilon,
 )
-from emseg.ensemble._predictor import EnsemblePredictor, member_probabilities
 from emseg.ensemble._runs import FoldsResult, SeedsResult, run_scores, train_folds, train_once, train_seeds
 from emseg.ensemble._splits import FOLD_SPLITS, fold_configs, format_slices, freeze_validation_split, training_slices
+from emseg.inference import EnsemblePredictor, member_probabilities  # the predictor lives in inference (its docstring says why)
 
 __all__ = [
     "FOLD_SPLITS",

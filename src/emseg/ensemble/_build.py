@@ -22,6 +22,8 @@ from emseg.ensemble._combine import (
     score_weights,
     simplex_grid,
 )
+from emseg.inference import Predictor, member_probabilities
+from emseg.models import ENSEMBLE_BACKEND, MODEL_FILENAME, load_checkpoint, resolve_model_path, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,6 @@ def expand_members(paths: Sequence[str | os.PathLike]) -> list[Path]:
     Raises:
         ValueError: a path that is none of these, or the same model twice.
     """
-    from emseg.training._checkpoint import MODEL_FILENAME, resolve_model_path
-
     if not paths:
         raise ValueError("no members: pass run directories, model.pt files or a --seeds/--folds output folder")
     out: list[Path] = []
@@ -92,8 +92,6 @@ def load_members(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[di
     Raises:
         ValueError: a member is itself an ensemble or names other classes than the first.
     """
-    from emseg.training._checkpoint import ENSEMBLE_BACKEND, load_checkpoint
-
     files = expand_members(paths)
     names, ckpts = [], []
     for file in files:
@@ -119,8 +117,6 @@ def ensemble_checkpoint(checkpoints: Sequence[dict[str, Any]], *, method: str, w
     ``model`` (a summary: largest context, spatial dims) and ``selection`` (how
     the weights were chosen).
     """
-    from emseg.training._checkpoint import ENSEMBLE_BACKEND
-
     if method not in METHODS:
         raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     first = checkpoints[0]
@@ -194,7 +190,6 @@ def _predict_validation(predictors: Sequence[Any], dims: Sequence[int], data, nu
                         tmp_dir: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Every member's probabilities of the labelled validation voxels, once: ``(M, K, N)`` and truth ``(N,)``."""
     from emseg._progress import progress_bar
-    from emseg.ensemble._predictor import member_probabilities
     from emseg.io import open_image
 
     truth = np.concatenate([labels[labels >= 0] for _, _, labels in data])
@@ -275,9 +270,7 @@ def build_ensemble(
         An :class:`EnsembleResult`; ``report`` is the content of ``ensemble.json``.
     """
     from emseg.ensemble._runs import finite
-    from emseg.inference._predictor import Predictor
     from emseg.io import atomic_output
-    from emseg.training._checkpoint import MODEL_FILENAME, save_checkpoint
 
     if method not in METHODS:
         raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
@@ -384,8 +377,6 @@ def split_ensembles(paths: Sequence[str | os.PathLike]) -> list[tuple[str, dict[
     ``label`` is the path, or ``"PATH[member name]"`` for an ensemble member.
     Used by ``emseg explain`` to make one map per member.
     """
-    from emseg.training._checkpoint import ENSEMBLE_BACKEND, load_checkpoint
-
     out = []
     for path in paths:
         ckpt = load_checkpoint(path)

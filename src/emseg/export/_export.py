@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emseg.models import load_checkpoint, resolve_model_path
 from emseg.export._network import (
     ExportRefused,
     build_export_network,
@@ -55,8 +56,6 @@ class ExportResult(dict):
 
 
 def _load(model: str | os.PathLike) -> tuple[dict[str, Any], Path]:
-    from emseg.training._checkpoint import load_checkpoint, resolve_model_path
-
     path = resolve_model_path(model)
     return load_checkpoint(path), path
 
@@ -222,7 +221,7 @@ def export_model(
     Returns:
         :class:`ExportResult` with the path and the agreement measured on the check tile.
     """
-    from emseg.inference._predictor import Predictor
+    from emseg.inference import Predictor
     from emseg.inference._blockwise import file_sha256
     from emseg.io import atomic_output
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from emseg.models import load_checkpoint
 from emseg.export._network import EXPORT_FORMAT, EXPORT_VERSION, network_from_metadata, skeleton
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ def model_classes(path: str | os.PathLike) -> list[str]:
     """Class names of a model: an exported file, or a run directory / model.pt."""
     if is_exported(path):
         return list(read_metadata(path)["classes"])
-    from emseg.training._checkpoint import load_checkpoint
-
     return list(load_checkpoint(path)["classes"])
 
 
@@ -131,7 +130,7 @@ def load_exported(path: str | os.PathLike, **kwargs: Any) -> Any:
     receptive-field radius measured at export; ``jit`` is ignored for ONNX (onnxruntime optimises it).
     """
     from emseg.data._normalize import Normalizer
-    from emseg.inference._predictor import Predictor
+    from emseg.inference import Predictor
 
     path = Path(path)
     meta = read_metadata(path)

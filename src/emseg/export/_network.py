@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from emseg import __version__
+from emseg.models import ENSEMBLE_BACKEND, MODELS, CheckpointError, build_model
 
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "EnsembleNetwork", "ExportRefused", "SingleNetwork",
            "build_export_network", "export_metadata", "network_from_metadata", "skeleton"]
@@ -88,8 +89,6 @@ class EnsembleNetwork(nn.Module):
 
 
 def _member_network(ckpt: dict[str, Any], *, on_meta: bool = False) -> nn.Module:
-    from emseg.models import build_model
-
     meta = ckpt["model"]
     if on_meta:
         with torch.device("meta"):
@@ -102,8 +101,6 @@ def _member_network(ckpt: dict[str, Any], *, on_meta: bool = False) -> nn.Module
 def skeleton(model: dict[str, Any], num_classes: int) -> nn.Module:
     """The registry network of an export's ``model`` entry built on the meta device (no weights): its shape
     helpers (``output_margin``, ``valid_input_size``, ...) without its arithmetic."""
-    from emseg.models import build_model
-
     with torch.device("meta"):
         return build_model(model["name"], in_channels=int(model["in_channels"]), num_classes=num_classes,
                            options=model["options"], pretrained=False)
@@ -111,9 +108,6 @@ def skeleton(model: dict[str, Any], num_classes: int) -> nn.Module:
 
 def check_exportable(ckpt: dict[str, Any], fmt: str) -> None:
     """Refuse what one exported network cannot compute (random forest, grain-filter inputs, vote, mixed members)."""
-    from emseg.models import MODELS
-    from emseg.training._checkpoint import ENSEMBLE_BACKEND
-
     if ckpt.get("backend") == ENSEMBLE_BACKEND:
         if ckpt.get("method") == "vote":
             raise ExportRefused(f"a majority-vote ensemble is not exportable to {fmt}: a vote is not one network's "
@@ -143,8 +137,6 @@ def check_exportable(ckpt: dict[str, Any], fmt: str) -> None:
 
 def build_export_network(ckpt: dict[str, Any], *, on_meta: bool = False) -> nn.Module:
     """The exported module of a checkpoint (single model or ensemble), weights loaded, in eval mode."""
-    from emseg.training._checkpoint import ENSEMBLE_BACKEND, CheckpointError
-
     if ckpt.get("backend") == ENSEMBLE_BACKEND:
         members, scales, shifts, channels = [], [], [], []
         first = ckpt["members"][0]["normalization"]
@@ -175,9 +167,6 @@ def build_export_network(ckpt: dict[str, Any], *, on_meta: bool = False) -> nn.M
 
 def export_metadata(ckpt: dict[str, Any], predictor: Any, *, source_sha256: str) -> dict[str, Any]:
     """What a reader of the exported file needs to feed it exactly as emseg does (JSON-able)."""
-    from emseg.models import MODELS
-    from emseg.training._checkpoint import ENSEMBLE_BACKEND
-
     is_ensemble = ckpt.get("backend") == ENSEMBLE_BACKEND
     first = ckpt["members"][0] if is_ensemble else ckpt
     spec = MODELS.get(first["model"]["name"])
@@ -226,8 +215,6 @@ def export_metadata(ckpt: dict[str, Any], predictor: Any, *, source_sha256: str)
 def network_from_metadata(meta: dict[str, Any]) -> nn.Module:
     """The exported module's structure from its metadata (weights and buffers zero-initialised or random):
     load the export's state dict into it (``torch.load(..., weights_only=True)``)."""
-    from emseg.models import build_model
-
     num_classes = len(meta["classes"])
     nets = [SingleNetwork(build_model(m["name"], in_channels=int(m["in_channels"]), num_classes=num_classes,
                                       options=m["options"], pretrained=False), num_classes)

@@ -1,7 +1,36 @@
-"""Prediction: sliding-window segmentation of slices, stacks and volumes."""
+"""Prediction: sliding-window segmentation of slices, stacks and volumes.
+
+:func:`load_predictor` turns a model file (a run, an ensemble, an export) into a predictor;
+every predictor satisfies :class:`SegmentationPredictor`, what the blockwise engine,
+evaluation and Grad-CAM use.
+"""
 
 from emseg.inference._blockwise import BlockLayout, ResumeError, predict_blockwise
+from emseg.inference._combine import (
+    METHODS,
+    combine_probabilities,
+    majority_vote,
+    vote_probabilities,
+    vote_tie_epsilon,
+)
+from emseg.inference._ensemble import EnsemblePredictor, member_probabilities
 from emseg.inference._predict import predict
-from emseg.inference._predictor import Predictor
+from emseg.inference._predictor import Predictor, load_predictor
+from emseg.inference._protocol import SegmentationPredictor
 
-__all__ = ["BlockLayout", "Predictor", "ResumeError", "predict", "predict_blockwise"]
+__all__ = [
+    "METHODS",
+    "BlockLayout",
+    "EnsemblePredictor",
+    "Predictor",
+    "ResumeError",
+    "SegmentationPredictor",
+    "combine_probabilities",
+    "load_predictor",
+    "majority_vote",
+    "member_probabilities",
+    "predict",
+    "predict_blockwise",
+    "vote_probabilities",
+    "vote_tie_epsilon",
+]

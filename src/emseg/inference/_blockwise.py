@@ -25,6 +25,10 @@ probabilities fit a memory budget (the common case); in-plane blocks otherwise.
 Either way the labels equal those of in-memory prediction exactly, because the
 sliding windows sit on a grid fixed by the whole slice's shape.
 
+The engine is this module (jobs, caches, the serial and parallel runs, pyramids); the block layout is in
+:mod:`emseg.inference._block_layout` and the run state (metadata, markers, resume checks) in
+:mod:`emseg.inference._run_state`.
+
 Predictor interface used (any object offering it plugs in: 3-D models, ensembles):
 ``classes``; ``block_input(region, shape) -> input box``;
 ``predict_proba_block(data, origin=, region=, shape=) -> (K, nz, ny, nx)``; optionally
@@ -35,14 +39,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
-import hashlib
-import itertools
-import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,129 +51,34 @@ from typing import Any
 import numpy as np
 
 from emseg._device import cpu_has_native_bf16
+from emseg.inference._block_layout import (
+    BlockLayout,
+    VolumeBlockAdapter,
+    as_block_predictor,
+    block_labels,
+    choose_block,
+    predict_labels_block,
+)
 from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
-from emseg.inference._tiling import first_argmax
+from emseg.inference._predictor import load_predictor
+from emseg.inference._run_state import (
+    ResumeError,
+    _mark,
+    _prepare_output,
+    _tree_sha256,
+    _update_meta,
+    file_sha256,
+    finished_blocks,
+    read_run_metadata,
+)
+from emseg.io import open_image
+from emseg.io._atomic import discard, remove_path
+from emseg.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BlockJob", "BlockLayout", "ResumeError", "VolumeBlockAdapter", "as_block_predictor", "file_sha256",
            "predict_blockwise"]
-
-MARKER_DIR = ".emseg/blocks"
-#: Memory budget for one block's class probabilities (float32), which sets the z depth of a block.
-BLOCK_BYTES = 256 * 2**20
-#: Largest slice (pixels) predicted whole in-plane; larger slices are cut into in-plane blocks.
-MAX_PLANE = 4096 * 4096
-PLANE_BLOCK = 2048
-
-
-class ResumeError(ValueError):
-    """An existing output belongs to a different run (model, input or block layout)."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(2**20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class BlockLayout:
-    """A ``(Z, Y, X)`` volume cut into blocks of ``block`` voxels (the last ones smaller)."""
-
-    shape: tuple[int, int, int]
-    block: tuple[int, int, int]
-
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        return tuple(math.ceil(s / b) for s, b in zip(self.shape, self.block))  # type: ignore[return-value]
-
-    def __len__(self) -> int:
-        return int(np.prod(self.grid))
-
-    def indices(self) -> Iterator[tuple[int, int, int]]:
-        yield from itertools.product(*(range(g) for g in self.grid))
-
-    def region(self, index: tuple[int, int, int]) -> tuple[slice, slice, slice]:
-        """Global box of block ``index``."""
-        return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, self.block, self.shape))  # type: ignore[return-value]
-
-
-def choose_block(predictor: Any, shape: tuple[int, int, int], block: tuple[int, int, int] | None = None
-                 ) -> tuple[int, int, int]:
-    """Block shape: the user's, else whole slices (z-only blocks) sized to :data:`BLOCK_BYTES`.
-
-    A predictor may propose its own with ``preferred_block(shape)`` (3-D models).
-    """
-    if block is not None:
-        if len(block) != 3 or any(int(b) < 1 for b in block):
-            raise ValueError(f"block must be three positive ints (z, y, x), got {block!r}")
-        return tuple(min(int(b), s) for b, s in zip(block, shape))  # type: ignore[return-value]
-    preferred = getattr(predictor, "preferred_block", None)
-    if preferred is not None:
-        return tuple(min(int(b), s) for b, s in zip(preferred(shape), shape))  # type: ignore[return-value]
-    z, y, x = shape
-    if y * x > MAX_PLANE:
-        y, x = min(y, PLANE_BLOCK), min(x, PLANE_BLOCK)
-    per_slice = len(predictor.classes) * y * x * 4
-    bz = int(max(1, min(32, BLOCK_BYTES // per_slice, z)))
-    return bz, y, x
-
-
-class VolumeBlockAdapter:
-    """Blockwise interface for a predictor offering only ``predict_proba_volume`` and a ``halo``.
-
-    Reads the block plus ``halo = (hz, hy, hx)`` voxels each side (clipped to the volume), predicts that
-    sub-volume and crops it.  Exact where the predictor's output at a voxel depends only on input within
-    the halo and not on where its windows start (e.g. 2.5-D slice models along z); otherwise close to,
-    but not bit-identical with, whole-volume prediction near block borders.
-    """
-
-    def __init__(self, predictor: Any):
-        self.predictor = predictor
-        self.classes = predictor.classes
-        self.halo = tuple(int(h) for h in getattr(predictor, "halo", (0, 0, 0)))
-
-    def __getattr__(self, name: str) -> Any:  # preferred_block, overlap, ... of the wrapped predictor
-        return getattr(self.__dict__["predictor"], name)
-
-    def block_input(self, region, shape):
-        return tuple(slice(max(0, r.start - h), min(s, r.stop + h)) for r, h, s in zip(region, self.halo, shape))
-
-    def predict_proba_block(self, data, *, origin, region, shape):
-        probs = self.predictor.predict_proba_volume(data)
-        return probs[(slice(None),) + tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, origin))]
-
-
-def as_block_predictor(predictor: Any) -> Any:
-    """``predictor`` itself if it has the blockwise interface, else a :class:`VolumeBlockAdapter`."""
-    if getattr(predictor, "spatial_dims", 2) == 2 and hasattr(predictor, "block_input") \
-            and hasattr(predictor, "predict_proba_block"):
-        return predictor
-    if hasattr(predictor, "predict_proba_volume"):
-        return VolumeBlockAdapter(predictor)
-    raise TypeError(f"{type(predictor).__name__} has neither predict_proba_block nor predict_proba_volume")
-
-
-def predict_labels_block(predictor: Any, read: Callable[[tuple[slice, ...]], np.ndarray],
-                         region: tuple[slice, slice, slice], shape: tuple[int, int, int], dtype: Any) -> np.ndarray:
-    """Labels ``(nz, ny, nx)`` of ``region``: read the predictor's input box, predict, argmax."""
-    box = predictor.block_input(region, shape)
-    return block_labels(predictor, read(box), origin=tuple(s.start for s in box), region=region, shape=shape,
-                        dtype=dtype)
-
-
-def block_labels(predictor: Any, data: np.ndarray, *, origin, region, shape, dtype: Any) -> np.ndarray:
-    """Labels of ``region`` from its input ``data``: the predictor's ``predict_labels_block`` where it has
-    one (no probabilities formed), else the argmax of ``predict_proba_block``."""
-    if hasattr(predictor, "predict_labels_block"):
-        labels = predictor.predict_labels_block(data, origin=origin, region=region, shape=shape)
-    else:
-        labels = first_argmax(predictor.predict_proba_block(data, origin=origin, region=region, shape=shape))
-    return labels.astype(dtype, copy=False)
 
 
 @dataclass
@@ -200,28 +106,24 @@ _INPUTS: dict[str, Any] = {}
 _OUTPUTS: dict[tuple[str, str], Any] = {}
 
 
-def load_predictor(model: str, sha256: str, options: dict[str, Any],
+def _cached_predictor(model: str, sha256: str, options: dict[str, Any],
                    loader: Callable[..., Any] | None = None) -> Any:
     """The predictor for ``model``, loaded once per process (keyed by path, checksum, options and loader).
 
-    ``loader(model, **options)`` builds it (default :meth:`Predictor.from_checkpoint`; an ensemble
+    ``loader(model, **options)`` builds it (default :func:`~emseg.inference.load_predictor`; an ensemble
     passes its own), wrapped by :func:`as_block_predictor`.
     """
     # precision "auto" follows the CPU check (which EMSEG_NATIVE_BF16 can override), so the key holds its answer
     key = (model, sha256, tuple(sorted(options.items())), loader, cpu_has_native_bf16())
     if key not in _PREDICTORS:
         if loader is None:
-            from emseg.inference._predictor import Predictor
-
-            loader = Predictor.from_checkpoint
+            loader = load_predictor
         _PREDICTORS[key] = as_block_predictor(loader(model, **options))
     return _PREDICTORS[key]
 
 
 def _open_input(path: str) -> Any:
     if path not in _INPUTS:
-        from emseg.io import open_image
-
         _INPUTS[path] = open_image(path)
     return _INPUTS[path].array
 
@@ -248,107 +150,13 @@ def run_block(job: BlockJob, index: tuple[int, int, int]) -> tuple[tuple[int, in
 
     if torch.get_num_threads() != job.threads:
         torch.set_num_threads(job.threads)  # the same on every route: the labels are then bit-identical
-    predictor = load_predictor(job.model, job.model_sha256, job.predictor_options, job.loader)
+    predictor = _cached_predictor(job.model, job.model_sha256, job.predictor_options, job.loader)
     volume = _open_input(job.input)
     layout = BlockLayout(job.shape, job.block)
     region = layout.region(index)
     labels = predict_labels_block(predictor, lambda box: np.asarray(volume[box]), region, job.shape, job.dtype)
     write_block(_open_output(job.output, job.labels_path), region, labels, job.is_2d)
     return index, int(labels.size)
-
-
-# ----------------------------------------------------------------- the output store
-
-
-def _marker(output: Path, index: tuple[int, int, int]) -> Path:
-    return output / MARKER_DIR / ".".join(str(i) for i in index)
-
-
-def finished_blocks(output: str | os.PathLike) -> set[tuple[int, int, int]]:
-    """Indices of the blocks marked done in an output store."""
-    folder = Path(output) / MARKER_DIR
-    if not folder.is_dir():
-        return set()
-    done = set()
-    for p in folder.iterdir():
-        parts = p.name.split(".")
-        if len(parts) == 3 and all(s.isdigit() for s in parts):
-            done.add(tuple(int(s) for s in parts))
-    return done
-
-
-def _mark(output: Path, index: tuple[int, int, int]) -> None:
-    path = _marker(output, index)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text("")
-    os.replace(tmp, path)
-
-
-def read_run_metadata(output: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``emseg`` attributes of a blockwise output store, or None if it is not one."""
-    output = Path(output)
-    for name in ("zarr.json", ".zattrs"):
-        meta = output / name
-        if meta.is_file():
-            try:
-                data = json.loads(meta.read_text())
-            except ValueError:
-                return None
-            attrs = data.get("attributes", {}) if name == "zarr.json" else data
-            found = attrs.get("emseg")
-            return found if isinstance(found, dict) else None
-    return None
-
-
-_IDENTITY_KEYS = ("model_sha256", "input", "input_shape", "input_dtype", "block_shape", "predictor_options",
-                  "ome_zarr", "zarr_format", "threads")
-_IDENTITY_DEFAULTS = {"threads": 1}  # runs recorded before the key existed used one thread
-
-
-def _check_same_run(output: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
-    def get(meta, k):
-        return meta.get(k, _IDENTITY_DEFAULTS.get(k))
-
-    diffs = [f"{k}: stored {get(stored, k)!r}, now {get(wanted, k)!r}" for k in _IDENTITY_KEYS
-             if _jsonable(get(stored, k)) != _jsonable(get(wanted, k))]
-    if diffs:
-        raise ResumeError(
-            f"cannot resume {output}: it is an unfinished run of a different prediction ({'; '.join(diffs)}). "
-            "Pass --overwrite to start again, or choose another output path"
-        )
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
-def _create_output(output: Path, *, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any, meta: dict,
-                   ome: bool, zarr_format: int) -> str:
-    """Create the store; returns the path of the full-resolution labels array inside it."""
-    import zarr
-
-    if ome:
-        root = zarr.open_group(store=str(output), mode="w", zarr_format=2)
-        root.attrs["emseg"] = meta
-        zarr.create_array(store=str(output), name="0", shape=shape, chunks=chunks, dtype=dtype, zarr_format=2,
-                          fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"},
-                          dimension_names=None)
-        path = "0"
-    else:
-        zarr.create_array(store=str(output), shape=shape, chunks=chunks, dtype=dtype, zarr_format=zarr_format,
-                          fill_value=0, attributes={"emseg": meta})
-        path = ""
-    (output / MARKER_DIR).mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _update_meta(output: Path, **changes: Any) -> None:
-    import zarr
-
-    node = zarr.open(store=str(output), mode="r+")
-    meta = dict(node.attrs.get("emseg", {}))
-    meta.update(changes)
-    node.attrs["emseg"] = meta
 
 
 # ----------------------------------------------------------------- the engine
@@ -406,7 +214,7 @@ def predict_blockwise(
         progress: progress bar with voxels/s and ETA (terminal only).
         max_blocks: stop after this many blocks (tests, benchmarks); the run stays resumable.
         loader: ``loader(model_path, **predictor options)`` builds the predictor in each process
-            (default :meth:`Predictor.from_checkpoint`; e.g. an ensemble's loader).
+            (default :func:`~emseg.inference.load_predictor`: a model, an ensemble or an export).
 
     Returns:
         The output path.
@@ -417,8 +225,6 @@ def predict_blockwise(
     """
     from emseg import __version__
     from emseg._progress import progress_bar
-    from emseg.io import open_image
-    from emseg.io._atomic import remove_path
 
     output = Path(output)
     if not str(output).lower().endswith(".zarr"):
@@ -437,17 +243,15 @@ def predict_blockwise(
     if not calibrated:
         options["calibrated"] = False
     if isinstance(model, (str, os.PathLike)):
-        from emseg.training._checkpoint import resolve_model_path
-
         if loader is None:
             model_path = str(resolve_model_path(model).resolve())
             sha = file_sha256(model_path)
         else:
             model_path = str(Path(model).resolve())
             sha = file_sha256(model_path) if Path(model_path).is_file() else _tree_sha256(Path(model_path))
-        predictor = load_predictor(model_path, sha, options, loader) if not (workers or scheduler) else None
+        predictor = _cached_predictor(model_path, sha, options, loader) if not (workers or scheduler) else None
         if predictor is None:
-            probe = load_predictor(model_path, sha, options, loader)  # resolves overlap="auto" once, for the record
+            probe = _cached_predictor(model_path, sha, options, loader)  # resolves overlap="auto" once, for the record
             options["overlap"] = _resolved_overlap(probe, overlap)
             classes = probe.classes
         else:
@@ -542,8 +346,6 @@ def _after_failure(output: Path, err: BaseException, *, created: bool) -> None:
     """Clean up after a failed run: a store this call created with no block finished is removed (nothing
     to resume); an error writing names the store and says what is kept.  The caller re-raises ``err``
     when this returns."""
-    from emseg.io._atomic import discard
-
     done = len(finished_blocks(output))
     if created and not done:
         discard(output)
@@ -560,49 +362,6 @@ def _resolved_overlap(predictor: Any, requested: Any) -> Any:
     inner = getattr(predictor, "predictor", predictor)  # through VolumeBlockAdapter
     value = getattr(inner, "overlap", requested)
     return float(value) if isinstance(value, (int, float)) else value
-
-
-def _tree_sha256(folder: Path) -> str:
-    """SHA-256 over the files of a model folder (an ensemble), names and contents, in sorted order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()
-
-
-def _prepare_output(output: Path, meta: dict, *, resume: bool | None, overwrite: bool, shape, chunks, dtype,
-                    ome: bool, zarr_format: int, remove: Callable[[Path], None]) -> str:
-    if output.exists() and overwrite:
-        remove(output)
-    if output.exists():
-        stored = read_run_metadata(output)
-        if stored is None:
-            raise FileExistsError(f"{output} already exists and is not an emseg prediction; pass --overwrite to replace it")
-        if stored.get("status") == "complete":
-            raise FileExistsError(f"{output} already exists (a complete prediction); pass --overwrite to replace it")
-        if resume is False:
-            raise FileExistsError(f"{output} is an unfinished prediction; pass --resume to continue it or "
-                                  "--overwrite to start again")
-        _check_same_run(output, stored, meta)
-        _remove_partial_chunks(output)
-        return "0" if ome else ""
-    if resume:
-        logger.info("nothing to resume at %s: starting a new prediction", output)
-    return _create_output(output, shape=shape, chunks=chunks, dtype=dtype, meta=meta, ome=ome,
-                          zarr_format=zarr_format)
-
-
-def _remove_partial_chunks(output: Path) -> None:
-    """Delete the temporary chunk files (``<chunk>.<uuid>.partial``) a killed zarr writer left behind.
-
-    zarr writes a chunk to such a file and renames it; a SIGKILL between the two leaves it in the store.
-    The chunk itself is rewritten on resume (its block was not marked done), so the leftover is garbage.
-    """
-    for leftover in output.rglob("*.partial"):
-        if leftover.is_file():
-            leftover.unlink()
-            logger.info("removed %s, left by an interrupted run", leftover)
 
 
 def _run_serial(predictor: Any, volume: Any, output: Path, labels_path: str, layout: BlockLayout,
@@ -722,9 +481,4 @@ def write_pyramid(output: Path, *, voxel_size: tuple[float, float, float] | None
     }]
     return shapes
 
-
-def summarize(output: str | os.PathLike) -> dict[str, Any]:
-    """Run metadata plus blocks done (for reports)."""
-    meta = read_run_metadata(output) or {}
-    return {**meta, "blocks_done": len(finished_blocks(output))}
 

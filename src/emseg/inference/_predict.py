@@ -19,6 +19,8 @@ from emseg.inference._outputs import (
     write_failure,
 )
 from emseg.inference._predictor import Predictor
+from emseg.io import atomic_output, open_image, remove_stale_temporaries, write_image
+from emseg.io._atomic import discard
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,6 @@ def write_probabilities(path: str | os.PathLike, probs: np.ndarray, classes: lis
     class); ``.zarr`` / ``.h5``: one array per class name inside the container.
     """
     import tifffile
-
-    from emseg.io import atomic_output, write_image
 
     path = Path(path)
     kind = probabilities_format(path)
@@ -112,7 +112,6 @@ def predict(
             full disk): no output is left behind, the message names the output.
     """
     from emseg._progress import progress_bar
-    from emseg.io import open_image, remove_stale_temporaries
 
     output = Path(output)
     blockwise = {k: v for k, v in blockwise.items() if v is not None}
@@ -180,9 +179,6 @@ def _write_outputs(output: Path, labels: np.ndarray, *, voxel_size, overwrite: b
     cannot be staged that way: they are written first and removed again if the probabilities fail
     and this call created their file.
     """
-    from emseg.io import atomic_output, write_image
-    from emseg.io._atomic import discard
-
     labels_file, inner = image_location(output)
     if probabilities is None:
         try:

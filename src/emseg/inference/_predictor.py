@@ -15,16 +15,33 @@ import torch
 from emseg._device import autocast, default_device, resolve_precision
 from emseg.data._load import _context_stack
 from emseg.data._normalize import Normalizer
+from emseg.inference._ensemble import EnsemblePredictor
 from emseg.inference._outputs import check_options
+from emseg.inference._protocol import SegmentationPredictor, volume_labels
 from emseg.inference._tiling import first_argmax
+from emseg.models import (
+    DEFAULT_DIVISOR,
+    DEFAULT_OVERLAP,
+    DEFAULT_WINDOW,
+    DEFAULT_WINDOW_3D,
+    ENSEMBLE_BACKEND,
+    load_checkpoint,
+    rebuild_network,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Predictor"]
+__all__ = ["EXPORTED_SUFFIXES", "TTA_FLIPS", "Predictor", "load_predictor"]
+
+#: Files written by ``emseg export`` (ONNX, bioimage.io zip): loaded by :func:`emseg.export.load_exported`.
+EXPORTED_SUFFIXES = (".onnx", ".zip")
+
+#: Test-time augmentation: the identity and the flips along x, y and both (dims of an ``(N, C, ..., Y, X)`` tensor).
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
-class Predictor:
-    """Turns raw EM slices into class probabilities and labels.
+class Predictor(SegmentationPredictor):
+    """Turns raw EM slices into class probabilities and labels (one model).
 
     Build it with :meth:`from_checkpoint` (a run directory or ``model.pt``),
     or with :meth:`from_model` during training.
@@ -84,10 +101,10 @@ class Predictor:
         classes: list[str],
         normalizer: Normalizer,
         context_slices: int = 1,
-        window: tuple[int, int] = (512, 512),
-        overlap: float | str = 0.25,
+        window: tuple[int, int] = DEFAULT_WINDOW,
+        overlap: float | str = DEFAULT_OVERLAP,
         batch_size: int = 4,
-        divisor: int = 16,
+        divisor: int = DEFAULT_DIVISOR,
         device: torch.device | None = None,
         precision: str = "auto",
         tta: bool = False,
@@ -118,7 +135,7 @@ class Predictor:
         if self.is_torch:
             self.model.to(self.device)
         self.spatial_dims = int(spatial_dims or getattr(model, "spatial_dims", 2))
-        self.window_3d = tuple(int(w) for w in (window_3d or (5, 256, 256)))
+        self.window_3d = tuple(int(w) for w in (window_3d or DEFAULT_WINDOW_3D))
         self.margin = int(getattr(model, "output_margin", 0)) if self.is_torch else 0
         self.jit = bool(jit)
         if self.jit and (self.device.type != "cpu" or self.dtype is not None):
@@ -168,52 +185,30 @@ class Predictor:
                          "to use the model's own window")
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
-        """Rebuild the model and preprocessing from a run directory or checkpoint file."""
-        from emseg.training._checkpoint import load_checkpoint
-
-        if str(path).lower().endswith((".onnx", ".zip")):  # a file written by `emseg export` (emseg.export)
-            from emseg.export import load_exported
-
-            return load_exported(path, **kwargs)
-        ckpt = load_checkpoint(path)
-        return cls.from_checkpoint_dict(ckpt, **kwargs)
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> SegmentationPredictor:
+        """Rebuild the model and preprocessing from a run directory or checkpoint file (see :func:`load_predictor`)."""
+        return load_predictor(path, **kwargs)
 
     @classmethod
-    def from_checkpoint_dict(cls, ckpt: dict[str, Any], **kwargs: Any) -> Predictor:
-        from emseg.models import MODELS, build_model
-        from emseg.training._checkpoint import ENSEMBLE_BACKEND, CheckpointError
-
+    def from_checkpoint_dict(cls, ckpt: dict[str, Any], **kwargs: Any) -> SegmentationPredictor:
+        """The predictor of a loaded checkpoint: one model's, or an :class:`EnsemblePredictor` of its members."""
         if ckpt.get("backend") == ENSEMBLE_BACKEND:  # an ensemble artefact predicts like one model
-            from emseg.ensemble._predictor import EnsemblePredictor
+            return EnsemblePredictor.from_checkpoint_dict(ckpt, member_loader=cls._from_model_checkpoint, **kwargs)
+        return cls._from_model_checkpoint(ckpt, **kwargs)
 
-            return EnsemblePredictor.from_checkpoint_dict(ckpt, **kwargs)
+    @classmethod
+    def _from_model_checkpoint(cls, ckpt: dict[str, Any], **kwargs: Any) -> Predictor:
+        """A single model's predictor: the network rebuilt (:func:`emseg.models.rebuild_network`) with its
+        normaliser, window and calibration offsets from the checkpoint; ``kwargs`` override them."""
         meta = ckpt["model"]
-        spec = MODELS.get(meta["name"])
-        if ckpt["backend"] != spec.backend:
-            raise CheckpointError(f"checkpoint backend {ckpt['backend']!r} does not match model {meta['name']!r}")
-        if spec.backend == "random-forest":
-            from emseg.models import RandomForestSegmenter
-
-            model = RandomForestSegmenter.from_state_dict(ckpt["state"])
-        else:
-            model = build_model(meta["name"], in_channels=meta["in_channels"], num_classes=len(ckpt["classes"]),
-                                options=meta["options"], pretrained=False)  # trained weights follow
-            try:
-                model.load_state_dict(ckpt["state"])
-            except RuntimeError as err:
-                raise CheckpointError(f"weights do not fit model {meta['name']!r}: {err}") from None
-            model.eval()
+        model, spec = rebuild_network(ckpt)
         inference = ckpt.get("inference", {})
-        if spec.valid_padding and int(inference.get("margin", -1)) != int(getattr(model, "output_margin", -2)):
-            raise CheckpointError(f"checkpoint margin {inference.get('margin')} does not match model "
-                                  f"{meta['name']!r} (output margin {getattr(model, 'output_margin', None)})")
         if spec.spatial_dims == 3 and inference.get("window_3d") is not None:
             kwargs.setdefault("window_3d", tuple(inference["window_3d"]))
         kwargs.setdefault("spatial_dims", spec.spatial_dims)
         asked_window = kwargs.get("window") is not None  # the user's (--window): must fit the network
-        kwargs.setdefault("window", tuple(inference.get("window", (512, 512))))
-        kwargs.setdefault("overlap", inference.get("overlap", 0.25))
+        kwargs.setdefault("window", tuple(inference.get("window", DEFAULT_WINDOW)))
+        kwargs.setdefault("overlap", inference.get("overlap", DEFAULT_OVERLAP))
         kwargs.setdefault("grain_filter", list(ckpt.get("preprocess", {}).get("grain_filter", [])))
         calibrated = kwargs.pop("calibrated", True)
         if spec.backend != "random-forest":
@@ -223,7 +218,7 @@ class Predictor:
             classes=ckpt["classes"],
             normalizer=Normalizer.from_dict(ckpt["normalization"]),
             context_slices=int(meta.get("context_slices", 1)),
-            divisor=int(inference.get("divisor", 16)),
+            divisor=int(inference.get("divisor", DEFAULT_DIVISOR)),
             **kwargs,
         )
         if asked_window:
@@ -290,16 +285,13 @@ class Predictor:
             return self.model.predict_proba(x[0])
         # valid-padding network: output tiles stitched exactly (no blending)
         tensor = torch.from_numpy(x)[None].to(self.device)
-        flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
-        probs = None
-        for dims in flips:
-            inp = torch.flip(tensor, dims) if dims else tensor
+
+        def probabilities(inp: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.dtype):
                 logits = self._valid_padding_logits(inp)
-            p = torch.softmax(self._offset(logits.float()), dim=1)
-            p = torch.flip(p, dims) if dims else p
-            probs = p if probs is None else probs + p
-        return (probs / len(flips))[0].cpu().numpy()
+            return torch.softmax(self._offset(logits.float()), dim=1)
+
+        return self._flip_mean(tensor, probabilities)[0].cpu().numpy()
 
     def _valid_padding_logits(self, image: torch.Tensor) -> torch.Tensor:
         """``(1, C, Y, X)`` -> ``(1, K, Y, X)`` logits of a valid-padding model by stitched output tiles."""
@@ -338,17 +330,14 @@ class Predictor:
 
         tensor = torch.from_numpy(self.normalizer(volume))[None, None].to(self.device)
         roi = tuple(min(w, s) for w, s in zip(self.window_3d, volume.shape))
-        flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
-        probs = None
-        for dims in flips:
-            inp = torch.flip(tensor, dims) if dims else tensor
+
+        def probabilities(inp: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.dtype):
                 logits = sliding_window_inference(inp, roi_size=roi, sw_batch_size=self.batch_size, predictor=self.model,
                                                   overlap=self.overlap, mode="gaussian", padding_mode="reflect")
-            p = torch.softmax(self._offset(logits.float()), dim=1)
-            p = torch.flip(p, dims) if dims else p
-            probs = p if probs is None else probs + p
-        return (probs / len(flips))[0].cpu().numpy().astype(np.float32, copy=False)
+            return torch.softmax(self._offset(logits.float()), dim=1)
+
+        return self._flip_mean(tensor, probabilities)[0].cpu().numpy().astype(np.float32, copy=False)
 
     @property
     def _labels_from_logits(self) -> bool:
@@ -377,25 +366,15 @@ class Predictor:
             labels ``(Z, Y, X)`` uint8 (uint16 for > 255 classes) and, if asked,
             probabilities ``(K, Z, Y, X)`` float32.
         """
+        if self.spatial_dims == 3 or probabilities or not self._labels_from_logits:
+            return volume_labels(self, volume, probabilities=probabilities, progress=progress)
         z, y, x = volume.shape
-        dtype = np.uint8 if self.num_classes <= 255 else np.uint16
-        if self.spatial_dims == 3:  # one 3-D sliding window over the whole volume
-            p = self.predict_proba_volume(volume)
+        labels = np.empty((z, y, x), np.uint8 if self.num_classes <= 255 else np.uint16)
+        for k in range(z):  # tiled 2-D network: labels from the blended logits, no softmax, no probability copy
+            labels[k] = self.predict_labels_slice(self._slice_input(volume, k))
             if progress is not None:
-                progress(z)
-            return first_argmax(p).astype(dtype), (p if probabilities else None)
-        labels = np.empty((z, y, x), dtype)
-        if not probabilities and self._labels_from_logits:  # no softmax, no probability copy
-            for k in range(z):
-                labels[k] = self.predict_labels_slice(self._slice_input(volume, k))
-                if progress is not None:
-                    progress(1)
-            return labels, None
-        probs = np.empty((self.num_classes, z, y, x), np.float32)
-        for k, p in self.iter_slices(volume, progress=progress):
-            labels[k] = first_argmax(p)
-            probs[:, k] = p
-        return labels, probs
+                progress(1)
+        return labels, None
 
     # ------------------------------------------------------------------ blockwise seam
     # The blockwise engine (emseg.inference._blockwise) relies on exactly these:
@@ -436,22 +415,25 @@ class Predictor:
         ``(C, h, w)`` input at ``origin``."""
         from emseg.inference._tiling import predict_region
 
-        flips = [(), (-1,), (-2,), (-2, -1)] if self.tta else [()]
-
-        def run(batch: torch.Tensor) -> torch.Tensor:
-            batch = batch.to(self.device)
-            total = None
-            for dims in flips:
-                inp = torch.flip(batch, dims) if dims else batch
-                out = self._forward(inp)
-                out = torch.flip(out, dims) if dims else out
-                total = out if total is None else total + out
-            total = total / len(flips) if len(flips) > 1 else total
-            return self._offset(total)
+        def run(batch: torch.Tensor) -> torch.Tensor:  # blended logits (flips averaged as logits), then offsets
+            return self._offset(self._flip_mean(batch.to(self.device), self._forward))
 
         return predict_region(x, origin=origin, full_shape=full_shape, region=region, roi=self._roi(full_shape),
                               overlap=self.overlap, run=run, batch_size=self.batch_size, num_classes=self.num_classes,
                               output=output)
+
+    def _flip_mean(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn(x)``; with test-time augmentation the mean of ``fn`` over ``x`` and its flips, each flipped back.
+
+        The one TTA loop: ``x`` is ``(N, C, ..., Y, X)``; the flips are along x, y and both (:data:`TTA_FLIPS`).
+        """
+        flips = TTA_FLIPS if self.tta else ((),)
+        total = None
+        for dims in flips:
+            out = fn(torch.flip(x, dims) if dims else x)
+            out = torch.flip(out, dims) if dims else out
+            total = out if total is None else total + out
+        return total / len(flips) if len(flips) > 1 else total
 
     def _offset(self, logits: torch.Tensor) -> torch.Tensor:
         """``(N, K, ...)`` logits plus the calibration offsets of the checkpoint (if any)."""
@@ -552,6 +534,37 @@ class Predictor:
                                   output=output)
             out[..., i, :, :] = res
         return out
+
+
+# An ensemble is used wherever one model is (``isinstance(p, Predictor)`` in code written for one model):
+# a virtual subclass, sharing the interface (SegmentationPredictor) but none of the implementation.
+Predictor.register(EnsemblePredictor)
+
+
+def load_predictor(path: str | os.PathLike, **options: Any) -> SegmentationPredictor:
+    """The predictor of a model file: a single model's, an ensemble's or an exported network's.
+
+    Args:
+        path: a run directory or ``model.pt`` written by ``emseg train`` / ``emseg ensemble`` (loaded with
+            ``weights_only=True``, :func:`emseg.models.load_checkpoint`), or an ``.onnx`` / bioimage.io ``.zip``
+            written by ``emseg export``.
+        options: :class:`Predictor` options (``precision``, ``tta``, ``window``, ``overlap``, ``batch_size``,
+            ``device``, ``jit``, ``calibrated``, ...); an ensemble passes them to every member.
+
+    Returns:
+        A :class:`Predictor`, an :class:`EnsemblePredictor` or the exported network's :class:`Predictor`,
+        all satisfying :class:`SegmentationPredictor`.
+
+    Raises:
+        emseg.models.CheckpointError: not a usable emseg model; the message names the file and the problem.
+    """
+    if str(path).lower().endswith(EXPORTED_SUFFIXES):
+        # emseg.export builds a Predictor around the exported network, so it sits above inference; the one
+        # import from above, for a file format this function dispatches on.
+        from emseg.export import load_exported
+
+        return load_exported(path, **options)
+    return Predictor.from_checkpoint_dict(load_checkpoint(path), **options)
 
 
 def _probe_receptive_radius(model: torch.nn.Module, channels: int, window: tuple[int, int], divisor: int) -> int:

@@ -22,7 +22,25 @@ from emseg.models._registry import (
     validate_model_options,
 )
 
+_CHECKPOINT_NAMES = (
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "DEFAULT_DIVISOR",
+    "DEFAULT_OVERLAP",
+    "DEFAULT_WINDOW",
+    "DEFAULT_WINDOW_3D",
+    "ENSEMBLE_BACKEND",
+    "MODEL_FILENAME",
+    "CheckpointError",
+    "inference_defaults",
+    "load_checkpoint",
+    "rebuild_network",
+    "resolve_model_path",
+    "save_checkpoint",
+)
+
 __all__ = [
+    *_CHECKPOINT_NAMES,
     "MODELS",
     "ModelOptions",
     "ModelSpec",
@@ -403,6 +421,10 @@ def count_parameters(model) -> int:
 
 
 def __getattr__(name: str):  # lazy heavy imports
+    if name in _CHECKPOINT_NAMES:  # emseg.models._checkpoint imports torch
+        from emseg.models import _checkpoint
+
+        return getattr(_checkpoint, name)
     if name == "UNet":
         from emseg.models._unet import UNet
 

@@ -1,6 +1,6 @@
 """Losses, the trainer and self-describing checkpoints."""
 
-from emseg.training._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from emseg.models import CheckpointError, load_checkpoint, save_checkpoint
 from emseg.training._loss_registry import LOSSES, build_loss
 from emseg.training._losses import DiceCELoss
 from emseg.training._recipes import apply_recipe, list_recipes

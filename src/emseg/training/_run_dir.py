@@ -23,7 +23,7 @@ from typing import Any
 from emseg.io import atomic_output
 from emseg.io import remove_stale_temporaries as _remove_stale_temporaries
 from emseg.io._atomic import TMP_MARKER
-from emseg.training._checkpoint import MODEL_FILENAME, save_checkpoint
+from emseg.models import MODEL_FILENAME, CheckpointError, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +189,6 @@ def restore_best(out_dir: Path, last: dict[str, Any]) -> bool:
     epoch's model (its keys without :data:`RESUME_KEYS`), so ``model.pt`` is
     rewritten from it.
     """
-    from emseg.training._checkpoint import CheckpointError, load_checkpoint
-
     info = last.get("training", {})
     if info.get("best_epoch") != info.get("epoch"):
         return False

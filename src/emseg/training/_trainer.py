@@ -31,9 +31,9 @@ from emseg.data import (
     epoch_elastic_field,
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
-from emseg.inference._predictor import Predictor
+from emseg.inference import Predictor
 from emseg.models import MODELS, build_model, count_parameters, model_divisor
-from emseg.training._checkpoint import MODEL_FILENAME, CheckpointError, load_checkpoint, save_checkpoint
+from emseg.models import MODEL_FILENAME, CheckpointError, inference_defaults, load_checkpoint, save_checkpoint
 from emseg.training._run_dir import (
     CONFIG_FILENAME,
     LAST_FILENAME,
@@ -233,7 +233,7 @@ def _checkpoint(config: Config, *, backend: str, state: dict, normalizer: Normal
         "ignore_label": config.data.ignore_label,
         "background": config.data.background,
         "normalization": normalizer.to_dict(),
-        "inference": {"window": [512, 512], "overlap": 0.25, "divisor": divisor, **inference_metadata(config)},
+        "inference": {**inference_defaults(divisor=divisor), **inference_metadata(config)},
         "preprocess": config.preprocess.model_dump(mode="json"),
         "state": state,
         "training": training,

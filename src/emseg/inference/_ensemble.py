@@ -1,7 +1,20 @@
-"""EnsemblePredictor: several members behind the :class:`~emseg.inference.Predictor` interface.
+"""EnsemblePredictor: several member predictors combined, predicting like one model.
 
 Each member keeps its own normalisation, context slices and architecture (2-D,
 2.5-D, 3-D, random forest); only their class probabilities are combined.
+
+Why this is in inference and not in :mod:`emseg.ensemble` (issue 17): an
+ensemble artefact (``model.pt`` with ``backend: ensemble``) must load wherever
+a single model loads (``emseg predict``, the blockwise engine, ``emseg
+evaluate``, :func:`~emseg.inference.load_predictor`). With the predictor in
+the ensemble package, inference had to import the package above it (a cycle),
+or the ensemble had to register a loader with inference at import time, which
+would make ``Predictor.from_checkpoint(ensemble)`` fail unless
+``emseg.ensemble`` happened to be imported first. Combining probabilities is
+prediction; training members and searching weights is what stays in
+:mod:`emseg.ensemble` (which re-exports these names). The ensemble *has*
+members satisfying :class:`~emseg.inference.SegmentationPredictor`; it shares
+no implementation with :class:`~emseg.inference.Predictor`.
 """
 
 from __future__ import annotations
@@ -13,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from emseg.data._load import _context_stack
-from emseg.ensemble._combine import METHODS, combine_probabilities
-from emseg.inference._predictor import Predictor
+from emseg.inference._combine import METHODS, combine_probabilities
+from emseg.inference._protocol import SegmentationPredictor, volume_labels
 from emseg.inference._tiling import first_argmax
 
 logger = logging.getLogger(__name__)
@@ -43,17 +56,19 @@ def member_probabilities(predictor: Any, volume: Any, zs: Sequence[int], *, spat
     return np.stack(slices, axis=1)
 
 
-class EnsemblePredictor(Predictor):
+class EnsemblePredictor:
     """Averages, weights or votes over member predictors; used like a single :class:`Predictor`.
 
-    Build it with :meth:`Predictor.from_checkpoint` on an ensemble ``model.pt``
-    (written by :func:`emseg.ensemble.build_ensemble`) or directly from member
-    predictors.
+    Build it with :func:`~emseg.inference.load_predictor` (or :meth:`Predictor.from_checkpoint`) on an
+    ensemble ``model.pt`` (written by :func:`emseg.ensemble.build_ensemble`) or directly from member
+    predictors. It satisfies :class:`~emseg.inference.SegmentationPredictor` and is registered as a
+    virtual :class:`~emseg.inference.Predictor` (``isinstance(ensemble, Predictor)`` holds, as code written
+    for one model expects) without inheriting from it.
 
     Parameters
     ----------
     members
-        Member predictors (:class:`Predictor` or anything with the same interface).
+        Member predictors (:class:`Predictor` or anything satisfying :class:`SegmentationPredictor`).
     method
         ``"mean"``, ``"weighted"`` or ``"vote"`` (see :func:`combine_probabilities`).
     weights
@@ -72,7 +87,6 @@ class EnsemblePredictor(Predictor):
 
     def __init__(self, members: Sequence[Any], *, method: str = "mean", weights: Sequence[float] | None = None,
                  names: Sequence[str] | None = None, member_dims: Sequence[int] | None = None) -> None:
-        # Deliberately no super().__init__: there is no single model; only the public interface is shared.
         if not members:
             raise ValueError("an ensemble needs at least one member")
         if method not in METHODS:
@@ -106,12 +120,21 @@ class EnsemblePredictor(Predictor):
         self.window_3d = max(windows_3d) if windows_3d else None
 
     @classmethod
-    def from_checkpoint_dict(cls, ckpt: dict[str, Any], **kwargs: Any) -> EnsemblePredictor:
-        """Rebuild every member from its nested checkpoint; ``kwargs`` (precision, tta, ...) go to each member."""
-        members = [Predictor.from_checkpoint_dict(member, **kwargs) for member in ckpt["members"]]
+    def from_checkpoint_dict(cls, ckpt: dict[str, Any], *, member_loader: Callable[..., SegmentationPredictor],
+                             **kwargs: Any) -> EnsemblePredictor:
+        """Rebuild every member from its nested checkpoint with ``member_loader(member_ckpt, **kwargs)``.
+
+        ``kwargs`` (precision, tta, ...) go to each member. :meth:`Predictor.from_checkpoint_dict` passes its
+        single-model loader; use that (or :func:`~emseg.inference.load_predictor`) to load an ensemble.
+        """
+        members = [member_loader(member, **kwargs) for member in ckpt["members"]]
         names = ckpt.get("member_names") or None
         dims = [int(member["model"].get("spatial_dims", 2)) for member in ckpt["members"]]
         return cls(members, method=ckpt["method"], weights=ckpt["weights"], names=names, member_dims=dims)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def _combine(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         return combine_probabilities(probs, method=self.method, weights=self.weights)
@@ -175,6 +198,12 @@ class EnsemblePredictor(Predictor):
             yield z, self._combine(probs)
             if progress is not None:
                 progress(1)
+
+    def predict_volume(self, volume: Any, *, probabilities: bool = False,
+                       progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels ``(Z, Y, X)`` (first class of largest combined probability) and, if asked, the combined
+        probabilities ``(K, Z, Y, X)`` of a raw volume, as :meth:`Predictor.predict_volume`."""
+        return volume_labels(self, volume, probabilities=probabilities, progress=progress)
 
     def predict_proba_volume(self, volume: Any, *, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Combined probabilities of a raw ``(Z, Y, X)`` volume (or block), ``(K, Z, Y, X)`` float32.

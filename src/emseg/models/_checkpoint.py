@@ -3,6 +3,17 @@
 A checkpoint is a ``torch.save`` of a plain dictionary (tensors, numbers,
 strings, lists, dicts) and is always loaded with ``weights_only=True``: a
 model file is data, never code.
+
+This module owns the schema (required fields, the inference defaults a
+checkpoint falls back on), saving, safe loading, validation and rebuilding the
+network (:func:`rebuild_network`). It sits in ``models`` so that inference,
+ensembles and export read models without importing training (issue 17).
+
+The intensity normaliser (:class:`emseg.data.Normalizer`) stays in ``data``:
+it is fitted on training patches and applied by the samplers, so it is a data
+transform, and ``data`` sits above ``models``. The checkpoint validates its
+``normalization`` dictionary; the predictor (``inference``, above ``data``)
+pairs the rebuilt network with ``Normalizer.from_dict(ckpt["normalization"])``.
 """
 
 from __future__ import annotations
@@ -14,11 +25,36 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "ENSEMBLE_BACKEND", "CheckpointError", "load_checkpoint", "resolve_model_path", "save_checkpoint"]
+from emseg.io import atomic_output
+from emseg.models._registry import MODELS, ModelSpec, build_model
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "DEFAULT_DIVISOR",
+    "DEFAULT_OVERLAP",
+    "DEFAULT_WINDOW",
+    "DEFAULT_WINDOW_3D",
+    "ENSEMBLE_BACKEND",
+    "MODEL_FILENAME",
+    "CheckpointError",
+    "inference_defaults",
+    "load_checkpoint",
+    "rebuild_network",
+    "resolve_model_path",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "emseg-model"
 CHECKPOINT_VERSION = 1
 MODEL_FILENAME = "model.pt"
+
+#: Sliding-window defaults: written into every new checkpoint's ``inference`` block and used when an older
+#: checkpoint lacks the field (and by a :class:`~emseg.inference.Predictor` built without a checkpoint).
+DEFAULT_WINDOW: tuple[int, int] = (512, 512)
+DEFAULT_OVERLAP: float = 0.25
+DEFAULT_DIVISOR: int = 16
+DEFAULT_WINDOW_3D: tuple[int, int, int] = (5, 256, 256)
 
 _REQUIRED = {
     "format": str,
@@ -67,8 +103,6 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     """Write atomically: a crash mid-write never leaves a truncated model."""
-    from emseg.io import atomic_output
-
     data = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **checkpoint}
     required = _ENSEMBLE_REQUIRED if data.get("backend") == ENSEMBLE_BACKEND else _REQUIRED
     for key, kind in required.items():
@@ -142,3 +176,42 @@ def _check_ensemble(data: dict[str, Any], where: str) -> None:
         _check_fields(member, name)
         if list(member["classes"]) != list(data["classes"]):
             raise CheckpointError(f"{name} has classes {member['classes']} but the ensemble has {data['classes']}")
+
+
+def inference_defaults(*, divisor: int = DEFAULT_DIVISOR) -> dict[str, Any]:
+    """The ``inference`` block of a new checkpoint: window, overlap and the network's divisor."""
+    return {"window": list(DEFAULT_WINDOW), "overlap": DEFAULT_OVERLAP, "divisor": int(divisor)}
+
+
+def rebuild_network(ckpt: dict[str, Any]) -> tuple[Any, ModelSpec]:
+    """The trained network of a single-model checkpoint (validated by :func:`load_checkpoint`), in eval mode.
+
+    Returns:
+        ``(model, spec)``: a torch module (or a :class:`~emseg.models.RandomForestSegmenter`) with the
+        checkpoint's weights, and its registry entry.
+
+    Raises:
+        CheckpointError: the backend does not match the model, the weights do not fit it, or a valid-padding
+            model's stored margin differs from the network's.
+    """
+    meta = ckpt["model"]
+    spec = MODELS.get(meta["name"])
+    if ckpt["backend"] != spec.backend:
+        raise CheckpointError(f"checkpoint backend {ckpt['backend']!r} does not match model {meta['name']!r}")
+    if spec.backend == "random-forest":
+        from emseg.models._random_forest import RandomForestSegmenter  # scikit-learn: loaded only when needed
+
+        model = RandomForestSegmenter.from_state_dict(ckpt["state"])
+    else:
+        model = build_model(meta["name"], in_channels=meta["in_channels"], num_classes=len(ckpt["classes"]),
+                            options=meta["options"], pretrained=False)  # trained weights follow
+        try:
+            model.load_state_dict(ckpt["state"])
+        except RuntimeError as err:
+            raise CheckpointError(f"weights do not fit model {meta['name']!r}: {err}") from None
+        model.eval()
+    inference = ckpt.get("inference", {})
+    if spec.valid_padding and int(inference.get("margin", -1)) != int(getattr(model, "output_margin", -2)):
+        raise CheckpointError(f"checkpoint margin {inference.get('margin')} does not match model "
+                              f"{meta['name']!r} (output margin {getattr(model, 'output_margin', None)})")
+    return model, spec
