@@ -18,7 +18,7 @@ between annotators (:func:`annotation_agreement`); every group at once with
 """
 
 from ._agreement import annotation_agreement
-from ._benchmark import BenchConfig, combine_probabilities, load_bench_config, run_benchmark
+from ._benchmark import BenchConfig, load_bench_config, run_benchmark
 from ._boundary import class_rand_info_scores, membrane_scores, membrane_segments, rand_info_scores
 from ._confusion import confusion_matrix
 from ._metrics import EvaluationResult, evaluate
@@ -40,7 +40,6 @@ __all__ = [
     "aggregated_jaccard_index",
     "annotation_agreement",
     "class_rand_info_scores",
-    "combine_probabilities",
     "confusion_matrix",
     "connected_components",
     "detection_scores",

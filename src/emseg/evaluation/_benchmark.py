@@ -47,7 +47,7 @@ from emseg.config import ConfigError, VolumeSource, _format_errors, _resolve, co
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BenchConfig", "combine_probabilities", "load_bench_config", "run_benchmark"]
+__all__ = ["BenchConfig", "load_bench_config", "run_benchmark"]
 
 RESULT_FILENAME = "result.json"
 _NONE_LOSS = "none"  # loss label of models that have no loss (the random forest)
@@ -335,7 +335,7 @@ def _load_volume(source: VolumeSource) -> tuple[np.ndarray, np.ndarray, list[int
 
 
 def _quantise(probs: np.ndarray) -> np.ndarray:
-    """Probabilities to uint8 (1/255 steps) for the on-disk cache used by ensembles."""
+    """Probabilities to uint8 (1/255 steps) for the on-disk copy ``test_probabilities.npy``."""
     return np.round(np.clip(probs, 0, 1) * 255).astype(np.uint8)
 
 
@@ -419,8 +419,7 @@ def _annotator_row(bench: BenchConfig, out: Path, test: tuple) -> dict[str, Any]
     }
 
 
-def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, val: tuple | None,
-             *, progress: bool) -> dict[str, Any]:
+def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, *, progress: bool) -> dict[str, Any]:
     from emseg.ensemble._runs import remove_stale_temporaries
     from emseg.evaluation._complexity import model_complexity
     from emseg.evaluation._suite import flatten_scores
@@ -473,9 +472,6 @@ def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, va
     scores = _score(bench, labels, truth, probs)
     _save_npy(run_dir / "test_probabilities.npy", _quantise(probs))
     _save_npy(run_dir / "test_labels.npy", labels)
-    if val is not None:
-        _, val_probs = predictor.predict_volume(val[0], probabilities=True)
-        _save_npy(run_dir / "val_probabilities.npy", _quantise(val_probs))
     model: BenchModel = run["model"]
     fractions = _fractions(bench, labels, truth)
     metrics = flatten_scores(scores)
@@ -511,124 +507,71 @@ def _clear_run(run_dir: Path) -> None:
 # ----------------------------------------------------------------------------- ensembles
 
 
-def combine_probabilities(probs: list[np.ndarray], method: str, weights: np.ndarray | None = None) -> np.ndarray:
-    """Combine members' ``(K, Z, Y, X)`` probabilities into one ``(K, Z, Y, X)`` array.
-
-    ``mean``: the average; ``weighted``: ``sum_m w_m p_m / sum_m w_m``;
-    ``vote``: the fraction of members whose arg-max is each class (ties in
-    the arg-max of the result go to the lowest class index). Kept small and
-    self-contained here; the ensemble package (issue 3) holds the general
-    artefact that predicts like a single model.
-    """
-    if not probs:
-        raise ValueError("an ensemble needs at least one member")
-    if method == "mean":
-        return combine_probabilities(probs, "weighted", np.ones(len(probs)))  # one running sum, no (M, K, ...) stack
-    if method == "weighted":
-        w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(probs),) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"weights must be {len(probs)} non-negative numbers with a positive sum; got {w}")
-        out = np.zeros(probs[0].shape, np.float32)
-        for p, wm in zip(probs, w / w.sum()):
-            out += np.float32(wm) * p.astype(np.float32)
-        return out
-    if method == "vote":
-        k = probs[0].shape[0]
-        votes = np.zeros(probs[0].shape, np.float32)
-        for p in probs:
-            winner = p.argmax(0)
-            for c in range(k):
-                votes[c] += winner == c
-        return votes / len(probs)
-    raise ValueError(f"ensemble method must be mean, weighted or vote; got {method!r}")
-
-
-def _search_weights(probs: list[np.ndarray], truth: np.ndarray, bench: BenchConfig) -> np.ndarray:
-    """Coordinate-wise grid search of member weights in {0, 0.5, 1, 1.5, 2} maximising validation mean IoU.
-
-    Two sweeps over the members starting from equal weights: a full grid over
-    M members grows as 5^M, the sweeps as 10 M evaluations.
-    """
-    from emseg.evaluation import evaluate
-
-    def score(w):
-        if w.sum() <= 0:
-            return -math.inf
-        labels = combine_probabilities(probs, "weighted", w).argmax(0)
-        value = evaluate(labels, truth, classes=bench.classes, ignore_label=bench.ignore_label,
-                         background=bench.background).mean_iou
-        return -math.inf if math.isnan(value) else value
-
-    weights = np.ones(len(probs))
-    best = score(weights)
-    for _ in range(2):
-        for m in range(len(probs)):
-            for value in (0.0, 0.5, 1.0, 1.5, 2.0):
-                trial = weights.copy()
-                trial[m] = value
-                s = score(trial)
-                if s > best + 1e-12:
-                    best, weights = s, trial
-    return weights / weights.sum()
+def _ensemble_members(spec: EnsembleSpec, runs: list[dict]) -> tuple[list[dict], int | None]:
+    """The candidate member runs and ``top`` (for ``topN``), as ``emseg ensemble RUNS --top N`` takes them."""
+    if spec.members == "all":
+        return runs, None
+    if isinstance(spec.members, str):
+        return runs, int(spec.members[3:])
+    by_name = {r["run"]: r for r in runs}
+    missing = [m for m in spec.members if m not in by_name]
+    if missing:
+        raise ValueError(f"ensembles: members {missing} are not runs of this benchmark; runs: {sorted(by_name)}")
+    return [by_name[m] for m in spec.members], None
 
 
 def _run_ensemble(bench: BenchConfig, spec: EnsembleSpec, records: list[dict], out: Path, test: tuple,
-                  val_truth: np.ndarray | None) -> dict[str, Any] | None:
+                  plan: list[dict[str, Any]], *, progress: bool) -> dict[str, Any] | None:
+    """Build the ensemble with :func:`emseg.ensemble.build_ensemble` (as ``emseg ensemble`` would from the same
+    runs: same member selection, weight grid search and combination) into ``OUT/ensembles/<name>/``, then
+    predict the test volume with it like any model."""
+    from emseg.ensemble import ValidationSource, build_ensemble
     from emseg.evaluation._suite import flatten_scores
+    from emseg.inference import Predictor
 
-    runs = [r for r in records if r["kind"] == "run"]
-    if spec.members == "all":
-        members = runs
-    elif isinstance(spec.members, str):
-        n = int(spec.members[3:])
-        members = sorted(runs, key=lambda r: -(r["best_val_mean_iou"] if r["best_val_mean_iou"] is not None else -1))[:n]
-    else:
-        by_name = {r["run"]: r for r in runs}
-        missing = [m for m in spec.members if m not in by_name]
-        if missing:
-            raise ValueError(f"ensembles: members {missing} are not runs of this benchmark; runs: {sorted(by_name)}")
-        members = [by_name[m] for m in spec.members]
-    if len(members) < 2:
+    candidates, top = _ensemble_members(spec, [r for r in records if r["kind"] == "run"])
+    if min(len(candidates), top or len(candidates)) < 2:
         logger.warning("ensemble %s skipped: needs at least two members", spec.method)
         return None
-    name = spec.name or f"ensemble-{spec.method}-{spec.members if isinstance(spec.members, str) else len(members)}"
-    load = lambda r, what: np.load(out / "runs" / r["run"] / f"{what}_probabilities.npy").astype(np.float32) / 255  # noqa: E731
-    weights = None
-    if spec.method == "weighted":
-        if val_truth is None:
-            logger.warning("%s: no validation slices (dataset.val) to search weights on; using equal weights", name)
-            weights = np.full(len(members), 1 / len(members))
-        else:
-            weights = _search_weights([load(r, "val") for r in members], val_truth, bench)
+    name = spec.name or f"ensemble-{spec.method}-{spec.members if isinstance(spec.members, str) else len(candidates)}"
+    # validation data: the benchmark's dataset.val, else each member's own (as `emseg ensemble` without --val)
+    val = None if bench.dataset.val is None else [ValidationSource(s.image, s.labels, s.slices)
+                                                   for s in bench.dataset.val]
+    try:
+        result = build_ensemble([out / "runs" / r["run"] for r in candidates], out / "ensembles" / name,
+                                method=spec.method, top=top, val=val, overwrite=True, progress=progress)
+    except ValueError as err:
+        raise ValueError(f"ensembles: {name}: {err}") from None
+    kept = [row for row in result.report["members"] if row.get("kept", True)]
+    by_name = {r["run"]: r for r in candidates}
+    members = [by_name[row["name"]] for row in kept]
+    # predicted at the precision its members were trained and validated with (as each run is)
+    first = next(run for run in plan if run["name"] == members[0]["run"])
+    predictor = Predictor.from_checkpoint(result.model_path,
+                                          precision=_training_config(bench, first)[0].training.precision)
     start = time.perf_counter()
-    probs = combine_probabilities([np.load(out / "runs" / r["run"] / "test_probabilities.npy", mmap_mode="r")
-                                   for r in members], spec.method, weights)
-    if spec.method != "vote":
-        probs /= 255  # the cache holds probabilities in 1/255 steps; vote fractions need no scaling
-    combine_seconds = time.perf_counter() - start
-    labels = probs.argmax(0).astype(np.uint8)
+    labels, probs = predictor.predict_volume(test[0], probabilities=True)
+    predict_seconds = time.perf_counter() - start
     scores = _score(bench, labels, test[1], probs)
     _save_npy(out / "ensembles" / name / "test_labels.npy", labels)
     fractions = _fractions(bench, labels, test[1])
     metrics = flatten_scores(scores)
     for cls_name, value in fractions.items():
         metrics[f"fraction_difference/{cls_name}"] = value["difference"]
-    per_member = [r["predict_seconds"] for r in members]
-    total_predict = sum(per_member) + combine_seconds
     sum_or_none = lambda key: None if any(r[key] is None for r in members) else sum(r[key] for r in members)  # noqa: E731
     return {
         "run": name, "kind": "ensemble", "model": name, "model_name": "ensemble", "model_options": {},
         "loss": spec.method, "loss_training": {}, "seed": None, "fold": None, "budget_minutes": sum(r["budget_minutes"] for r in members),
         "device": members[0]["device"], "members": [r["run"] for r in members],
-        "weights": None if weights is None else [float(w) for w in weights],
+        "weights": None if spec.method != "weighted" else [float(row["weight"]) for row in kept],
         "parameters": sum_or_none("parameters"), "parameters_kind": "sum of members",
         "flops_per_slice": sum_or_none("flops_per_slice"), "flops_shape": members[0]["flops_shape"],
         "train_seconds": sum(r["train_seconds"] for r in members), "time_to_best_s": None, "best_epoch": None,
         "epochs": None, "stop_reason": None, "best_val_mean_iou": None,
-        "predict_seconds": round(total_predict, 3), "test_voxels": int(labels.size),
-        "mvox_per_s": labels.size / 1e6 / total_predict if total_predict > 0 else None,
+        "predict_seconds": round(predict_seconds, 3), "test_voxels": int(labels.size),
+        "mvox_per_s": labels.size / 1e6 / predict_seconds if predict_seconds > 0 else None,
         "curve": [], "metrics": metrics, "scores": scores, "fractions": fractions, "config_hash": None,
-        "labels_path": f"ensembles/{name}/test_labels.npy",
+        "labels_path": f"ensembles/{name}/test_labels.npy", "model_path": f"ensembles/{name}/model.pt",
     }
 
 
@@ -706,16 +649,6 @@ def run_benchmark(
         remove_stale_temporaries(folder)
     plan = _plan(bench)
     test = _load_volume(bench.dataset.test)
-    val = None
-    if bench.dataset.val is not None:
-        parts = [_load_volume(s) for s in bench.dataset.val]
-        shapes = {p[0].shape[1:] for p in parts}
-        if len(shapes) == 1:
-            val = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    if not any(spec.method == "weighted" for spec in bench.ensembles):
-        val_for_runs = None  # validation probabilities are only needed to fit ensemble weights
-    else:
-        val_for_runs = val
     records = []
     for run in plan:
         if only and not any(o == run["name"] or o in run["name"] for o in only):
@@ -723,9 +656,9 @@ def run_benchmark(
             if marker.is_file():
                 records.append(json.loads(marker.read_text()))
             continue
-        records.append(_run_one(bench, run, out, test, val_for_runs, progress=progress))
+        records.append(_run_one(bench, run, out, test, progress=progress))
     for spec in bench.ensembles:
-        record = _run_ensemble(bench, spec, records, out, test, None if val is None else val[1])
+        record = _run_ensemble(bench, spec, records, out, test, plan, progress=progress)
         if record is not None:
             records.append(record)
     if bench.dataset.second_annotation is not None:
