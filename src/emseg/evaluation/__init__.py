@@ -18,7 +18,6 @@ between annotators (:func:`annotation_agreement`); every group at once with
 """
 
 from ._agreement import annotation_agreement
-from ._benchmark import BenchConfig, load_bench_config, run_benchmark
 from ._boundary import class_rand_info_scores, membrane_scores, membrane_segments, rand_info_scores
 from ._confusion import confusion_matrix
 from ._metrics import EvaluationResult, evaluate
@@ -34,7 +33,6 @@ from ._pixel import mean_iou, pixel_scores, probability_auc, threshold_sweep
 from ._suite import METRIC_GROUPS, flatten_scores, parse_metrics, parse_subsets, score_segmentation
 
 __all__ = [
-    "BenchConfig",
     "METRIC_GROUPS",
     "EvaluationResult",
     "aggregated_jaccard_index",
@@ -46,7 +44,6 @@ __all__ = [
     "evaluate",
     "flatten_scores",
     "hausdorff_distance",
-    "load_bench_config",
     "mean_iou",
     "membrane_scores",
     "membrane_segments",
@@ -57,7 +54,6 @@ __all__ = [
     "pixel_scores",
     "probability_auc",
     "rand_info_scores",
-    "run_benchmark",
     "score_segmentation",
     "threshold_sweep",
 ]

@@ -1,21 +1,5 @@
 """``emseg benchmark``: train a matrix of models x losses x seeds (or folds), score each run, report.
 
-A benchmark is described by a YAML file (see :class:`BenchConfig` and the
-README section "Benchmark many models")::
-
-    dataset:
-      train: {image: train_raw.tif, labels: train_labels.tif, slices: "0:20"}
-      val: {image: train_raw.tif, labels: train_labels.tif, slices: "20:27"}
-      test: {image: test_raw.tif, labels: test_labels.tif}
-    classes: [background, membrane, mitochondrion]
-    models:
-      - {name: unet2d, label: unet-small, features: [8, 16, 32]}
-      - {name: random-forest, n_estimators: 50}
-    losses:
-      - {name: dice-ce, training: {dice_weight: 1, ce_weight: 1}}
-    seeds: [0]
-    budget: {minutes: 10, device: cpu}
-
 Every run trains with :func:`emseg.training.train` into
 ``OUT/runs/<model>__<loss>__seed<s>/`` (``fold<k>`` with ``folds: K``),
 predicts the test slices, and is scored with every metric group of
@@ -30,329 +14,43 @@ checkpoint, or whose options changed since, starts again. Results go to
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from emseg.config import ConfigError, VolumeSource, _format_errors, _resolve, config_from_dict, deep_merge, parse_slices
+from emseg.benchmark._config import (
+    RESULT_FILENAME,
+    BenchConfig,
+    BenchModel,
+    EnsembleSpec,
+    _hash,
+    _load_volume,
+    _plan,
+    _training_config,
+    load_bench_config,
+)
+from emseg.benchmark._files import _clear_run, _quantise, _read_curve, _read_json, _save_npy, _write_json
+from emseg.benchmark._report import write_report
+from emseg.ensemble import ValidationSource, build_ensemble
+from emseg.ensemble._runs import remove_stale_temporaries
+from emseg.evaluation import annotation_agreement, flatten_scores, score_segmentation
+from emseg.evaluation._complexity import model_complexity
+from emseg.inference import Predictor
+from emseg.io import atomic_output
+from emseg.training import train
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BenchConfig", "load_bench_config", "run_benchmark"]
-
-RESULT_FILENAME = "result.json"
-_NONE_LOSS = "none"  # loss label of models that have no loss (the random forest)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class BenchDataset(_Strict):
-    """Training / validation data (as the training config's ``data``) plus the test volume."""
-
-    train: list[VolumeSource] = Field(min_length=1)
-    val: list[VolumeSource] | None = None
-    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
-    test: VolumeSource
-    second_annotation: str | None = Field(
-        default=None, description="a second annotator's labels of the test image (same shape): reported as a row "
-        "'second annotator' to show inter-annotator variability next to the models")
-
-    @field_validator("train", "val", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, dict) else value
-
-    @field_validator("second_annotation")
-    @classmethod
-    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        from emseg.io._registry import resolve
-
-        path = _resolve(value, info)
-        found = resolve(path)
-        if not Path(found[1].file if found else path).exists():
-            raise ValueError(f"file not found: {path}")
-        return path
-
-
-class Budget(_Strict):
-    """Training time per run; ``device`` is checked, not chosen (hide GPUs with CUDA_VISIBLE_DEVICES= for cpu)."""
-
-    minutes: float = Field(default=10.0, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-
-class BenchModel(BaseModel):
-    """A registry model with options; ``label`` names it in tables (default: ``name``)."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-    label: str | None = None
-    context_slices: int = Field(default=1, ge=1)
-    budget: Budget | None = None
-    training: dict[str, Any] = Field(default_factory=dict, description="training overrides for this model only")
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-
-class BenchLoss(_Strict):
-    """A loss variant: a name and the ``training:`` overrides that select it."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
-    training: dict[str, Any] = Field(default_factory=dict)
-
-
-class EvaluationOptions(_Strict):
-    metrics: list[str] | str = "all"
-    subsets: dict[str, list[str]] = Field(default_factory=dict, description="e.g. {org: [mitochondrion, vesicle]}")
-    per_slice: bool = Field(default=True, description="objects per z slice (right for 2-D data sets)")
-    membrane_class: str | None = None
-    spacing: float | list[float] | None = None
-
-
-class Overlays(_Strict):
-    slices: list[int] = Field(default_factory=lambda: [0], description="indices into the selected test slices")
-    classes: list[str] | None = Field(default=None, description="classes to colour; default: every foreground class")
-    width: int = Field(default=240, ge=32, le=1024, description="panel width in pixels")
-
-
-class EnsembleSpec(_Strict):
-    method: Literal["mean", "weighted", "vote"]
-    members: str | list[str] = Field(default="all", description="'all', 'topN' (best N by validation mean IoU) or run names")
-    name: str | None = None
-
-    @field_validator("members")
-    @classmethod
-    def _members(cls, value: Any) -> Any:
-        if isinstance(value, str) and not (value == "all" or (value.startswith("top") and value[3:].isdigit() and int(value[3:]) >= 1)):
-            raise ValueError(f"members must be 'all', 'topN' (e.g. top3) or a list of run names; got {value!r}")
-        return value
-
-
-class BenchConfig(_Strict):
-    """A whole benchmark description (BENCH.yaml)."""
-
-    dataset: BenchDataset
-    classes: list[str] = Field(min_length=2)
-    ignore_label: int | None = Field(default=None, ge=0, le=65535)
-    background: int | None = Field(default=0, ge=0)
-    models: list[BenchModel] = Field(min_length=1)
-    losses: list[BenchLoss] = Field(default_factory=lambda: [BenchLoss(name="default")], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    folds: int | None = Field(default=None, ge=2, description="K-fold cross-validation over the training slices instead of dataset.val")
-    budget: Budget = Budget()
-    training: dict[str, Any] = Field(default_factory=dict, description="base training options for every run")
-    evaluation: EvaluationOptions = EvaluationOptions()
-    overlays: Overlays = Overlays()
-    ensembles: list[EnsembleSpec] = Field(default_factory=list)
-    title: str = "emseg benchmark"
-
-    @model_validator(mode="after")
-    def _check(self) -> BenchConfig:
-        from emseg.evaluation._suite import parse_metrics, parse_subsets
-
-        labels = [m.display for m in self.models]
-        repeated = sorted({x for x in labels if labels.count(x) > 1})
-        if repeated:
-            raise ValueError(f"models: {repeated} appear more than once; give each a distinct 'label'")
-        if any("__" in x or "/" in x for x in labels):
-            raise ValueError(f"model labels may not contain '__' or '/': {labels}")
-        names = [loss.name for loss in self.losses]
-        if len(set(names)) != len(names):
-            raise ValueError(f"losses: names must be unique; got {names}")
-        parse_metrics(self.evaluation.metrics)
-        parse_subsets(self.evaluation.subsets, self.classes)
-        if self.overlays.classes is not None:
-            unknown = [c for c in self.overlays.classes if c not in self.classes]
-            if unknown:
-                raise ValueError(f"overlays.classes: unknown classes {unknown}; classes are {self.classes}")
-        if self.folds is not None and self.dataset.val is not None:
-            raise ValueError("give either dataset.val or folds, not both (folds split the training slices)")
-        return self
-
-
-def load_bench_config(path: str | os.PathLike) -> BenchConfig:
-    """Read and validate BENCH.yaml; relative paths resolve against its folder.
-
-    Raises:
-        ConfigError: unreadable YAML, unknown keys, wrong types, missing files
-            or model options the registry rejects (message names the key).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"benchmark file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys dataset, classes, models, ...")
-    try:
-        bench = BenchConfig.model_validate(data, context={"base_dir": str(path.resolve().parent)})
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, f"in {path}").replace("invalid configuration", "invalid benchmark")) from None
-    # validate every run's training configuration now, before hours of training start
-    for run in _plan(bench):
-        _training_config(bench, run, source=f"in {path} (run {run['name']})")
-    return bench
-
-
-# ----------------------------------------------------------------------------- planning
-
-
-def _plan(bench: BenchConfig) -> list[dict[str, Any]]:
-    """Every run of the matrix, in order: model-major, then loss, then seed/fold."""
-    from emseg.models import MODELS
-
-    runs = []
-    replicas = [("fold", k) for k in range(bench.folds)] if bench.folds else [("seed", s) for s in bench.seeds]
-    for model in bench.models:
-        has_loss = model.name in MODELS and MODELS.get(model.name).backend == "torch"
-        for loss in bench.losses if has_loss else [BenchLoss(name=_NONE_LOSS)]:
-            for kind, value in replicas:
-                runs.append({"name": f"{model.display}__{loss.name}__{kind}{value}", "model": model, "loss": loss,
-                             "seed": value if kind == "seed" else bench.seeds[0], "fold": value if kind == "fold" else None})
-    return runs
-
-
-def _volume_depth(source: VolumeSource) -> int:
-    from emseg.io import open_image
-
-    with open_image(source.image) as image:
-        return int(image.array.shape[0])
-
-
-def _fold_sources(bench: BenchConfig, fold: int) -> tuple[list[dict], list[dict]]:
-    """Split the training slices into K folds (every K-th slice of the pooled list goes to one fold)."""
-    pooled = []
-    for i, source in enumerate(bench.dataset.train):
-        for z in parse_slices(source.slices, _volume_depth(source)):
-            pooled.append((i, z))
-    if len(pooled) < bench.folds:
-        raise ConfigError(f"folds: {bench.folds} folds need at least {bench.folds} training slices; got {len(pooled)}")
-
-    def sources(pairs):
-        out = []
-        for i, source in enumerate(bench.dataset.train):
-            zs = [z for j, z in pairs if j == i]
-            if zs:
-                out.append({"image": source.image, "labels": source.labels, "slices": ",".join(map(str, zs))})
-        return out
-
-    val = [p for n, p in enumerate(pooled) if n % bench.folds == fold]
-    train = [p for n, p in enumerate(pooled) if n % bench.folds != fold]
-    return sources(train), sources(val)
-
-
-def _training_config(bench: BenchConfig, run: dict[str, Any], *, source: str = ""):
-    model: BenchModel = run["model"]
-    budget = model.budget or bench.budget
-    dump = lambda s: s.model_dump(mode="json")  # noqa: E731
-    if run["fold"] is not None:
-        train, val = _fold_sources(bench, run["fold"])
-    else:
-        train = [dump(s) for s in bench.dataset.train]
-        val = None if bench.dataset.val is None else [dump(s) for s in bench.dataset.val]
-    data = {"train": train, "classes": list(bench.classes), "ignore_label": bench.ignore_label,
-            "background": bench.background, "val_fraction": bench.dataset.val_fraction}
-    if val is not None:
-        data["val"] = val
-    training = deep_merge(deep_merge(deep_merge(dict(bench.training), run["loss"].training), model.training),
-                          {"seed": run["seed"], "max_minutes": budget.minutes})
-    raw = {"data": data, "model": {"name": model.name, "context_slices": model.context_slices, **model.options},
-           "training": training}
-    return config_from_dict(raw, base_dir=None, source=source), raw, budget
-
-
-def _hash(raw: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+__all__ = ["run_benchmark"]
 
 
 # ----------------------------------------------------------------------------- running one run
-
-
-def _read_curve(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of ``metrics.jsonl``, one per epoch.
-
-    A run killed after an epoch's line was appended but before its ``last.pt``
-    was saved repeats that epoch when it resumes: the later line (the epoch the
-    model comes from) wins. A line cut short by the kill is skipped.
-    """
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    by_epoch: dict[Any, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            logger.warning("%s: skipping a line cut short (an interrupted run?): %.60s", path, line)
-            continue
-        by_epoch.pop(record.get("epoch"), None)
-        by_epoch[record.get("epoch")] = {k: record.get(k) for k in ("epoch", "elapsed_s", "val_mean_iou", "train_loss")}
-    return list(by_epoch.values())
-
-
-def _read_json(path: Path) -> Any:
-    """The JSON content of ``path``, or ``None`` when it is missing or cut short (a killed writer)."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def _load_volume(source: VolumeSource) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    from emseg.io import open_image
-
-    with open_image(source.image) as image, open_image(source.labels) as labels:
-        if tuple(image.array.shape) != tuple(labels.array.shape):
-            raise ValueError(f"dataset.test: {source.image} has shape {tuple(image.array.shape)} but "
-                             f"{source.labels} has {tuple(labels.array.shape)}")
-        zs = parse_slices(source.slices, image.array.shape[0])
-        raw = np.stack([np.asarray(image.array[z]) for z in zs])
-        truth = np.stack([np.asarray(labels.array[z]) for z in zs])
-    return raw, truth, zs
-
-
-def _quantise(probs: np.ndarray) -> np.ndarray:
-    """Probabilities to uint8 (1/255 steps) for the on-disk copy ``test_probabilities.npy``."""
-    return np.round(np.clip(probs, 0, 1) * 255).astype(np.uint8)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    from emseg.io import atomic_output
-
-    with atomic_output(path, overwrite=True) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from emseg.evaluation._metrics import _json_safe
-    from emseg.io import atomic_output
-
-    with atomic_output(path, overwrite=True) as tmp:
-        Path(tmp).write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def _check_device(budget: Any) -> str:
@@ -368,8 +66,6 @@ def _check_device(budget: Any) -> str:
 
 
 def _score(bench: BenchConfig, labels: np.ndarray, truth: np.ndarray, probs: np.ndarray | None) -> dict[str, Any]:
-    from emseg.evaluation._suite import score_segmentation
-
     ev = bench.evaluation
     return score_segmentation(labels, truth, classes=bench.classes, metrics=ev.metrics, probabilities=probs,
                               subsets=ev.subsets, ignore_label=bench.ignore_label, background=bench.background,
@@ -393,8 +89,6 @@ def _fractions(bench: BenchConfig, labels: np.ndarray, truth: np.ndarray) -> dic
 
 def _annotator_row(bench: BenchConfig, out: Path, test: tuple) -> dict[str, Any]:
     """The second annotation scored against the truth like a model (no probabilities, no training)."""
-    from emseg.evaluation._agreement import annotation_agreement
-    from emseg.evaluation._suite import flatten_scores
 
     source = bench.dataset.test.model_copy(update={"labels": bench.dataset.second_annotation})
     _, raw_second, _ = _load_volume(source)
@@ -420,12 +114,6 @@ def _annotator_row(bench: BenchConfig, out: Path, test: tuple) -> dict[str, Any]
 
 
 def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, *, progress: bool) -> dict[str, Any]:
-    from emseg.ensemble._runs import remove_stale_temporaries
-    from emseg.evaluation._complexity import model_complexity
-    from emseg.evaluation._suite import flatten_scores
-    from emseg.inference import Predictor
-    from emseg.training import train
-
     config, raw, budget = _training_config(bench, run)
     run_dir = out / "runs" / run["name"]
     marker = run_dir / RESULT_FILENAME
@@ -496,14 +184,6 @@ def _run_one(bench: BenchConfig, run: dict[str, Any], out: Path, test: tuple, *,
     return json.loads(marker.read_text())
 
 
-def _clear_run(run_dir: Path) -> None:
-    from emseg.io._atomic import remove_path
-
-    if run_dir.exists():
-        for child in run_dir.iterdir():
-            remove_path(child)
-
-
 # ----------------------------------------------------------------------------- ensembles
 
 
@@ -525,9 +205,6 @@ def _run_ensemble(bench: BenchConfig, spec: EnsembleSpec, records: list[dict], o
     """Build the ensemble with :func:`emseg.ensemble.build_ensemble` (as ``emseg ensemble`` would from the same
     runs: same member selection, weight grid search and combination) into ``OUT/ensembles/<name>/``, then
     predict the test volume with it like any model."""
-    from emseg.ensemble import ValidationSource, build_ensemble
-    from emseg.evaluation._suite import flatten_scores
-    from emseg.inference import Predictor
 
     candidates, top = _ensemble_members(spec, [r for r in records if r["kind"] == "run"])
     if min(len(candidates), top or len(candidates)) < 2:
@@ -587,7 +264,6 @@ def _write_results(out: Path, bench: BenchConfig, records: list[dict], source: s
                    test: tuple | None = None) -> None:
     """``results.csv``, ``report.html`` (with ``report``), then ``results.json``: the last file written, each
     atomically, so a ``results.json`` is only ever there once everything of the benchmark is."""
-    from emseg.io import atomic_output
 
     payload = {"title": bench.title, "benchmark": source, "classes": bench.classes,
                "background": bench.background, "ignore_label": bench.ignore_label,
@@ -597,15 +273,12 @@ def _write_results(out: Path, bench: BenchConfig, records: list[dict], source: s
     with atomic_output(out / "results.json", overwrite=True) as tmp:
         _write_json(tmp, payload)  # the report reads it from its temporary name, next to the runs
         if report:
-            from emseg.evaluation._report import write_report
 
             write_report(tmp, out / "report.html", test_image=None if test is None else test[0],
                          test_truth=None if test is None else test[1])
 
 
 def _write_csv(out: Path, records: list[dict]) -> None:
-    from emseg.io import atomic_output
-
     metric_keys: list[str] = []
     for r in records:
         metric_keys += [k for k in r["metrics"] if k not in metric_keys]
@@ -643,7 +316,6 @@ def run_benchmark(
     bench = load_bench_config(bench_file)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from emseg.ensemble._runs import remove_stale_temporaries
 
     for folder in (out, out / "annotator", *(p for p in (out / "ensembles").glob("*") if p.is_dir())):
         remove_stale_temporaries(folder)
