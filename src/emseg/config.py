@@ -45,6 +45,7 @@ __all__ = [
     "VolumeSource",
     "load_config",
     "parse_slices",
+    "read_yaml",
 ]
 
 
@@ -475,6 +476,21 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | os.PathLike | None
         raise ConfigError(_format_errors(err, source)) from None
 
 
+def read_yaml(path: str | os.PathLike, *, what: str) -> Any:
+    """The content of a YAML file (``{}`` when empty).
+
+    Raises:
+        ConfigError: the file is missing (``"<what> not found: PATH"``) or not valid YAML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+
+
 def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None,
                 recipe: str | None = None) -> Config:
     """Load and validate a YAML configuration file.
@@ -489,12 +505,7 @@ def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = N
         ConfigError: unreadable YAML, unknown keys, wrong types, missing files.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"configuration file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    data = read_yaml(path, what="configuration file")
     if overrides:
         data = deep_merge(data, overrides)
     if recipe is not None:

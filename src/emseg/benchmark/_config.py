@@ -26,10 +26,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from emseg.config import ConfigError, VolumeSource, _format_errors, _resolve, config_from_dict, deep_merge, parse_slices
+from emseg.config import (
+    ConfigError,
+    VolumeSource,
+    _format_errors,
+    _resolve,
+    config_from_dict,
+    deep_merge,
+    parse_slices,
+    read_yaml,
+)
 
 __all__ = ["BenchConfig", "load_bench_config"]
 
@@ -181,12 +189,7 @@ def load_bench_config(path: str | os.PathLike) -> BenchConfig:
             or model options the registry rejects (message names the key).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"benchmark file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    data = read_yaml(path, what="benchmark file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with keys dataset, classes, models, ...")
     try:
