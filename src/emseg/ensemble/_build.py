@@ -22,6 +22,7 @@ from emseg.ensemble._combine import (
     score_weights,
     simplex_grid,
 )
+from emseg.evaluation import confusion_from_labels
 
 logger = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ def build_ensemble(
             _, confusion = score_weights(sub, truth, equal)
             report["mean"] = {"weights": equal.tolist(), **_scores(confusion, classes, background)}
             labels, _ = majority_vote([sub[i] for i in range(len(kept))])
-            report["vote"] = _scores(np.bincount(truth * k + labels, minlength=k * k).reshape(k, k), classes, background)
+            report["vote"] = _scores(confusion_from_labels(labels, truth, num_classes=k), classes, background)
             if method == "weighted":
                 search = grid_search_weights(sub, truth, step=step, background=background, foreground=foreground,
                                              progress=progress)

@@ -19,7 +19,7 @@ between annotators (:func:`annotation_agreement`); every group at once with
 
 from ._agreement import annotation_agreement
 from ._boundary import class_rand_info_scores, membrane_scores, membrane_segments, rand_info_scores
-from ._confusion import confusion_matrix
+from ._confusion import confusion_from_labels, confusion_matrix, f1_from_confusion, iou_from_confusion
 from ._metrics import EvaluationResult, evaluate
 from ._objects import (
     aggregated_jaccard_index,
@@ -38,12 +38,15 @@ __all__ = [
     "aggregated_jaccard_index",
     "annotation_agreement",
     "class_rand_info_scores",
+    "confusion_from_labels",
     "confusion_matrix",
     "connected_components",
     "detection_scores",
     "evaluate",
+    "f1_from_confusion",
     "flatten_scores",
     "hausdorff_distance",
+    "iou_from_confusion",
     "mean_iou",
     "membrane_scores",
     "membrane_segments",
