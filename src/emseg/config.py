@@ -424,7 +424,7 @@ class Config(_Strict):
         if spatial_dims == 3 and self.model.context_slices != 1:
             raise ValueError(f"model.context_slices must be 1 for the 3-D model {self.model.name!r} "
                              f"(it sees neighbouring sections through its window), got {self.model.context_slices}")
-        from emseg.training._recipe_checks import check_training_config  # loss names, class indices
+        from emseg._config_checks import check_training_config  # lazy: it builds the loss (torch)
 
         check_training_config(self)
         return self

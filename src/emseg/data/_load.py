@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emseg.config import Config, VolumeSource, parse_slices
+from emseg.constants import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +16,6 @@ __all__ = ["IGNORE_INDEX", "LabelledSlices", "DataError", "load_training_data", 
 
 #: Label value used internally (and by torch's cross-entropy) for pixels that
 #: carry no label: the user's ``ignore_label`` and padding.
-IGNORE_INDEX = -100
 
 
 class DataError(ValueError):
