@@ -35,9 +35,9 @@ from emseg.config import (
     _resolve,
     config_from_dict,
     deep_merge,
-    parse_slices,
     read_yaml,
 )
+from emseg.data import parse_slices
 
 __all__ = ["BenchConfig", "load_bench_config"]
 

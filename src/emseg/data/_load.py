@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emseg.config import Config, VolumeSource, parse_slices
+from emseg.config import Config, VolumeSource
 from emseg.constants import IGNORE_INDEX
+from emseg.data._slices import parse_slices
 
 logger = logging.getLogger(__name__)
 

@@ -171,7 +171,7 @@ def _validation_from_configs(checkpoints: Sequence[dict[str, Any]], names: Seque
 def _read_validation(sources: Sequence[ValidationSource], num_classes: int,
                      ignore_label: int | None) -> list[tuple[ValidationSource, list[int], np.ndarray]]:
     """Per source: slice indices and a mask ``(S, Y, X)`` of labelled voxels; also checks label values."""
-    from emseg.config import parse_slices
+    from emseg.data import parse_slices
     from emseg.io import open_image
 
     out = []

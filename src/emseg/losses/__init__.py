@@ -1,5 +1,8 @@
 """Losses: the registry of named losses, Dice + cross-entropy, and the training criterion built from a config.
 
+Each named loss is an entry of :data:`LOSSES` (``LOSSES.get("focal")``); add one
+there with ``LOSSES.register(name, cls)``.
+
 Below ``config`` in the layers (as MONAI's ``monai.losses``), so a configuration
 checks its loss names and options without importing ``emseg.training``.
 
@@ -17,29 +20,14 @@ from emseg.losses._criterion import (
     resolve_auto,
 )
 from emseg.losses._dice_ce import DiceCELoss
-from emseg.losses._registry import (
-    LOSSES,
-    CrossEntropyLoss,
-    FocalLoss,
-    JaccardLogLoss,
-    MultiHeadLoss,
-    SoftDiceLoss,
-    WeightedCrossEntropyLoss,
-    WeightedSumLoss,
-    build_loss,
-)
+from emseg.losses._registry import LOSSES, MultiHeadLoss, WeightedSumLoss, build_loss
 
 __all__ = [
     "AUTO_OPTIONS",
     "DEFAULT_AUX_WEIGHTS",
     "LOSSES",
-    "CrossEntropyLoss",
     "DiceCELoss",
-    "FocalLoss",
-    "JaccardLogLoss",
     "MultiHeadLoss",
-    "SoftDiceLoss",
-    "WeightedCrossEntropyLoss",
     "WeightedSumLoss",
     "build_criterion",
     "build_loss",
