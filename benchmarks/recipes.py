@@ -86,7 +86,7 @@ def _model_for(recipe: str | None, features: list[int] | None) -> tuple[dict, st
 def _test_subset(args, work: Path) -> tuple[Path, Path]:
     if not args.test_slices:
         return args.data / "test_raw.tif", args.data / "test_labels.tif"
-    from emseg.config import parse_slices
+    from emseg.data import parse_slices
 
     raw, lab = tifffile.imread(args.data / "test_raw.tif"), tifffile.imread(args.data / "test_labels.tif")
     zs = parse_slices(args.test_slices, raw.shape[0])

@@ -186,7 +186,7 @@ ensembles:
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory, epfl_crop):
     """``(bench.yaml, out dir, results)`` of a finished tiny benchmark."""
-    from emseg.evaluation import run_benchmark
+    from emseg.benchmark import run_benchmark
 
     folder = tmp_path_factory.mktemp("bench")
     bench = write_bench(folder, epfl_crop)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from emseg.config import ConfigError, load_config, parse_slices
+from emseg.config import ConfigError, load_config
+from emseg.data import parse_slices
 
 from conftest import EPFL_CLASSES
 

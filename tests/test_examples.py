@@ -24,8 +24,8 @@ def test_readme_shows_the_two_setup_commands():
 
 
 def test_epfl_benchmark_example_validates():
-    from emseg.evaluation import load_bench_config
-    from emseg.evaluation._benchmark import _plan
+    from emseg.benchmark import load_bench_config
+    from emseg.benchmark._config import _plan
 
     bench = load_bench_config(ROOT / "examples" / "bench_epfl.yaml")
     names = [run["name"] for run in _plan(bench)]

@@ -44,7 +44,7 @@ __all__ = [
     "TrainingConfig",
     "VolumeSource",
     "load_config",
-    "parse_slices",
+    "read_yaml",
 ]
 
 
@@ -54,36 +54,6 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-def parse_slices(text: str | None, depth: int) -> list[int]:
-    """Turn a z selection into slice indices.
-
-    ``"0:24"`` (Python range, end excluded), ``"3"``, ``"0,5,9"``, ``"0:10,20:25"``
-    or ``None`` (all slices) -> sorted unique indices in ``[0, depth)``.
-    """
-    if text is None:
-        return list(range(depth))
-    indices: set[int] = set()
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if ":" in part:
-                start, _, stop = part.partition(":")
-                rng = range(int(start) if start else 0, int(stop) if stop else depth)
-                indices.update(rng)
-            else:
-                indices.add(int(part))
-        except ValueError:
-            raise ValueError(f"cannot parse slice selection {text!r}: use e.g. '0:24' or '0,3,5'") from None
-    bad = sorted(i for i in indices if not 0 <= i < depth)
-    if bad:
-        raise ValueError(f"slice selection {text!r} asks for z={bad[:5]} but the volume has {depth} slices (0..{depth - 1})")
-    if not indices:
-        raise ValueError(f"slice selection {text!r} selects no slices")
-    return sorted(indices)
 
 
 def _resolve(value: str, info: ValidationInfo) -> str:
@@ -423,7 +393,7 @@ class Config(_Strict):
         if spatial_dims == 3 and self.model.context_slices != 1:
             raise ValueError(f"model.context_slices must be 1 for the 3-D model {self.model.name!r} "
                              f"(it sees neighbouring sections through its window), got {self.model.context_slices}")
-        from emseg.training._recipe_checks import check_training_config  # loss names, class indices
+        from emseg._config_checks import check_training_config  # lazy: it builds the loss (torch)
 
         check_training_config(self)
         return self
@@ -475,6 +445,21 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | os.PathLike | None
         raise ConfigError(_format_errors(err, source)) from None
 
 
+def read_yaml(path: str | os.PathLike, *, what: str) -> Any:
+    """The content of a YAML file (``{}`` when empty).
+
+    Raises:
+        ConfigError: the file is missing (``"<what> not found: PATH"``) or not valid YAML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+
+
 def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None,
                 recipe: str | None = None) -> Config:
     """Load and validate a YAML configuration file.
@@ -489,12 +474,7 @@ def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = N
         ConfigError: unreadable YAML, unknown keys, wrong types, missing files.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"configuration file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    data = read_yaml(path, what="configuration file")
     if overrides:
         data = deep_merge(data, overrides)
     if recipe is not None:

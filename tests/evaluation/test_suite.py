@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 from emseg.cli import app
 from emseg.evaluation import (
     class_rand_info_scores,
-    combine_probabilities,
     flatten_scores,
     hausdorff_distance,
     parse_metrics,
     parse_subsets,
     score_segmentation,
 )
+from emseg.ensemble import combine_probabilities, grid_search_weights
 from emseg.evaluation._complexity import model_complexity
 
 CLASSES = ["bg", "mito", "er", "empty"]
@@ -185,15 +185,21 @@ def test_parse_metrics_and_subsets_errors():
 
 
 def test_combine_probabilities_hand_worked():
+    # the benchmark combines with the ensemble package's combine_probabilities (one implementation)
     a = np.array([[0.9, 0.2], [0.1, 0.8]])[:, None]  # (K=2, Z=1, X=2)
     b = np.array([[0.3, 0.4], [0.7, 0.6]])[:, None]
     c = np.array([[0.6, 0.1], [0.4, 0.9]])[:, None]
-    np.testing.assert_allclose(combine_probabilities([a, b], "mean")[:, 0], [[0.6, 0.3], [0.4, 0.7]])
-    np.testing.assert_allclose(combine_probabilities([a, b], "weighted", [3, 1])[:, 0], [[0.75, 0.25], [0.25, 0.75]])
-    # pixel 0: a and c vote class 0, b class 1; pixel 1: all three vote class 1
-    np.testing.assert_allclose(combine_probabilities([a, b, c], "vote")[:, 0], [[2 / 3, 0], [1 / 3, 1]])
+    np.testing.assert_allclose(combine_probabilities([a, b], method="mean")[:, 0], [[0.6, 0.3], [0.4, 0.7]])
+    np.testing.assert_allclose(combine_probabilities([a, b], method="weighted", weights=[3, 1])[:, 0],
+                               [[0.75, 0.25], [0.25, 0.75]])
+    # pixel 0: a and c vote class 0, b class 1; pixel 1: all three vote class 1. The vote's probabilities are
+    # (1 - eps) * vote fraction + eps * mean probability, eps = 1 / (2 (M + 1)) = 1/8 for M = 3
+    eps = 1 / 8
+    np.testing.assert_allclose(combine_probabilities([a, b, c], method="vote")[:, 0],
+                               [[(1 - eps) * 2 / 3 + eps * 0.6, eps * 0.7 / 3],
+                                [(1 - eps) * 1 / 3 + eps * 0.4, (1 - eps) + eps * 2.3 / 3]], rtol=1e-6)
     with pytest.raises(ValueError, match="non-negative"):
-        combine_probabilities([a, b], "weighted", [1, -1])
+        combine_probabilities([a, b], method="weighted", weights=[1, -1])
 
 
 def test_flop_counter_hand_worked():
@@ -231,16 +237,12 @@ def test_cli_evaluate_metrics_probabilities_and_subsets(tmp_path):
 
 
 def test_weight_search_prefers_the_member_that_is_right_on_validation():
-    from types import SimpleNamespace
-
-    from emseg.evaluation._benchmark import _search_weights
-
     truth = np.array([[[0, 1, 1, 0]]])
-    good = np.stack([(truth == 0) * 0.6 + 0.2, (truth == 1) * 0.6 + 0.2]).astype(float)  # (K, Z, Y, X), right
-    bad = np.stack([(truth == 1) * 0.9 + 0.05, (truth == 0) * 0.9 + 0.05]).astype(float)  # confidently wrong
-    bench = SimpleNamespace(classes=["bg", "fg"], ignore_label=None, background=0)
-    weights = _search_weights([good, bad], truth, bench)
+    good = np.stack([(truth == 0) * 0.6 + 0.2, (truth == 1) * 0.6 + 0.2]).astype(np.float32)  # (K, Z, Y, X), right
+    bad = np.stack([(truth == 1) * 0.9 + 0.05, (truth == 0) * 0.9 + 0.05]).astype(np.float32)  # confidently wrong
+    cache = np.stack([good.reshape(2, -1), bad.reshape(2, -1)])  # (M, K, N)
+    weights = grid_search_weights(cache, truth.ravel(), background=0).weights
     # equal weights follow the confident wrong member; the search weights the right one up
-    assert combine_probabilities([good, bad], "mean").argmax(0).tolist() != truth.tolist()
+    assert combine_probabilities([good, bad], method="mean").argmax(0).tolist() != truth.tolist()
     assert weights[0] > weights[1] and weights.sum() == pytest.approx(1)
-    assert combine_probabilities([good, bad], "weighted", weights).argmax(0).tolist() == truth.tolist()
+    assert combine_probabilities([good, bad], method="weighted", weights=weights).argmax(0).tolist() == truth.tolist()

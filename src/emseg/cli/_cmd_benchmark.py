@@ -30,12 +30,12 @@ def benchmark(
     _setup(quiet)
     try:
         if report_only:
-            from emseg.evaluation._report import write_report
+            from emseg.benchmark import write_report
 
             path = write_report(out / "results.json", out / "report.html")
             console.print(f"report: {path}")
             return
-        from emseg.evaluation import run_benchmark
+        from emseg.benchmark import run_benchmark
 
         results = run_benchmark(bench_file, out, only=only, report=not no_report, progress=not quiet)
     except (_user_errors() + (ImportError,)) as err:

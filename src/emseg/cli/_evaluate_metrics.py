@@ -103,7 +103,7 @@ def save_json(path: Path, scores: dict[str, Any]) -> None:
 def evaluate_groups(pred_in, truth_in, result, *, metrics, probabilities, subset, slices, ignore_label, per_slice,
                      membrane_class):
     """The --metrics groups (emseg.evaluation.score_segmentation) on the same inputs."""
-    from emseg.config import parse_slices
+    from emseg.data import parse_slices
     from emseg.evaluation import score_segmentation
     from emseg.io import open_image
 

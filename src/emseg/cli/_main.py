@@ -242,7 +242,7 @@ def evaluate(
 
 def _select_slices(prediction: str, ground_truth: str, slices: str):
     """Read only the selected z slices of both images (lazy readers)."""
-    from emseg.config import parse_slices
+    from emseg.data import parse_slices
     from emseg.io import open_image
 
     with open_image(prediction) as p, open_image(ground_truth) as t:

@@ -10,6 +10,7 @@ from emseg.data._load import (
 )
 from emseg.data._normalize import Normalizer
 from emseg.data._sampling import PatchSampler
+from emseg.data._slices import parse_slices
 from emseg.data._volume_sampling import (
     LabelledVolumes,
     VolumePatchSampler,
@@ -33,5 +34,6 @@ __all__ = [
     "guay_weight_map",
     "load_training_data",
     "load_training_volumes",
+    "parse_slices",
     "unet_border_weight_map",
 ]

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emseg.config import Config, VolumeSource, parse_slices
+from emseg.config import Config, VolumeSource
+from emseg.constants import IGNORE_INDEX
+from emseg.data._slices import parse_slices
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +17,6 @@ __all__ = ["IGNORE_INDEX", "LabelledSlices", "DataError", "load_training_data", 
 
 #: Label value used internally (and by torch's cross-entropy) for pixels that
 #: carry no label: the user's ``ignore_label`` and padding.
-IGNORE_INDEX = -100
 
 
 class DataError(ValueError):

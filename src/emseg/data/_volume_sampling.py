@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emseg.config import AugmentConfig, Config, VolumeSource, parse_slices
+from emseg.config import AugmentConfig, Config, VolumeSource
 from emseg.data._load import IGNORE_INDEX, DataError, _load_source
+from emseg.data._slices import parse_slices
 
 logger = logging.getLogger(__name__)
 

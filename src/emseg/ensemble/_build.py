@@ -22,6 +22,7 @@ from emseg.ensemble._combine import (
     score_weights,
     simplex_grid,
 )
+from emseg.evaluation import confusion_from_labels
 from emseg.inference import Predictor, member_probabilities
 from emseg.models import ENSEMBLE_BACKEND, MODEL_FILENAME, load_checkpoint, resolve_model_path, save_checkpoint
 
@@ -166,7 +167,7 @@ def _validation_from_configs(checkpoints: Sequence[dict[str, Any]], names: Seque
 def _read_validation(sources: Sequence[ValidationSource], num_classes: int,
                      ignore_label: int | None) -> list[tuple[ValidationSource, list[int], np.ndarray]]:
     """Per source: slice indices and a mask ``(S, Y, X)`` of labelled voxels; also checks label values."""
-    from emseg.config import parse_slices
+    from emseg.data import parse_slices
     from emseg.io import open_image
 
     out = []
@@ -333,7 +334,7 @@ def build_ensemble(
             _, confusion = score_weights(sub, truth, equal)
             report["mean"] = {"weights": equal.tolist(), **_scores(confusion, classes, background)}
             labels, _ = majority_vote([sub[i] for i in range(len(kept))])
-            report["vote"] = _scores(np.bincount(truth * k + labels, minlength=k * k).reshape(k, k), classes, background)
+            report["vote"] = _scores(confusion_from_labels(labels, truth, num_classes=k), classes, background)
             if method == "weighted":
                 search = grid_search_weights(sub, truth, step=step, background=background, foreground=foreground,
                                              progress=progress)

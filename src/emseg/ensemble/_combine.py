@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emseg.evaluation import confusion_from_labels, iou_from_confusion
 # The combination rule itself is applied at prediction time, so it lives in inference (below ensemble);
 # re-exported here, where the weights are chosen.
 from emseg.inference import METHODS, combine_probabilities, majority_vote, vote_probabilities, vote_tie_epsilon
@@ -74,18 +75,11 @@ def mean_iou_from_confusion(confusion: np.ndarray, *, background: int | None = N
         background: class left out when ``foreground`` is true.
         foreground: average over the foreground classes only.
     """
-    tp = np.diag(confusion).astype(np.float64)
-    denom = confusion.sum(0) + confusion.sum(1) - tp
-    iou = np.full(tp.shape, np.nan)
-    np.divide(tp, denom, out=iou, where=denom > 0)
+    iou = iou_from_confusion(confusion)
     if foreground and background is not None:
         iou = np.delete(iou, background)
     defined = iou[~np.isnan(iou)]
     return float(defined.mean()) if defined.size else math.nan
-
-
-def _confusion(pred: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
 
 
 @dataclass
@@ -119,7 +113,7 @@ def score_weights(cache: np.ndarray, truth: np.ndarray, weights: Sequence[float]
     """
     m, k, n = cache.shape
     combined = np.tensordot(np.asarray(weights, np.float32), cache.reshape(m, k * n), axes=(0, 0)).reshape(k, n)
-    confusion = _confusion(np.argmax(combined, axis=0), truth, k)
+    confusion = confusion_from_labels(np.argmax(combined, axis=0), truth, num_classes=k)
     return mean_iou_from_confusion(confusion, background=background, foreground=foreground), confusion
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from emseg.config import Config, VolumeSource, config_from_dict, parse_slices
+from emseg.config import Config, VolumeSource, config_from_dict
+from emseg.data import parse_slices
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ between annotators (:func:`annotation_agreement`); every group at once with
 """
 
 from ._agreement import annotation_agreement
-from ._benchmark import BenchConfig, combine_probabilities, load_bench_config, run_benchmark
 from ._boundary import class_rand_info_scores, membrane_scores, membrane_segments, rand_info_scores
-from ._confusion import confusion_matrix
+from ._confusion import confusion_from_labels, confusion_matrix, f1_from_confusion, iou_from_confusion
 from ._metrics import EvaluationResult, evaluate
 from ._objects import (
     aggregated_jaccard_index,
@@ -34,20 +33,20 @@ from ._pixel import mean_iou, pixel_scores, probability_auc, threshold_sweep
 from ._suite import METRIC_GROUPS, flatten_scores, parse_metrics, parse_subsets, score_segmentation
 
 __all__ = [
-    "BenchConfig",
     "METRIC_GROUPS",
     "EvaluationResult",
     "aggregated_jaccard_index",
     "annotation_agreement",
     "class_rand_info_scores",
-    "combine_probabilities",
+    "confusion_from_labels",
     "confusion_matrix",
     "connected_components",
     "detection_scores",
     "evaluate",
+    "f1_from_confusion",
     "flatten_scores",
     "hausdorff_distance",
-    "load_bench_config",
+    "iou_from_confusion",
     "mean_iou",
     "membrane_scores",
     "membrane_segments",
@@ -58,7 +57,6 @@ __all__ = [
     "pixel_scores",
     "probability_auc",
     "rand_info_scores",
-    "run_benchmark",
     "score_segmentation",
     "threshold_sweep",
 ]

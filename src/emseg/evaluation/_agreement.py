@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-import numpy as np
-
-from ._confusion import _as_array_like, _blocks, _check_ignore_label, _check_range, _check_shapes, _read
+from ._confusion import _accumulate, _as_array_like, _check_ignore_label, _check_shapes
 from ._metrics import EvaluationResult
 
 logger = logging.getLogger(__name__)
@@ -50,19 +48,7 @@ def annotation_agreement(
         raise ValueError("classes must name at least one class; got an empty list")
     a = _as_array_like(a)
     b = _as_array_like(b)
-    shape = _check_shapes(a, b)
-    k = len(names)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    for block in _blocks(shape):
-        x = _read(a, block, "a")
-        y = _read(b, block, "b")
-        if ignore_label is not None:
-            keep = (x != ignore_label) & (y != ignore_label)
-            if not keep.all():
-                x, y = x[keep], y[keep]
-        _check_range(x, "a", k, None)
-        _check_range(y, "b", k, None)
-        if x.size == 0:
-            continue
-        confusion += np.bincount(x.astype(np.int64) * k + y.astype(np.int64), minlength=k * k).reshape(k, k)
+    _check_shapes(a, b)  # its message names a's shape first
+    # rows a, columns b; pixels that either annotation left unlabelled are not compared
+    confusion = _accumulate(b, a, num_classes=len(names), ignore_label=ignore_label, names=("a", "b"), ignore_either=True)
     return EvaluationResult.from_confusion(confusion, classes=names, background=background, ignore_label=ignore_label)

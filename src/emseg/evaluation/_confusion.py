@@ -1,8 +1,11 @@
-"""Confusion matrices accumulated block by block along axis 0.
+"""The confusion matrix, and IoU / F1 from it: the one implementation every caller uses.
 
-Label volumes can be larger than memory (zarr, HDF5, memory-mapped TIFF), so
-everything here reads the inputs a few slices at a time along the first axis
-and adds per-block ``np.bincount`` results into one small matrix.
+:func:`confusion_from_labels` is the one ``np.bincount`` of (truth, prediction)
+pairs; :func:`iou_from_confusion` and :func:`f1_from_confusion` (also over a
+stack ``(..., K, K)`` of matrices) the one IoU and F1. Label volumes can be
+larger than memory (zarr, HDF5, memory-mapped TIFF), so :func:`confusion_matrix`
+reads the inputs a few slices at a time along the first axis and adds the
+per-block matrices into one small matrix.
 """
 
 from __future__ import annotations
@@ -26,6 +29,65 @@ _MAX_INFERRED_CLASSES = 1024
 
 #: How many offending values an error message lists before eliding the rest.
 _MAX_LISTED = 10
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Element-wise ``numerator / denominator`` with ``nan`` where the denominator is 0."""
+    numerator = np.asarray(numerator).astype(np.float64)
+    denominator = np.asarray(denominator).astype(np.float64)
+    out = np.full(numerator.shape, np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean over the defined (non-nan) values; ``nan`` when none is defined, without a warning."""
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else math.nan
+
+
+def confusion_from_labels(prediction: np.ndarray, truth: np.ndarray, *, num_classes: int) -> np.ndarray:
+    """``(K, K)`` int64 counts of (true class, predicted class) pairs of in-memory labels.
+
+    The inputs must already hold only labels in ``[0, K)`` (unlabelled pixels
+    removed); :func:`confusion_matrix` checks them and reads lazy volumes block
+    by block with this function.
+    """
+    k = int(num_classes)
+    flat = np.asarray(truth).astype(np.int64).reshape(-1) * k + np.asarray(prediction).astype(np.int64).reshape(-1)
+    return np.bincount(flat, minlength=k * k).reshape(k, k)
+
+
+def class_counts(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per class ``(tp, fp, fn, tn)`` of a ``(..., K, K)`` confusion matrix (rows truth, columns prediction)."""
+    c = np.asarray(confusion)
+    tp = np.diagonal(c, axis1=-2, axis2=-1)
+    fp = c.sum(axis=-2) - tp
+    fn = c.sum(axis=-1) - tp
+    tn = c.sum(axis=(-2, -1))[..., None] - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def iou_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """``TP / (TP + FP + FN)``, ``nan`` where a class is in neither truth nor prediction."""
+    return _ratio(tp, tp + fp + fn)
+
+
+def f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """``2 TP / (2 TP + FP + FN)`` (the Dice coefficient), ``nan`` where undefined."""
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Per-class IoU ``(..., K)`` of a ``(..., K, K)`` confusion matrix; ``nan`` for classes used nowhere."""
+    tp, fp, fn, _ = class_counts(confusion)
+    return iou_from_counts(tp, fp, fn)
+
+
+def f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Per-class F1 (Dice) ``(..., K)`` of a ``(..., K, K)`` confusion matrix; ``nan`` where undefined."""
+    tp, fp, fn, _ = class_counts(confusion)
+    return f1_from_counts(tp, fp, fn)
 
 
 class LabelRangeError(ValueError):
@@ -142,23 +204,28 @@ def _accumulate(
     *,
     num_classes: int | None,
     ignore_label: int | None,
+    names: tuple[str, str] = ("truth", "prediction"),
+    ignore_either: bool = False,
 ) -> np.ndarray:
-    """Shared worker for :func:`confusion_matrix` and :func:`evaluate`.
+    """Shared worker for :func:`confusion_matrix`, :func:`evaluate` and :func:`annotation_agreement`.
 
     With ``num_classes=None`` the matrix grows to ``max label seen + 1``.
+    ``names`` name the inputs (rows, columns) in messages; ``ignore_either``
+    leaves out pixels where either input (not only the truth) is ``ignore_label``.
     """
     shape = _check_shapes(prediction, truth)
     k = 0 if num_classes is None else num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
+    hint = None if ignore_either else ignore_label
     for block in _blocks(shape):
-        t = _read(truth, block, "truth")
-        p = _read(prediction, block, "prediction")
+        t = _read(truth, block, names[0])
+        p = _read(prediction, block, names[1])
         if ignore_label is not None:
-            keep = t != ignore_label
+            keep = (t != ignore_label) & (p != ignore_label) if ignore_either else t != ignore_label
             if not keep.all():
                 t, p = t[keep], p[keep]
-        _check_range(t, "truth", num_classes, ignore_label)
-        _check_range(p, "prediction", num_classes, ignore_label)
+        _check_range(t, names[0], num_classes, hint)
+        _check_range(p, names[1], num_classes, hint)
         if t.size == 0:
             continue
         if num_classes is None:
@@ -174,8 +241,7 @@ def _accumulate(
                 grown = np.zeros((needed, needed), dtype=np.int64)
                 grown[:k, :k] = confusion
                 confusion, k = grown, needed
-        flat = t.astype(np.int64) * k + p.astype(np.int64)
-        confusion += np.bincount(flat, minlength=k * k).reshape(k, k)
+        confusion += confusion_from_labels(p, t, num_classes=k)
     logger.debug("accumulated %d pixels into a %dx%d confusion matrix", confusion.sum(), k, k)
     return confusion
 

@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._confusion import _accumulate, _as_array_like, _check_ignore_label
+from ._confusion import (
+    _accumulate,
+    _as_array_like,
+    _check_ignore_label,
+    _nanmean,
+    _ratio,
+    class_counts,
+    f1_from_counts,
+    iou_from_counts,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -20,21 +29,6 @@ logger = logging.getLogger(__name__)
 
 #: Keys of each entry of :attr:`EvaluationResult.per_class`, in table order.
 PER_CLASS_KEYS = ("iou", "f1", "precision", "recall", "truth_pixels", "predicted_pixels")
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """Element-wise ``numerator / denominator`` with ``nan`` where the denominator is 0."""
-    numerator = numerator.astype(np.float64)
-    denominator = denominator.astype(np.float64)
-    out = np.full(numerator.shape, np.nan)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
-
-
-def _nanmean(values: np.ndarray) -> float:
-    """Mean over the defined (non-nan) values; ``nan`` when none is defined, without a warning."""
-    defined = values[~np.isnan(values)]
-    return float(defined.mean()) if defined.size else math.nan
 
 
 def _json_safe(value: Any) -> Any:
@@ -131,13 +125,11 @@ class EvaluationResult:
             background = int(background)
         ignore_label = _check_ignore_label(ignore_label)
 
-        tp = np.diag(matrix)
+        tp, fp, fn, _ = class_counts(matrix)
         truth_pixels = matrix.sum(axis=1)
         predicted_pixels = matrix.sum(axis=0)
-        fp = predicted_pixels - tp
-        fn = truth_pixels - tp
-        iou = _ratio(tp, tp + fp + fn)
-        f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+        iou = iou_from_counts(tp, fp, fn)
+        f1 = f1_from_counts(tp, fp, fn)
         precision = _ratio(tp, predicted_pixels)
         recall = _ratio(tp, truth_pixels)
 

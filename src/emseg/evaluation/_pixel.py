@@ -14,8 +14,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._confusion import _as_array_like, _blocks, _check_ignore_label, _check_range, _read
-from ._metrics import _nanmean, _ratio
+from ._confusion import (
+    _as_array_like,
+    _blocks,
+    _check_ignore_label,
+    _check_range,
+    _nanmean,
+    _ratio,
+    _read,
+    class_counts,
+    f1_from_counts,
+    iou_from_confusion,
+    iou_from_counts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +84,7 @@ def pixel_scores(confusion: Any, classes: Sequence[Any]) -> dict[str, dict[str, 
     """
     matrix, names = _check_confusion(confusion, classes)
     total = matrix.sum()
-    tp = np.diag(matrix)
-    fn = matrix.sum(axis=1) - tp
-    fp = matrix.sum(axis=0) - tp
-    tn = total - tp - fn - fp
+    tp, fp, fn, tn = class_counts(matrix)
     accuracy = _ratio(tp + tn, np.full(tp.shape, total))
     sensitivity = _ratio(tp, tp + fn)
     specificity = _ratio(tn, tn + fp)
@@ -122,8 +130,7 @@ def mean_iou(confusion: Any, classes: Sequence[Any], *, subset: Sequence[Any] | 
         ValueError: a name in ``subset`` is not in ``classes``, or ``subset`` is empty.
     """
     matrix, names = _check_confusion(confusion, classes)
-    tp = np.diag(matrix)
-    iou = _ratio(tp, matrix.sum(axis=0) + matrix.sum(axis=1) - tp)
+    iou = iou_from_confusion(matrix)
     if subset is None:
         return _nanmean(iou)
     wanted = [str(c) for c in subset]
@@ -339,8 +346,8 @@ def threshold_sweep(
     fn = pos_hist.sum() - tp
     return {
         "threshold": thresholds,
-        "iou": _ratio(tp, tp + fp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": iou_from_counts(tp, fp, fn),
+        "f1": f1_from_counts(tp, fp, fn),
         "precision": _ratio(tp, tp + fp),
         "recall": _ratio(tp, tp + fn),
         "tp": tp,

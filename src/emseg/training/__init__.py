@@ -1,8 +1,7 @@
 """Losses, the trainer and self-describing checkpoints."""
 
+from emseg.losses import LOSSES, DiceCELoss, build_loss
 from emseg.models import CheckpointError, load_checkpoint, save_checkpoint
-from emseg.training._loss_registry import LOSSES, build_loss
-from emseg.training._losses import DiceCELoss
 from emseg.training._recipes import apply_recipe, list_recipes
 from emseg.training._run_dir import RunWriteError
 from emseg.training._trainer import TrainingInterrupted, TrainResult, calibrate, class_weights_from_frequencies, train

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emseg.data import IGNORE_INDEX
+from emseg.evaluation import confusion_from_labels, iou_from_confusion
 
 __all__ = ["Calibration", "fit_logit_offsets", "mean_iou_of_confusions"]
 
@@ -61,12 +62,8 @@ def mean_iou_of_confusions(confusions: np.ndarray) -> np.ndarray:
     Classes absent from both truth and prediction are left out of the mean (as
     :class:`~emseg.evaluation.EvaluationResult` does); NaN if no class is present.
     """
-    c = np.asarray(confusions, np.float64)
-    tp = np.diagonal(c, axis1=-2, axis2=-1)
-    union = c.sum(-1) + c.sum(-2) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
-    present = union > 0
+    iou = iou_from_confusion(np.asarray(confusions, np.float64))
+    present = ~np.isnan(iou)
     total = np.where(present, iou, 0.0).sum(-1)
     count = present.sum(-1)
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
@@ -122,7 +119,7 @@ def fit_logit_offsets(
     grid = np.round(np.arange(-span, span + step / 2, step), 6)
 
     def confusion(pred: np.ndarray) -> np.ndarray:
-        return np.bincount(truth * k_classes + pred, minlength=k_classes * k_classes).reshape(k_classes, k_classes)
+        return confusion_from_labels(pred, truth, num_classes=k_classes)
 
     shifted = s_all + offsets[:, None].astype(np.float32)
     before = float(mean_iou_of_confusions(confusion(shifted.argmax(0))))

@@ -153,7 +153,7 @@ def with_aux_heads(criterion: torch.nn.Module, model: torch.nn.Module) -> torch.
     weights = getattr(model, "aux_loss_weights", None)
     if not weights:
         return criterion
-    from emseg.training._loss_registry import MultiHeadLoss
+    from emseg.losses import MultiHeadLoss
 
     logger.info("multi-head loss: main + %s", ", ".join(f"{w:g} x {name}" for name, w in weights.items()))
     return MultiHeadLoss(criterion, weights, main_key="main")

@@ -59,7 +59,7 @@ from emseg.training._spatial import (
     volume_sampler,
     warn_absent_classes,
 )
-from emseg.training._criterion import build_criterion, multi_head
+from emseg.losses import build_criterion, multi_head
 from emseg.training._ema import WeightAverage
 from emseg.training._inputs import weight_maps, with_grain_channels
 from emseg.training._optim import build_optimizer

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from monai.losses import MaskedDiceLoss
 from torch import nn
 
-from emseg.data import IGNORE_INDEX
+from emseg.constants import IGNORE_INDEX
 
 __all__ = ["DiceCELoss"]
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import write_bench
 from emseg.cli import app
 from emseg.config import ConfigError
-from emseg.evaluation import load_bench_config, run_benchmark
+from emseg.benchmark import load_bench_config, run_benchmark
 
 RUNS = ["unet-a__dice-ce__seed0", "unet-b__dice-ce__seed0", "random-forest__none__seed0"]
 ENSEMBLES = ["ensemble-mean-all", "ensemble-weighted-top2", "ensemble-vote-all"]
@@ -122,7 +122,7 @@ def test_bench_config_errors(tmp_path, epfl_crop):
 
 
 def test_folds_split_training_slices_without_overlap(tmp_path, epfl_crop):
-    from emseg.evaluation._benchmark import _fold_sources, _plan, _training_config
+    from emseg.benchmark._config import _fold_sources, _plan, _training_config
 
     bench_file = write_bench(tmp_path, epfl_crop)
     text = bench_file.read_text()
@@ -143,7 +143,7 @@ def test_folds_split_training_slices_without_overlap(tmp_path, epfl_crop):
 def test_report_without_matplotlib_names_the_extra(tiny_benchmark, tmp_path, monkeypatch):
     import sys
 
-    from emseg.evaluation._report import write_report
+    from emseg.benchmark import write_report
 
     _, out, _ = tiny_benchmark
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -154,7 +154,8 @@ def test_report_without_matplotlib_names_the_extra(tiny_benchmark, tmp_path, mon
 def test_budget_device_is_checked(monkeypatch):
     import torch
 
-    from emseg.evaluation._benchmark import Budget, _check_device
+    from emseg.benchmark._config import Budget
+    from emseg.benchmark._runner import _check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from emseg.training._loss_registry import MultiHeadLoss, WeightedSumLoss, build_loss
+from emseg.losses._registry import MultiHeadLoss, WeightedSumLoss, build_loss
 
 __all__ = ["AUTO_OPTIONS", "DEFAULT_AUX_WEIGHTS", "build_criterion", "loss_spec", "multi_head", "resolve_auto"]
 

@@ -8,7 +8,7 @@ import torch
 from emseg.config import ConfigError, TrainingConfig, config_from_dict
 from emseg.data import IGNORE_INDEX
 from emseg.training import DiceCELoss
-from emseg.training._criterion import build_criterion, multi_head
+from emseg.losses import build_criterion, multi_head
 
 I = IGNORE_INDEX
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from emseg.losses import build_loss, loss_spec, resolve_auto
+
 __all__ = ["check_training_config"]
 
 
@@ -13,9 +15,6 @@ def check_training_config(config: Any) -> None:
     Raises:
         ValueError: the message names the key (pydantic prefixes the location).
     """
-    from emseg.training._criterion import loss_spec, resolve_auto
-    from emseg.training._loss_registry import build_loss
-
     tc = config.training
     num_classes = len(config.data.classes)
     try:

@@ -328,7 +328,7 @@ def write_report(
     """Write the self-contained HTML report of a benchmark's ``results.json``.
 
     Args:
-        results_path: ``results.json`` written by :func:`emseg.evaluation.run_benchmark`;
+        results_path: ``results.json`` written by :func:`emseg.benchmark.run_benchmark`;
             the runs' ``test_labels.npy`` are looked up next to it.
         html_path: the report to write (atomically).
         test_image, test_truth: the test slices ``(Z, Y, X)`` for the overlays;
@@ -346,7 +346,7 @@ def write_report(
         raise ValueError(f"{results_path} holds no runs; nothing to report")
     if test_image is None or test_truth is None:
         from emseg.config import VolumeSource
-        from emseg.evaluation._benchmark import _load_volume
+        from emseg.benchmark._config import _load_volume
 
         test_image, test_truth, _ = _load_volume(VolumeSource.model_construct(**results["test"]))
     subset_keys = [k for k in runs[0]["metrics"] if k.startswith("miou_")]

@@ -31,7 +31,7 @@ from monai.losses import FocalLoss as _MonaiFocalLoss
 from torch import nn
 
 from emseg._registry import Registry, suggest
-from emseg.data._load import IGNORE_INDEX
+from emseg.constants import IGNORE_INDEX
 
 __all__ = [
     "LOSSES",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from emseg.data import IGNORE_INDEX
-from emseg.training._loss_registry import LOSSES, MultiHeadLoss, build_loss
+from emseg.losses import LOSSES, MultiHeadLoss, build_loss
 
 LN3 = math.log(3.0)
 I = IGNORE_INDEX
