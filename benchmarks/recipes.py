@@ -42,7 +42,7 @@ import yaml
 
 import emseg
 from emseg.models import MODELS
-from emseg.training._recipes import load_recipe
+from emseg.config import load_recipe
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "epfl-multiclass"
 CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_boundary", "vesicle", "psd", "axon"]

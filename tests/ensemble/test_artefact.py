@@ -110,9 +110,9 @@ model: {{name: random-forest, n_estimators: 4, samples_per_class: 200, sigmas: [
     np.testing.assert_array_equal(labels, vote_labels)
     assert np.abs(probs - fractions).max() <= 1 / 8 + 1e-6  # vote fractions, eps = 1 / (2 (M + 1))
     # the 2.5-D member saw its own 3-slice context: the ensemble's slice API needs a (3, Y, X) stack
-    from emseg.data._load import _context_stack
+    from emseg.data import context_stack
 
-    np.testing.assert_allclose(ensemble.predict_proba_slice(_context_stack(volume, 1, 3)), probs[:, 1], atol=1e-6)
+    np.testing.assert_allclose(ensemble.predict_proba_slice(context_stack(volume, 1, 3)), probs[:, 1], atol=1e-6)
     with pytest.raises(ValueError, match="needs 3 context slices"):
         ensemble.predict_proba_slice(volume[1])
     np.testing.assert_allclose(combine_probabilities(member_probs, method="vote"), probs, atol=1e-6)

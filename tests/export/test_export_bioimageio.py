@@ -93,7 +93,7 @@ def test_package_validates_and_its_test_tensors_reproduce(kind, packages, model_
     assert [str(a.id) for a in space_in] == (["z", "y", "x"] if kind == "unet3d" else ["y", "x"])
     meta = read_metadata(package)
     if kind == "unet-original":  # valid padding: the output is the input less the margin the network crops
-        from emseg.export._network import skeleton
+        from emseg.models import skeleton
 
         skel = skeleton(meta["models"][0], len(meta["classes"]))
         assert meta["margin"] > 0

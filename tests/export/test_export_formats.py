@@ -35,7 +35,7 @@ def _real_input(meta, epfl_stack):
         return torch.from_numpy(x[None, None])
     if meta["margin"]:
         x = x[:, :, :64]  # a valid size of the tiny valid-padding U-Net is 60 + 4k; crop to one
-        from emseg.export._network import skeleton
+        from emseg.models import skeleton
 
         size = skeleton(meta["models"][0], 7).valid_input_size(56)
         x = x[:, :size, :size]

@@ -13,7 +13,7 @@ from emseg.cli import app
 from emseg.config import ConfigError, load_config
 from emseg.data import guay_weight_map
 from emseg.models import MODELS
-from emseg.training._recipes import apply_recipe, list_recipes, load_recipe
+from emseg.config import apply_recipe, list_recipes, load_recipe
 from conftest import EPFL_CLASSES, epfl_data_yaml
 
 runner = CliRunner()

@@ -596,7 +596,7 @@ def explain(
     Returns:
         The summary written to ``gradcam_summary.json``.
     """
-    from emseg.data._load import _context_stack
+    from emseg.data import context_stack as _context_stack
     from emseg.inference._predictor import Predictor
     from emseg.io import atomic_output, open_image, write_image
 

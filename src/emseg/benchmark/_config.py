@@ -31,11 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from emseg.config import (
     ConfigError,
     VolumeSource,
-    _format_errors,
-    _resolve,
     config_from_dict,
     deep_merge,
+    format_errors,
     read_yaml,
+    resolve_config_path,
 )
 from emseg.data import parse_slices
 
@@ -72,7 +72,7 @@ class BenchDataset(_Strict):
             return None
         from emseg.io._registry import resolve
 
-        path = _resolve(value, info)
+        path = resolve_config_path(value, info)
         found = resolve(path)
         if not Path(found[1].file if found else path).exists():
             raise ValueError(f"file not found: {path}")
@@ -195,7 +195,7 @@ def load_bench_config(path: str | os.PathLike) -> BenchConfig:
     try:
         bench = BenchConfig.model_validate(data, context={"base_dir": str(path.resolve().parent)})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, f"in {path}").replace("invalid configuration", "invalid benchmark")) from None
+        raise ConfigError(format_errors(err, f"in {path}").replace("invalid configuration", "invalid benchmark")) from None
     # validate every run's training configuration now, before hours of training start
     for run in _plan(bench):
         _training_config(bench, run, source=f"in {path} (run {run['name']})")

@@ -21,14 +21,14 @@ def recipes(
     from rich.table import Table
 
     from emseg.cli._main import _fail, console
-    from emseg.training._recipes import _files, list_recipes, load_recipe
+    from emseg.config import list_recipes, load_recipe, recipe_files
 
     if show:
         try:
             load_recipe(show)
         except ValueError as err:
             _fail(err)
-        console.print(_files()[show].read_text(), markup=False, highlight=False)
+        console.print(recipe_files()[show].read_text(), markup=False, highlight=False)
         return
     table = Table("name", "description", title="training recipes (emseg train CONFIG --recipe NAME)",
                   title_justify="left")

@@ -6,6 +6,7 @@ from emseg.data._load import (
     DataError,
     LabelledSlices,
     class_frequencies,
+    context_stack,
     load_training_data,
 )
 from emseg.data._normalize import Normalizer
@@ -31,6 +32,7 @@ __all__ = [
     "augment_volume_batch",
     "epoch_elastic_field",
     "class_frequencies",
+    "context_stack",
     "guay_weight_map",
     "load_training_data",
     "load_training_volumes",

@@ -45,7 +45,7 @@ class LabelledSlices:
         )
 
 
-def _context_stack(volume, z: int, context: int) -> np.ndarray:
+def context_stack(volume, z: int, context: int) -> np.ndarray:
     """``context`` slices centred on ``z`` (edge slices repeated), as ``(C, Y, X)``."""
     half = context // 2
     zs = np.clip(np.arange(z - half, z + half + 1), 0, volume.shape[0] - 1)
@@ -77,7 +77,7 @@ def _load_source(source: VolumeSource, key: str, *, num_classes: int, ignore_lab
         floating = np.issubdtype(raw.array.dtype, np.floating) or np.issubdtype(raw.array.dtype, np.complexfloating)
         non_finite: dict[int, int] = {}  # z -> NaN / infinite pixels
         for z in zs:
-            image = np.asarray(raw.array[z]) if context == 1 else _context_stack(raw.array, z, context)
+            image = np.asarray(raw.array[z]) if context == 1 else context_stack(raw.array, z, context)
             if floating:
                 bad_pixels = int(np.count_nonzero(~np.isfinite(image)))  # with context slices: of the whole stack
                 if bad_pixels:

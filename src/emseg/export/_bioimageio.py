@@ -16,8 +16,9 @@ import tifffile
 import torch
 
 from emseg import __version__
-from emseg.export._load import BIOIMAGEIO_METADATA, BIOIMAGEIO_STATE
+from emseg.constants import BIOIMAGEIO_METADATA, BIOIMAGEIO_STATE
 from emseg.export._network import halo
+from emseg.models import skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ ARCHITECTURE_SOURCE = '''"""Architecture of an emseg export (pytorch_state_dict 
 The TorchScript weights of the same package run without emseg.
 """
 
-from emseg.export._network import network_from_metadata
+from emseg.models import network_from_metadata
 
 
 def EmsegNetwork(metadata):
@@ -155,8 +156,6 @@ def _axes(meta: dict[str, Any], channels_in: int, tile: tuple[int, ...]) -> tupl
     pad = halo(meta)
     names = ["z", "y", "x"] if meta["spatial_dims"] == 3 else ["y", "x"]
     if margin:
-        from emseg.export._network import skeleton
-
         skel = skeleton(meta["models"][0], len(meta["classes"]))
         smallest = skel.valid_input_size(2 * margin + 1)
         sizes = {n: ParameterizedSize(min=smallest, step=int(skel.alignment)) for n in names}

@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from emseg.models import load_checkpoint, resolve_model_path
-from emseg.export._network import (
-    ExportRefused,
-    build_export_network,
-    check_exportable,
-    export_metadata,
-    skeleton,
-)
+from emseg._optional import require as _require
+from emseg.constants import EXPORT_EXTRA
+from emseg.data import Normalizer, context_stack
+from emseg.export._network import ExportRefused, build_export_network, check_exportable, export_metadata
+from emseg.inference import Predictor
+from emseg.io import atomic_output, file_sha256, open_image
+from emseg.models import load_checkpoint, resolve_model_path, skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,6 @@ __all__ = ["EXPORT_EXTRA", "FORMATS", "ExportResult", "export_model", "require"]
 
 #: Export formats and the suffix each output must have.
 FORMATS = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript"), "bioimageio": (".zip",)}
-EXPORT_EXTRA = "pip install 'emseg[export]'"
 OPSET = 17
 #: Largest in-plane size of the tile the export is checked on (and the bioimage.io test tensor).
 CHECK_TILE = 256
@@ -42,13 +40,7 @@ DEFAULT_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "test
 
 def require(module: str, what: str) -> Any:
     """Import an optional dependency of the export, or say which extra installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise RuntimeError(f"{what} needs the Python package {module!r}, which is not installed: "
-                           f"run {EXPORT_EXTRA}") from None
+    return _require(module, what, EXPORT_EXTRA)
 
 
 class ExportResult(dict):
@@ -100,9 +92,6 @@ def _check_window(net: torch.nn.Module, meta: dict[str, Any], window: tuple[int,
 
 def _sample_tile(meta: dict[str, Any], sample: Path, tile: tuple[int, ...]) -> np.ndarray:
     """Raw ``(C, y, x)`` (2-D; C context slices) or ``(z, y, x)`` (3-D) tile from the middle of ``sample``."""
-    from emseg.data._load import _context_stack
-    from emseg.io import open_image
-
     with open_image(sample) as data:
         volume = data.array
         shape = tuple(int(s) for s in volume.shape)
@@ -111,7 +100,7 @@ def _sample_tile(meta: dict[str, Any], sample: Path, tile: tuple[int, ...]) -> n
                 raise ValueError(f"--sample {sample} is {shape[1]} x {shape[2]} in-plane, smaller than the "
                                  f"{tile[0]} x {tile[1]} tile the export is checked on; pass a larger image")
             y0, x0 = (shape[1] - tile[0]) // 2, (shape[2] - tile[1]) // 2
-            stack = _context_stack(volume, shape[0] // 2, int(meta["context_slices"]))
+            stack = context_stack(volume, shape[0] // 2, int(meta["context_slices"]))
             return np.ascontiguousarray(stack[:, y0:y0 + tile[0], x0:x0 + tile[1]])
         if any(s < t for s, t in zip(shape, tile)):
             raise ValueError(f"--sample {sample} has shape {shape}, smaller than the {tile} tile the 3-D export is "
@@ -121,8 +110,6 @@ def _sample_tile(meta: dict[str, Any], sample: Path, tile: tuple[int, ...]) -> n
 
 
 def _sample_shape(sample: Path) -> tuple[int, int, int]:
-    from emseg.io import open_image
-
     with open_image(sample) as data:
         return tuple(int(s) for s in data.array.shape)  # type: ignore[return-value]
 
@@ -159,8 +146,6 @@ def check_tiles(meta: dict[str, Any], sample_shape: tuple[int, int, int]) -> lis
 
 
 def _normalise(meta: dict[str, Any], raw: np.ndarray) -> np.ndarray:
-    from emseg.data._normalize import Normalizer
-
     x = Normalizer.from_dict(meta["normalization"])(raw)
     return x[None] if meta["spatial_dims"] == 3 else x  # (C, ...) with C = 1 for 3-D
 
@@ -221,10 +206,6 @@ def export_model(
     Returns:
         :class:`ExportResult` with the path and the agreement measured on the check tile.
     """
-    from emseg.inference import Predictor
-    from emseg.inference._blockwise import file_sha256
-    from emseg.io import atomic_output
-
     if format not in FORMATS:
         raise ValueError(f"--format {format!r} is not an export format; choose one of {', '.join(FORMATS)}")
     out = Path(out)

@@ -10,30 +10,21 @@ from typing import Any
 
 import torch
 
+from emseg.constants import EXPORT_METADATA_KEY as METADATA_KEY
 from emseg.export._export import OPSET, compare, require
+from emseg.inference import onnx_session
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METADATA_KEY", "onnx_session", "write_onnx", "write_torchscript"]
+__all__ = ["read_torchscript_metadata", "trace_frozen", "write_onnx", "write_torchscript"]
 
-#: Key of the emseg metadata: ONNX ``metadata_props``, TorchScript extra file ``emseg.json``.
-METADATA_KEY = "emseg"
+#: TorchScript extra file of the emseg metadata (ONNX: ``metadata_props`` under METADATA_KEY).
 TORCHSCRIPT_EXTRA = "emseg.json"
 
 
 def _dynamic_axes(spatial_dims: int) -> dict[str, dict[int, str]]:
     axes = {0: "batch", 2: "y", 3: "x"} if spatial_dims == 2 else {0: "batch", 2: "z", 3: "y", 4: "x"}
     return {"input": axes, "output": dict(axes)}
-
-
-def onnx_session(path: str | Path, *, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session of ``path`` using ``threads`` intra-op threads (default: torch's)."""
-    ort = require("onnxruntime", "running an ONNX model")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def write_onnx(net: torch.nn.Module, meta: dict[str, Any], path: Path, inputs: list[torch.Tensor],
@@ -85,14 +76,3 @@ def read_torchscript_metadata(path: str | Path) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return json.loads(extra[TORCHSCRIPT_EXTRA])
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, Any] | None:
-    onnx = require("onnx", "reading an ONNX model")
-    proto = onnx.load(str(path), load_external_data=False)
-    for entry in proto.metadata_props:
-        if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
-    return None
-
-

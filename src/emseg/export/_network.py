@@ -1,4 +1,5 @@
-"""The network an export writes: one torch module from a checkpoint, with everything emseg adds around it.
+"""The network an export writes: one torch module from a checkpoint, with everything emseg adds around it
+(the modules themselves, SingleNetwork and EnsembleNetwork, are in emseg.models: prediction rebuilds them).
 
 A single model becomes its network plus the checkpoint's calibration offsets (added to the logits). An
 ensemble (``mean`` or ``weighted``) becomes one module that feeds every member its own normalisation and
@@ -20,72 +21,23 @@ import torch
 from torch import nn
 
 from emseg import __version__
-from emseg.models import ENSEMBLE_BACKEND, MODELS, CheckpointError, build_model
+from emseg.constants import EXPORT_FORMAT, EXPORT_VERSION
+from emseg.models import (
+    ENSEMBLE_BACKEND,
+    MODELS,
+    CheckpointError,
+    EnsembleNetwork,
+    SingleNetwork,
+    build_model,
+    network_from_metadata,  # noqa: F401 - imported by the architecture file inside bioimage.io packages
+    skeleton,
+)
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "EnsembleNetwork", "ExportRefused", "SingleNetwork",
-           "build_export_network", "export_metadata", "network_from_metadata", "skeleton"]
-
-EXPORT_FORMAT = "emseg-export"
-EXPORT_VERSION = 1
-#: Floor of the ensemble's probabilities before the logarithm (log 1e-30 = -69: far below any real logit gap).
-_PROB_FLOOR = 1e-30
-_DELEGATED = ("output_margin", "alignment", "output_size", "valid_input_size", "spatial_dims")
+__all__ = ["ExportRefused", "build_export_network", "check_exportable", "export_metadata", "halo"]
 
 
 class ExportRefused(ValueError):
     """The model cannot be exported to the requested format; the message says why and what to do."""
-
-
-class SingleNetwork(nn.Module):
-    """A registry network plus its calibration offsets: ``(N, C, ...)`` -> ``(N, K, ...)`` logits."""
-
-    def __init__(self, net: nn.Module, num_classes: int, offsets: list[float] | None = None) -> None:
-        super().__init__()
-        self.net = net
-        # always present (zeros when uncalibrated: adding 0.0 changes no bit), so every export has one layout
-        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.float32) if offsets
-                             else torch.zeros(num_classes, dtype=torch.float32))
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name in _DELEGATED:  # what the Predictor asks of the network (valid padding, 3-D)
-                return getattr(self._modules["net"], name)
-            raise
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(x)
-        return y + self.offsets.view((1, -1) + (1,) * (y.ndim - 2))
-
-
-class EnsembleNetwork(nn.Module):
-    """Members' probabilities combined with fixed weights, returned as log-probabilities.
-
-    Args:
-        members: one :class:`SingleNetwork` per member.
-        weights: ``(M,)`` non-negative, summing to 1.
-        scales, shifts: per member, ``x_member = x * scale + shift`` turns the ensemble's normalised input
-            into the member's (its own mean/std).
-        channels: per member, ``(start, stop)`` of the input channels it takes (its centred context slices).
-    """
-
-    def __init__(self, members: list[nn.Module], *, weights: list[float], scales: list[float], shifts: list[float],
-                 channels: list[tuple[int, int]]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
-        self.register_buffer("scales", torch.tensor(scales, dtype=torch.float32))
-        self.register_buffer("shifts", torch.tensor(shifts, dtype=torch.float32))
-        self.channels = [(int(a), int(b)) for a, b in channels]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(1, dtype=x.dtype, device=x.device)
-        for i, member in enumerate(self.members):
-            start, stop = self.channels[i]
-            xi = x[:, start:stop] * self.scales[i] + self.shifts[i]
-            total = total + self.weights[i] * torch.softmax(member(xi), dim=1)
-        return torch.log(torch.clamp(total, min=_PROB_FLOOR))
 
 
 def _member_network(ckpt: dict[str, Any], *, on_meta: bool = False) -> nn.Module:
@@ -96,14 +48,6 @@ def _member_network(ckpt: dict[str, Any], *, on_meta: bool = False) -> nn.Module
                                options=meta["options"], pretrained=False)
     return build_model(meta["name"], in_channels=meta["in_channels"], num_classes=len(ckpt["classes"]),
                        options=meta["options"], pretrained=False)
-
-
-def skeleton(model: dict[str, Any], num_classes: int) -> nn.Module:
-    """The registry network of an export's ``model`` entry built on the meta device (no weights): its shape
-    helpers (``output_margin``, ``valid_input_size``, ...) without its arithmetic."""
-    with torch.device("meta"):
-        return build_model(model["name"], in_channels=int(model["in_channels"]), num_classes=num_classes,
-                           options=model["options"], pretrained=False)
 
 
 def check_exportable(ckpt: dict[str, Any], fmt: str) -> None:
@@ -210,20 +154,6 @@ def export_metadata(ckpt: dict[str, Any], predictor: Any, *, source_sha256: str)
         meta["weights"] = [float(w) for w in ckpt["weights"]]
         meta["member_names"] = list(ckpt.get("member_names") or [])
     return meta
-
-
-def network_from_metadata(meta: dict[str, Any]) -> nn.Module:
-    """The exported module's structure from its metadata (weights and buffers zero-initialised or random):
-    load the export's state dict into it (``torch.load(..., weights_only=True)``)."""
-    num_classes = len(meta["classes"])
-    nets = [SingleNetwork(build_model(m["name"], in_channels=int(m["in_channels"]), num_classes=num_classes,
-                                      options=m["options"], pretrained=False), num_classes)
-            for m in meta["models"]]
-    if meta.get("kind") != "ensemble":
-        return nets[0].eval()
-    m = len(nets)
-    return EnsembleNetwork(nets, weights=[1.0 / m] * m, scales=[1.0] * m, shifts=[0.0] * m,
-                           channels=[tuple(c) for c in meta["channels"]]).eval()
 
 
 def halo(meta: dict[str, Any]) -> int:

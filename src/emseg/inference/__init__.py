@@ -2,7 +2,8 @@
 
 :func:`load_predictor` turns a model file (a run, an ensemble, an export) into a predictor;
 every predictor satisfies :class:`SegmentationPredictor`, what the blockwise engine,
-evaluation and Grad-CAM use.
+evaluation and Grad-CAM use. :func:`load_exported` runs a file written by :mod:`emseg.export`
+(``.onnx``, bioimage.io ``.zip``); :func:`read_metadata` and :func:`model_classes` read it.
 """
 
 from emseg.inference._blockwise import BlockLayout, ResumeError, predict_blockwise
@@ -14,6 +15,15 @@ from emseg.inference._combine import (
     vote_tie_epsilon,
 )
 from emseg.inference._ensemble import EnsemblePredictor, member_probabilities
+from emseg.inference._exported import (
+    OnnxNetwork,
+    is_exported,
+    load_exported,
+    model_classes,
+    onnx_session,
+    read_metadata,
+    read_onnx_metadata,
+)
 from emseg.inference._predict import predict
 from emseg.inference._predictor import Predictor, load_predictor
 from emseg.inference._protocol import SegmentationPredictor
@@ -22,15 +32,22 @@ __all__ = [
     "METHODS",
     "BlockLayout",
     "EnsemblePredictor",
+    "OnnxNetwork",
     "Predictor",
     "ResumeError",
     "SegmentationPredictor",
     "combine_probabilities",
+    "is_exported",
+    "load_exported",
     "load_predictor",
     "majority_vote",
     "member_probabilities",
+    "model_classes",
+    "onnx_session",
     "predict",
     "predict_blockwise",
+    "read_metadata",
+    "read_onnx_metadata",
     "vote_probabilities",
     "vote_tie_epsilon",
 ]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from emseg.data._load import _context_stack
+from emseg.data import context_stack as _context_stack
 from emseg.inference._combine import METHODS, combine_probabilities
 from emseg.inference._protocol import SegmentationPredictor, volume_labels
 from emseg.inference._tiling import first_argmax

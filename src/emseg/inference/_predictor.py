@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from emseg._device import autocast, default_device, resolve_precision
-from emseg.data._load import _context_stack
-from emseg.data._normalize import Normalizer
+from emseg.constants import EXPORTED_SUFFIXES  # files written by ``emseg export``: read by inference._exported
+from emseg.data import context_stack as _context_stack
+from emseg.data import Normalizer
 from emseg.inference._ensemble import EnsemblePredictor
 from emseg.inference._outputs import check_options
 from emseg.inference._protocol import SegmentationPredictor, volume_labels
@@ -33,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EXPORTED_SUFFIXES", "TTA_FLIPS", "Predictor", "load_predictor"]
 
-#: Files written by ``emseg export`` (ONNX, bioimage.io zip): loaded by :func:`emseg.export.load_exported`.
-EXPORTED_SUFFIXES = (".onnx", ".zip")
 
 #: Test-time augmentation: the identity and the flips along x, y and both (dims of an ``(N, C, ..., Y, X)`` tensor).
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -559,9 +558,7 @@ def load_predictor(path: str | os.PathLike, **options: Any) -> SegmentationPredi
         emseg.models.CheckpointError: not a usable emseg model; the message names the file and the problem.
     """
     if str(path).lower().endswith(EXPORTED_SUFFIXES):
-        # emseg.export builds a Predictor around the exported network, so it sits above inference; the one
-        # import from above, for a file format this function dispatches on.
-        from emseg.export import load_exported
+        from emseg.inference._exported import load_exported  # it builds a Predictor: imported when called
 
         return load_exported(path, **options)
     return Predictor.from_checkpoint_dict(load_checkpoint(path), **options)

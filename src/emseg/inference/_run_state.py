@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from emseg.io import file_sha256
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["MARKER_DIR", "ResumeError", "file_sha256", "finished_blocks", "read_run_metadata", "summarize"]
@@ -26,15 +28,6 @@ MARKER_DIR = ".emseg/blocks"
 
 class ResumeError(ValueError):
     """An existing output belongs to a different run (model, input or block layout)."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(2**20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def _marker(output: Path, index: tuple[int, int, int]) -> Path:

@@ -14,17 +14,21 @@ See :func:`supported_formats` for the formats understood.
 """
 
 from ._atomic import atomic_output, remove_stale_temporaries
+from ._hash import file_sha256
 from ._base import ImageData, ImageFormatError, ImageReaderWriter
 from ._registry import open_image, read_image, supported_formats, write_image
+from ._registry import resolve as resolve_location
 
 __all__ = [
     "ImageData",
     "ImageFormatError",
     "ImageReaderWriter",
     "atomic_output",
+    "file_sha256",
     "open_image",
     "read_image",
     "remove_stale_temporaries",
+    "resolve_location",
     "supported_formats",
     "write_image",
 ]

@@ -38,9 +38,12 @@ _CHECKPOINT_NAMES = (
     "resolve_model_path",
     "save_checkpoint",
 )
+#: Networks composed around registry networks (emseg.models._composite, imports torch).
+_COMPOSITE_NAMES = ("EnsembleNetwork", "SingleNetwork", "network_from_metadata", "skeleton")
 
 __all__ = [
     *_CHECKPOINT_NAMES,
+    *_COMPOSITE_NAMES,
     "MODELS",
     "ModelOptions",
     "ModelSpec",
@@ -425,6 +428,10 @@ def __getattr__(name: str):  # lazy heavy imports
         from emseg.models import _checkpoint
 
         return getattr(_checkpoint, name)
+    if name in _COMPOSITE_NAMES:
+        from emseg.models import _composite
+
+        return getattr(_composite, name)
     if name == "UNet":
         from emseg.models._unet import UNet
 

@@ -1,8 +1,8 @@
 """Losses, the trainer and self-describing checkpoints."""
 
+from emseg.config import apply_recipe, list_recipes
 from emseg.losses import LOSSES, DiceCELoss, build_loss
 from emseg.models import CheckpointError, load_checkpoint, save_checkpoint
-from emseg.training._recipes import apply_recipe, list_recipes
 from emseg.training._run_dir import RunWriteError
 from emseg.training._trainer import TrainingInterrupted, TrainResult, calibrate, class_weights_from_frequencies, train
 

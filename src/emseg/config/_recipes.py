@@ -1,6 +1,6 @@
 """Named training presets (``emseg recipes``), merged *under* a user configuration.
 
-A preset is a YAML file in ``emseg/training/recipes/`` holding ordinary config
+A preset is a YAML file in ``emseg/config/recipes/`` holding ordinary config
 sections (``model``, ``training``, ``preprocess``) plus a ``recipe`` block with
 its description and model requirements:
 
@@ -24,27 +24,28 @@ from typing import Any
 import yaml
 
 from emseg._registry import suggest
-from emseg.config import deep_merge
+from emseg.config._yaml import deep_merge
+from emseg.models import MODELS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply_recipe", "list_recipes", "load_recipe"]
+__all__ = ["apply_recipe", "list_recipes", "load_recipe", "recipe_files"]
 
 
-def _files() -> dict[str, Any]:
-    folder = resources.files("emseg.training") / "recipes"
+def recipe_files() -> dict[str, Any]:
+    folder = resources.files("emseg.config") / "recipes"
     return {entry.name.removesuffix(".yaml"): entry for entry in sorted(folder.iterdir(), key=lambda e: e.name)
             if entry.name.endswith(".yaml")}
 
 
 def list_recipes() -> dict[str, str]:
     """Preset name -> one-line description."""
-    return {name: load_recipe(name)["recipe"].get("description", "") for name in _files()}
+    return {name: load_recipe(name)["recipe"].get("description", "") for name in recipe_files()}
 
 
 def load_recipe(name: str) -> dict[str, Any]:
     """The preset's raw content (with its ``recipe`` block)."""
-    files = _files()
+    files = recipe_files()
     if name not in files:
         raise ValueError(f"unknown recipe {name!r}.{suggest(name, list(files))} Available: {', '.join(files)}")
     return yaml.safe_load(files[name].read_text()) or {}
@@ -57,8 +58,6 @@ def apply_recipe(name: str, config: dict[str, Any]) -> dict[str, Any]:
         ValueError: unknown preset (with a suggestion), or a preset that
             requires a model that is not registered.
     """
-    from emseg.models import MODELS
-
     preset = copy.deepcopy(load_recipe(name))
     meta = preset.pop("recipe", {}) or {}
     user_model = (config.get("model") or {}).get("name") if isinstance(config.get("model"), dict) else None

@@ -20,19 +20,19 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from emseg._registry import suggest
+from emseg.io import resolve_location
+from emseg.models import MODELS, validate_model_options
 
 __all__ = [
     "AugmentConfig",
@@ -43,8 +43,7 @@ __all__ = [
     "PreprocessConfig",
     "TrainingConfig",
     "VolumeSource",
-    "load_config",
-    "read_yaml",
+    "resolve_config_path",
 ]
 
 
@@ -56,7 +55,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-def _resolve(value: str, info: ValidationInfo) -> str:
+def resolve_config_path(value: str, info: ValidationInfo) -> str:
+    """A path of a configuration, user folder expanded, relative ones against the validation context's
+    ``base_dir`` (the folder of the YAML file)."""
     base = (info.context or {}).get("base_dir")
     text = os.path.expanduser(str(value))
     if base is not None and not os.path.isabs(text):
@@ -74,10 +75,8 @@ class VolumeSource(_Strict):
     @field_validator("image", "labels")
     @classmethod
     def _exists(cls, value: str, info: ValidationInfo) -> str:
-        from emseg.io._registry import resolve
-
-        path = _resolve(value, info)
-        found = resolve(path)
+        path = resolve_config_path(value, info)
+        found = resolve_location(path)
         file = found[1].file if found else Path(path)
         if not Path(file).exists():
             raise ValueError(f"file not found: {file}")
@@ -134,13 +133,11 @@ class ModelConfig(BaseModel):
     def _resolve_weights(cls, data: Any, info: ValidationInfo) -> Any:
         # model.encoder_weights (a file) resolves against the config's folder like the data paths
         if isinstance(data, dict) and isinstance(data.get("encoder_weights"), str):
-            data = {**data, "encoder_weights": _resolve(data["encoder_weights"], info)}
+            data = {**data, "encoder_weights": resolve_config_path(data["encoder_weights"], info)}
         return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        from emseg.models import MODELS, validate_model_options
-
         if self.name not in MODELS:
             raise ValueError(f"unknown model {self.name!r}.{suggest(self.name, MODELS.names())} Available: {', '.join(MODELS.names())}")
         if self.context_slices % 2 != 1:
@@ -382,8 +379,6 @@ class Config(_Strict):
                 f"training.class_weights has {len(weights)} values but data.classes has "
                 f"{len(self.data.classes)} classes"
             )
-        from emseg.models import MODELS
-
         spatial_dims = MODELS.get(self.model.name).spatial_dims
         if len(self.training.patch_size) == 3 and spatial_dims != 3:
             raise ValueError(
@@ -393,105 +388,7 @@ class Config(_Strict):
         if spatial_dims == 3 and self.model.context_slices != 1:
             raise ValueError(f"model.context_slices must be 1 for the 3-D model {self.model.name!r} "
                              f"(it sees neighbouring sections through its window), got {self.model.context_slices}")
-        from emseg._config_checks import check_training_config  # lazy: it builds the loss (torch)
+        from emseg.config._checks import check_training_config  # lazy: it builds the loss (torch)
 
         check_training_config(self)
         return self
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            key = str(e["loc"][-1])
-            parent = _model_at(e["loc"][:-1])
-            allowed = list(parent.model_fields) if parent else []
-            msg = f"unknown key.{suggest(key, allowed)} Allowed here: {', '.join(allowed)}"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"  {loc or '(top level)'}: {msg}")
-    return f"invalid configuration {source}:\n" + "\n".join(lines)
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: Any = Config
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
-        if field is None:
-            return None
-        ann = field.annotation
-        for candidate in getattr(ann, "__args__", (ann,)):
-            inner = getattr(candidate, "__args__", (candidate,))
-            found = [c for c in (candidate, *inner) if isinstance(c, type) and issubclass(c, BaseModel)]
-            if found:
-                model = found[0]
-                break
-        else:
-            return None
-    return model
-
-
-def config_from_dict(data: dict[str, Any], *, base_dir: str | os.PathLike | None = None, source: str = "") -> Config:
-    """Validate a configuration dictionary; relative paths resolve against ``base_dir``."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid configuration {source}: expected a mapping with keys data, model, training")
-    try:
-        return Config.model_validate(data, context={"base_dir": None if base_dir is None else str(base_dir)})
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
-
-
-def read_yaml(path: str | os.PathLike, *, what: str) -> Any:
-    """The content of a YAML file (``{}`` when empty).
-
-    Raises:
-        ConfigError: the file is missing (``"<what> not found: PATH"``) or not valid YAML.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-
-
-def load_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None,
-                recipe: str | None = None) -> Config:
-    """Load and validate a YAML configuration file.
-
-    Args:
-        path: the YAML file.
-        overrides: nested mapping merged over the file's content (e.g. from CLI flags).
-        recipe: name of a training preset (``emseg recipes``) merged *under* the
-            file: the file's keys win.
-
-    Raises:
-        ConfigError: unreadable YAML, unknown keys, wrong types, missing files.
-    """
-    path = Path(path)
-    data = read_yaml(path, what="configuration file")
-    if overrides:
-        data = deep_merge(data, overrides)
-    if recipe is not None:
-        from emseg.training._recipes import apply_recipe
-
-        data = apply_recipe(recipe, data)
-    config = config_from_dict(data, base_dir=path.resolve().parent, source=f"in {path}")
-    config._source = str(path)
-    return config
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    """``extra`` over ``base``, recursively for nested mappings (neither is modified)."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out

@@ -3,6 +3,7 @@
 :func:`load_exported` returns a plain :class:`~emseg.inference.Predictor` whose ``model`` is the exported
 network, fed with the normalisation, context slices, window, overlap and margin stored in the export, so
 ``emseg predict``, the blockwise engine and ``emseg evaluate --model`` treat it like the original model.pt.
+Reading an export is inference's job; :mod:`emseg.export` writes the files (and sits above this layer).
 """
 
 from __future__ import annotations
@@ -18,22 +19,49 @@ from typing import Any
 import torch
 from torch import nn
 
-from emseg.models import load_checkpoint
-from emseg.export._network import EXPORT_FORMAT, EXPORT_VERSION, network_from_metadata, skeleton
+from emseg._optional import require
+from emseg.constants import (
+    BIOIMAGEIO_METADATA,
+    BIOIMAGEIO_STATE,
+    EXPORT_EXTRA,
+    EXPORT_FORMAT,
+    EXPORT_METADATA_KEY,
+    EXPORT_VERSION,
+    EXPORTED_SUFFIXES,
+)
+from emseg.data import Normalizer
+from emseg.inference._predictor import Predictor
+from emseg.models import load_checkpoint, network_from_metadata, skeleton
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BIOIMAGEIO_METADATA", "OnnxNetwork", "is_exported", "load_exported", "model_classes", "read_metadata"]
-
-#: Files inside a bioimage.io package written by emseg.
-BIOIMAGEIO_METADATA = "emseg.json"
-BIOIMAGEIO_STATE = "weights_state_dict.pt"
-EXPORTED_SUFFIXES = (".onnx", ".zip")
+__all__ = ["OnnxNetwork", "is_exported", "load_exported", "model_classes", "onnx_session", "read_metadata",
+           "read_onnx_metadata"]
 
 
 def is_exported(path: str | os.PathLike) -> bool:
     """True for a path emseg reads as an exported model (``.onnx`` or ``.zip``), not a model.pt."""
     return str(path).lower().endswith(EXPORTED_SUFFIXES)
+
+
+def onnx_session(path: str | Path, *, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of ``path`` using ``threads`` intra-op threads (default: torch's)."""
+    ort = require("onnxruntime", "running an ONNX model", EXPORT_EXTRA)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The emseg metadata in an ONNX file's ``metadata_props``, or None."""
+    onnx = require("onnx", "reading an ONNX model", EXPORT_EXTRA)
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == EXPORT_METADATA_KEY:
+            return json.loads(entry.value)
+    return None
 
 
 def _check(meta: Any, path: Path) -> dict[str, Any]:
@@ -52,8 +80,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path}")
     if path.name.lower().endswith(".onnx"):
-        from emseg.export._formats import read_onnx_metadata
-
         try:
             meta = read_onnx_metadata(path)
         except RuntimeError:
@@ -89,8 +115,6 @@ class OnnxNetwork(nn.Module):
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any]) -> None:
         super().__init__()
-        from emseg.export._formats import onnx_session
-
         self._session = onnx_session(path)
         self.spatial_dims = int(meta["spatial_dims"])
         # a plain list: the weightless architecture must not become a submodule (it is not moved with .to())
@@ -122,16 +146,13 @@ def _zip_network(path: Path, meta: dict[str, Any]) -> nn.Module:
     return net.eval()
 
 
-def load_exported(path: str | os.PathLike, **kwargs: Any) -> Any:
+def load_exported(path: str | os.PathLike, **kwargs: Any) -> Predictor:
     """A :class:`~emseg.inference.Predictor` running an exported ``.onnx`` or bioimage.io ``.zip`` model.
 
     ``kwargs`` are the options of :meth:`Predictor.from_checkpoint` (``precision``, ``tta``, ``overlap``,
     ``window``, ``batch_size``, ``device``, ``calibrated``, ``jit``). ``overlap="auto"`` uses the
     receptive-field radius measured at export; ``jit`` is ignored for ONNX (onnxruntime optimises it).
     """
-    from emseg.data._normalize import Normalizer
-    from emseg.inference import Predictor
-
     path = Path(path)
     meta = read_metadata(path)
     if kwargs.pop("calibrated", True) is False and meta.get("calibrated"):
