@@ -1,7 +1,8 @@
 # Two entry points, both from a fresh clone:
 #   make demo  -> .venv with emseg, trains on the embedded sample, segments, evaluates
 #   make test  -> .venv with the dev extras and the system packages the tests use
-#                 (scripts/test-system-deps: chromium), runs the test suite
+#                 (scripts/test-system-deps: chromium), checks the import layers
+#                 (lint-imports, contracts in pyproject.toml), runs the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -27,6 +28,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	bash scripts/test-system-deps
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 clean:

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from emseg._version import __version__
 
 __all__ = ["__version__", "evaluate", "load_config", "predict", "train"]
 

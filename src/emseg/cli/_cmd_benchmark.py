@@ -25,7 +25,7 @@ def benchmark(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
 ) -> None:
     """Train and score every run of BENCH.yaml (finished runs are not retrained), then write the report."""
-    from emseg.cli._main import _fail, _setup, _user_errors, console
+    from emseg.cli._app import _fail, _setup, _user_errors, console
 
     _setup(quiet)
     try:

@@ -35,7 +35,7 @@ def train_many(config, out: Path, *, seeds: str | None, folds: int | None, fold_
     """``emseg train --seeds`` / ``--folds``: train the runs and print the ranking or the fold table."""
     from rich.table import Table
 
-    from emseg.cli._main import console
+    from emseg.cli._app import console
     from emseg.ensemble import train_folds, train_seeds
 
     if seeds is not None and folds is not None:
@@ -80,7 +80,7 @@ def ensemble(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
 ) -> None:
     """Combine trained models into one model.pt that predict / evaluate / explain take like a single model."""
-    from emseg.cli._main import _fail, _setup, _user_errors, console
+    from emseg.cli._app import _fail, _setup, _user_errors, console
 
     _setup(quiet)
     from rich.table import Table

@@ -35,7 +35,7 @@ def explain(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
     """Grad-CAM: where in IMAGE the network found evidence for each --class (heat map over the slice)."""
-    from emseg.cli._main import _fail, _setup, _user_errors, console
+    from emseg.cli._app import _fail, _setup, _user_errors, console
 
     _setup(quiet)
     from emseg.analysis._gradcam import explain as _explain

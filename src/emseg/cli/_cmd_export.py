@@ -34,7 +34,7 @@ def export(
     the bioimage.io zip in ilastik, deepImageJ, Fiji, QuPath and bioimageio.core. `emseg predict` takes
     the .onnx and .zip files directly.
     """
-    from emseg.cli._main import _fail, _setup, _user_errors, console
+    from emseg.cli._app import _fail, _setup, _user_errors, console
 
     _setup(quiet)
     from emseg.export import export_model

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from emseg.cli._main import _QUIET, _fail, _setup, _user_errors, console
+from emseg.cli._app import _QUIET, _fail, _setup, _user_errors, console
 
 if TYPE_CHECKING:
     import pandas as pd

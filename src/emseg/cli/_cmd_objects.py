@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from emseg.cli._main import _QUIET, _fail, _setup, _user_errors, console
+from emseg.cli._app import _QUIET, _fail, _setup, _user_errors, console
 
 __all__ = ["register"]
 

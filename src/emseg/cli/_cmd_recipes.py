@@ -20,7 +20,7 @@ def recipes(
     """List the training presets (use with 'emseg train CONFIG --recipe NAME'; CONFIG's keys win)."""
     from rich.table import Table
 
-    from emseg.cli._main import _fail, console
+    from emseg.cli._app import _fail, console
     from emseg.config import list_recipes, load_recipe, recipe_files
 
     if show:

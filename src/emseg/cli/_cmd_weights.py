@@ -24,7 +24,7 @@ def weights(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
     """Compute training.weight_map (Guay or U-Net border) of the training labels and write it as TIFF."""
-    from emseg.cli._main import _fail, _setup, _user_errors, console
+    from emseg.cli._app import _fail, _setup, _user_errors, console
 
     _setup(quiet)
     from emseg.config import load_config

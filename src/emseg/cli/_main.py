@@ -2,64 +2,24 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
 import typer
-from rich.console import Console
 
-app = typer.Typer(
-    name="emseg",
-    help="Deep-learning semantic segmentation of electron microscopy volumes.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from emseg.cli._app import (  # noqa: F401 - _escape, err_console: used by the commands below and tests
+    _QUIET,
+    _escape,
+    _fail,
+    _fraction,
+    _setup,
+    _user_errors,
+    app,
+    console,
+    err_console,
 )
-# User text (paths, class names, arguments) is printed as typed: no ":smile:" emoji codes, and on stdout no
-# "[...]" markup either; err_console keeps markup for its "error:" prefix and escapes the message (_fail).
-console = Console(emoji=False, markup=False)
-err_console = Console(stderr=True, emoji=False)
-
-_QUIET = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
-
-
-def _setup(quiet: bool) -> None:
-    from rich.logging import RichHandler
-
-    from emseg._progress import set_quiet
-
-    set_quiet(quiet)
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
-
-
-def _fraction(name: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{name} must be a number in [0, 1) or 'auto', got {text!r}") from None
-
-
-def _fail(err: BaseException) -> None:
-    err_console.print(f"[bold red]error:[/] {_escape(str(err))}")
-    raise typer.Exit(code=2)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    return (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError)
 
 
 @app.command()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from emseg import __version__
+from emseg._version import __version__
 from emseg.ensemble._combine import (
     METHODS,
     grid_search_weights,

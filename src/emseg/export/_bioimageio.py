@@ -15,7 +15,7 @@ import numpy as np
 import tifffile
 import torch
 
-from emseg import __version__
+from emseg._version import __version__
 from emseg.constants import BIOIMAGEIO_METADATA, BIOIMAGEIO_STATE
 from emseg.export._network import halo
 from emseg.models import skeleton

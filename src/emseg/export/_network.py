@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from emseg import __version__
+from emseg._version import __version__
 from emseg.constants import EXPORT_FORMAT, EXPORT_VERSION
 from emseg.models import (
     ENSEMBLE_BACKEND,

@@ -223,7 +223,7 @@ def predict_blockwise(
         ResumeError: the output is an unfinished run of a different model, input or layout.
         FileExistsError: the output exists (complete, or not an emseg run) and ``overwrite`` is False.
     """
-    from emseg import __version__
+    from emseg._version import __version__
     from emseg._progress import progress_bar
 
     output = Path(output)

@@ -44,11 +44,18 @@ class ImageFormatError(ValueError):
     """
 
 
-def _formats_text() -> str:
-    # Imported here: the registry imports the backends, which import this module.
-    from ._registry import supported_formats
+#: One line per format understood, in the order :func:`emseg.io.supported_formats` lists them: filled by
+#: the registry when it is imported (it sits above the backends and this module, so nothing here imports it).
+_FORMAT_LINES: list[str] = []
 
-    return "Formats understood:\n" + "\n".join(f"  - {line}" for line in supported_formats())
+
+def set_format_lines(lines: Sequence[str]) -> None:
+    """Called once by ``emseg.io._registry``: the formats every error message lists."""
+    _FORMAT_LINES[:] = list(lines)
+
+
+def _formats_text() -> str:
+    return "Formats understood:\n" + "\n".join(f"  - {line}" for line in _FORMAT_LINES)
 
 
 def format_error(path: str | os.PathLike, problem: str) -> ImageFormatError:

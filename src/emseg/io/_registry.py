@@ -16,6 +16,7 @@ from ._base import (
     format_error,
     missing_file_error,
     normalize_voxel_size,
+    set_format_lines,
 )
 from ._chunks import validate_chunks
 from ._folder import SliceFolderReader
@@ -48,6 +49,9 @@ def supported_formats() -> list[str]:
     order = ("tiff", "png", "png-folder", "hdf5", "zarr", "n5", "mrc")
     backends = sorted(BACKENDS, key=lambda b: order.index(b.name) if b.name in order else len(order))
     return [b.description for b in backends]
+
+
+set_format_lines(supported_formats())
 
 
 def resolve(path: str | os.PathLike) -> tuple[ImageReaderWriter, Location] | None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from emseg import __version__
+from emseg._version import __version__
 from emseg._device import autocast, default_device, resolve_precision
 from emseg.config import Config, load_config
 from emseg.data import (
