@@ -11,6 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from emseg.evaluation import evaluate
+from emseg.inference import predict
+from emseg.io import read_image
+from emseg.training import train
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["demo_config", "run_demo", "sample_path"]
@@ -46,11 +51,6 @@ def run_demo(out_dir: str | os.PathLike = "emseg-demo", *, minutes: float = 5.0,
     Returns a dict with the paths written and the :class:`~emseg.evaluation.EvaluationResult`.
     """
     import yaml
-
-    from emseg.evaluation import evaluate
-    from emseg.inference import predict
-    from emseg.io import read_image
-    from emseg.training import train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

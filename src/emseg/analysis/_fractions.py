@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from emseg.analysis._objects import _open
+from emseg.io import normalize_voxel_size
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +138,6 @@ def volume_fractions(
     size = counts.sum(axis=1)
     table = {"cell_id": np.asarray(cell_ids, np.int64), "voxel_count": size}
     if voxel_size is not None:
-        from emseg.io._base import normalize_voxel_size
-
         table["volume"] = size * math.prod(normalize_voxel_size(voxel_size))
     with np.errstate(divide="ignore", invalid="ignore"):
         for i, name in enumerate(classes):

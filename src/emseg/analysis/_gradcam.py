@@ -51,6 +51,11 @@ from typing import Any
 
 import numpy as np
 
+from emseg.data import context_stack as _context_stack
+from emseg.ensemble import split_ensembles
+from emseg.inference import Predictor
+from emseg.io import atomic_output, open_image, read_image, write_image
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -108,8 +113,6 @@ class GradCamResult:
 def _torch_model(predictor_or_model: Any):
     """``(torch module, predictor or None)``; a clear error for models without gradients."""
     import torch
-
-    from emseg.inference._predictor import Predictor
 
     if isinstance(predictor_or_model, Predictor):
         if not predictor_or_model.is_torch:
@@ -527,8 +530,6 @@ def save_overlay(image: np.ndarray, cam: np.ndarray, path: str | os.PathLike, *,
     """
     from PIL import Image
 
-    from emseg.io import atomic_output
-
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"overlay path {path}: use a .png file")
@@ -546,8 +547,6 @@ def _safe(name: str) -> str:
 
 
 def _read_mask(mask_path: str | os.PathLike, z: int, image_depth: int, shape: tuple[int, int]) -> np.ndarray:
-    from emseg.io import read_image
-
     mask = read_image(mask_path)
     if mask.shape[0] == 1:
         mask = mask[0]
@@ -596,10 +595,6 @@ def explain(
     Returns:
         The summary written to ``gradcam_summary.json``.
     """
-    from emseg.data import context_stack as _context_stack
-    from emseg.inference._predictor import Predictor
-    from emseg.io import atomic_output, open_image, write_image
-
     paths = [Path(model_paths)] if isinstance(model_paths, (str, os.PathLike)) else [Path(p) for p in model_paths]
     names = [classes] if isinstance(classes, str) else list(classes)
     if not paths:
@@ -609,7 +604,6 @@ def explain(
     if array_format not in ARRAY_FORMATS:
         raise ValueError(f"array_format {array_format!r}: expected one of {', '.join(ARRAY_FORMATS)}")
     out_dir = Path(out_dir)
-    from emseg.ensemble import split_ensembles
 
     models = split_ensembles(paths)  # an ensemble model.pt counts as its members: one map each
     member_dirs = [out_dir] if len(models) == 1 else [out_dir / f"member_{i}" for i in range(len(models))]

@@ -51,6 +51,9 @@ from typing import Any
 
 import numpy as np
 
+from emseg._progress import progress_bar
+from emseg.io import normalize_voxel_size, open_image, remove_path, temporary_sibling
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["measure_objects", "write_table"]
@@ -77,8 +80,6 @@ _N, _Z, _Y, _X, _ZZ, _YY, _XX, _ZY, _ZX, _YX, _I, _II = range(len(_SUMS))
 def _open(data: Any, name: str) -> tuple[Any, Any]:
     """Return ``(array, closer)``: a 3-D ``(Z, Y, X)`` array-like and a close function (or None)."""
     if isinstance(data, (str, os.PathLike)):
-        from emseg.io import open_image  # lazy: only needed for paths
-
         image = open_image(data)
         return image.array, image.close
     if not (hasattr(data, "shape") and hasattr(data, "__getitem__")):
@@ -91,8 +92,6 @@ def _open(data: Any, name: str) -> tuple[Any, Any]:
 
 
 def _check_voxel_size(voxel_size: Any) -> tuple[float, float, float]:
-    from emseg.io._base import normalize_voxel_size
-
     value = normalize_voxel_size(voxel_size)
     return value if value is not None else (1.0, 1.0, 1.0)
 
@@ -590,8 +589,6 @@ def measure_objects(
     """
     import pandas as pd
 
-    from emseg._progress import progress_bar
-
     spacing = _check_voxel_size(voxel_size)
     connectivity = connectivity if connectivity is not None else (26 if mode == "3d" else 8)
     _check_mode(mode, connectivity)
@@ -768,8 +765,6 @@ def write_table(df: Any, path: str | os.PathLike | Sequence[str | os.PathLike]) 
         ValueError: a suffix other than ``.parquet`` or ``.csv``.
         OSError: a table could not be written (the message names it); nothing was written.
     """
-    from emseg.io._atomic import remove_path, temporary_sibling
-
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     for p in paths:
         if os.fspath(p).lower().rsplit(".", 1)[-1] not in ("parquet", "csv"):

@@ -38,6 +38,9 @@ from emseg.config import (
     resolve_config_path,
 )
 from emseg.data import parse_slices
+from emseg.evaluation import parse_metrics, parse_subsets
+from emseg.io import open_image, resolve_location
+from emseg.models import MODELS
 
 __all__ = ["BenchConfig", "load_bench_config"]
 
@@ -70,10 +73,9 @@ class BenchDataset(_Strict):
     def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        from emseg.io._registry import resolve
 
         path = resolve_config_path(value, info)
-        found = resolve(path)
+        found = resolve_location(path)
         if not Path(found[1].file if found else path).exists():
             raise ValueError(f"file not found: {path}")
         return path
@@ -159,8 +161,6 @@ class BenchConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> BenchConfig:
-        from emseg.evaluation import parse_metrics, parse_subsets
-
         labels = [m.display for m in self.models]
         repeated = sorted({x for x in labels if labels.count(x) > 1})
         if repeated:
@@ -207,8 +207,6 @@ def load_bench_config(path: str | os.PathLike) -> BenchConfig:
 
 def _plan(bench: BenchConfig) -> list[dict[str, Any]]:
     """Every run of the matrix, in order: model-major, then loss, then seed/fold."""
-    from emseg.models import MODELS
-
     runs = []
     replicas = [("fold", k) for k in range(bench.folds)] if bench.folds else [("seed", s) for s in bench.seeds]
     for model in bench.models:
@@ -221,8 +219,6 @@ def _plan(bench: BenchConfig) -> list[dict[str, Any]]:
 
 
 def _volume_depth(source: VolumeSource) -> int:
-    from emseg.io import open_image
-
     with open_image(source.image) as image:
         return int(image.array.shape[0])
 
@@ -274,8 +270,6 @@ def _hash(raw: dict[str, Any]) -> str:
 
 
 def _load_volume(source: VolumeSource) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    from emseg.io import open_image
-
     with open_image(source.image) as image, open_image(source.labels) as labels:
         if tuple(image.array.shape) != tuple(labels.array.shape):
             raise ValueError(f"dataset.test: {source.image} has shape {tuple(image.array.shape)} but "

@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from emseg.evaluation import json_safe
+from emseg.io import atomic_output, remove_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,24 +53,17 @@ def _quantise(probs: np.ndarray) -> np.ndarray:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    from emseg.io import atomic_output
-
     with atomic_output(path, overwrite=True) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, array)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from emseg.evaluation._metrics import _json_safe
-    from emseg.io import atomic_output
-
     with atomic_output(path, overwrite=True) as tmp:
-        Path(tmp).write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+        Path(tmp).write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def _clear_run(run_dir: Path) -> None:
-    from emseg.io._atomic import remove_path
-
     if run_dir.exists():
         for child in run_dir.iterdir():
             remove_path(child)

@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from emseg.config import VolumeSource
+from emseg.io import atomic_output
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TABLE_COLUMNS", "write_report"]
@@ -337,15 +340,12 @@ def write_report(
     Returns:
         ``html_path``.
     """
-    from emseg.io import atomic_output
-
     results_path = Path(results_path)
     results = json.loads(results_path.read_text())
     runs = results["runs"]
     if not runs:
         raise ValueError(f"{results_path} holds no runs; nothing to report")
     if test_image is None or test_truth is None:
-        from emseg.config import VolumeSource
         from emseg.benchmark._config import _load_volume
 
         test_image, test_truth, _ = _load_volume(VolumeSource.model_construct(**results["test"]))

@@ -38,8 +38,7 @@ from emseg.benchmark._config import (
 from emseg.benchmark._files import _clear_run, _quantise, _read_curve, _read_json, _save_npy, _write_json
 from emseg.benchmark._report import write_report
 from emseg.ensemble import ValidationSource, build_ensemble
-from emseg.evaluation import annotation_agreement, flatten_scores, score_segmentation
-from emseg.evaluation._complexity import model_complexity
+from emseg.evaluation import annotation_agreement, flatten_scores, model_complexity, score_segmentation
 from emseg.inference import Predictor
 from emseg.io import atomic_output, remove_stale_temporaries
 from emseg.training import train

@@ -38,7 +38,7 @@ def explain(
     from emseg.cli._app import _fail, _setup, _user_errors, console
 
     _setup(quiet)
-    from emseg.analysis._gradcam import explain as _explain
+    from emseg.analysis import explain as _explain
 
     try:
         summary = _explain(models, image, classes=classes, out_dir=out, layer=layer, z=slice_, mask_path=mask,

@@ -34,7 +34,7 @@ def index(
 ) -> None:
     """Index the objects of TABLE in SQLite: R*Tree on bounding boxes plus an appearance embedding."""
     _setup(quiet)
-    from emseg.analysis._index import ObjectIndex
+    from emseg.analysis import ObjectIndex
 
     try:
         emb = embedding if embedding in ("auto", "descriptors") else [c.strip() for c in embedding.split(",")]

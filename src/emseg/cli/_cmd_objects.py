@@ -16,7 +16,7 @@ def _class_names(classes: Optional[str], model: Optional[Path]) -> list[str] | N
     if classes:
         return [c.strip() for c in classes.split(",")]
     if model is not None:
-        from emseg.training import load_checkpoint
+        from emseg.models import load_checkpoint
 
         return list(load_checkpoint(model)["classes"])
     return None
@@ -77,7 +77,7 @@ def objects(
 ) -> None:
     """One row per object: size, surface, bounding box, centroid, axes, intensity, distances."""
     _setup(quiet)
-    from emseg.analysis._objects import measure_objects, write_table
+    from emseg.analysis import measure_objects, write_table
 
     try:
         names = _class_names(classes, model)
@@ -113,8 +113,7 @@ def fractions(
 ) -> None:
     """Fraction of each cell's (or the region's) volume occupied by each class."""
     _setup(quiet)
-    from emseg.analysis._fractions import compare_fractions, volume_fractions
-    from emseg.analysis._objects import write_table
+    from emseg.analysis import compare_fractions, volume_fractions, write_table
 
     try:
         names = _class_names(classes, model)

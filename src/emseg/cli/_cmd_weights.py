@@ -28,7 +28,7 @@ def weights(
 
     _setup(quiet)
     from emseg.config import load_config
-    from emseg.training._inputs import write_weight_maps
+    from emseg.training import write_weight_maps
 
     try:
         cfg = load_config(config, recipe=recipe)

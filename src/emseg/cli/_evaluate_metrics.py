@@ -95,9 +95,9 @@ def print_groups(console, scores: dict[str, Any]) -> None:
 
 
 def save_json(path: Path, scores: dict[str, Any]) -> None:
-    from emseg.evaluation._metrics import _json_safe
+    from emseg.evaluation import json_safe
 
-    Path(path).write_text(json.dumps(_json_safe(scores), indent=2, allow_nan=False) + "\n")
+    Path(path).write_text(json.dumps(json_safe(scores), indent=2, allow_nan=False) + "\n")
 
 
 def evaluate_groups(pred_in, truth_in, result, *, metrics, probabilities, subset, slices, ignore_label, per_slice,

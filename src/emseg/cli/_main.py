@@ -161,10 +161,9 @@ def evaluate(
 ) -> None:
     """Per-class IoU, F1, precision, recall, mean IoU and confusion matrix (more with --metrics)."""
     _setup(quiet)
-    from emseg.evaluation import evaluate as _evaluate
-
     from emseg.cli import _evaluate_metrics as checks
-    from emseg.evaluation._confusion import LabelRangeError
+    from emseg.evaluation import LabelRangeError
+    from emseg.evaluation import evaluate as _evaluate
 
     try:
         names, source = checks.class_names(classes, model)  # both given and different: refused

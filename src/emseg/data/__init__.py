@@ -1,6 +1,7 @@
 """Loading labelled slices, normalisation, patch sampling and augmentation."""
 
 from emseg.data._augment import augment_batch, epoch_elastic_field
+from emseg.data._grain import add_grain_channels, centre_slice
 from emseg.data._load import (
     IGNORE_INDEX,
     DataError,
@@ -18,7 +19,7 @@ from emseg.data._volume_sampling import (
     augment_volume_batch,
     load_training_volumes,
 )
-from emseg.data._weights import guay_weight_map, unet_border_weight_map
+from emseg.data._weights import guay_weight_map, unet_border_weight_map, weight_maps_for_slices
 
 __all__ = [
     "IGNORE_INDEX",
@@ -28,8 +29,10 @@ __all__ = [
     "Normalizer",
     "PatchSampler",
     "VolumePatchSampler",
+    "add_grain_channels",
     "augment_batch",
     "augment_volume_batch",
+    "centre_slice",
     "epoch_elastic_field",
     "class_frequencies",
     "context_stack",
@@ -38,4 +41,5 @@ __all__ = [
     "load_training_volumes",
     "parse_slices",
     "unet_border_weight_map",
+    "weight_maps_for_slices",
 ]

@@ -10,6 +10,7 @@ import numpy as np
 from emseg.config import Config, VolumeSource
 from emseg.constants import IGNORE_INDEX
 from emseg.data._slices import parse_slices
+from emseg.io import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ def context_stack(volume, z: int, context: int) -> np.ndarray:
 
 def _load_source(source: VolumeSource, key: str, *, num_classes: int, ignore_label: int | None,
                  classes: list[str], context: int) -> LabelledSlices:
-    from emseg.io import open_image
-
     try:
         raw = open_image(source.image)
         lab = open_image(source.labels)

@@ -16,6 +16,7 @@ import numpy as np
 from emseg.config import AugmentConfig, Config, VolumeSource
 from emseg.data._load import IGNORE_INDEX, DataError, _load_source
 from emseg.data._slices import parse_slices
+from emseg.io import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ class LabelledVolumes:
 
 
 def _contiguous_range(source: VolumeSource, key: str) -> tuple[int, int]:
-    from emseg.io import open_image
-
     try:
         with open_image(source.image) as raw:
             depth = raw.array.shape[0]

@@ -14,16 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from emseg._progress import progress_bar
 from emseg._version import __version__
-from emseg.ensemble._combine import (
-    METHODS,
-    grid_search_weights,
-    majority_vote,
-    score_weights,
-    simplex_grid,
-)
-from emseg.evaluation import confusion_from_labels
+from emseg.config import config_from_dict
+from emseg.data import parse_slices
+from emseg.ensemble._combine import METHODS, grid_search_weights, majority_vote, score_weights, simplex_grid
+from emseg.evaluation import EvaluationResult, confusion_from_labels
 from emseg.inference import Predictor, member_probabilities
+from emseg.io import atomic_output, open_image, remove_stale_temporaries
 from emseg.models import ENSEMBLE_BACKEND, MODEL_FILENAME, load_checkpoint, resolve_model_path, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -140,7 +138,6 @@ def ensemble_checkpoint(checkpoints: Sequence[dict[str, Any]], *, method: str, w
 
 def _validation_from_configs(checkpoints: Sequence[dict[str, Any]], names: Sequence[str]) -> list[ValidationSource]:
     """The validation slices of the members' training configs (the first member's; warn when they differ)."""
-    from emseg.config import config_from_dict
     from emseg.ensemble._splits import validation_sources
 
     found: list[list[ValidationSource]] = []
@@ -167,9 +164,6 @@ def _validation_from_configs(checkpoints: Sequence[dict[str, Any]], names: Seque
 def _read_validation(sources: Sequence[ValidationSource], num_classes: int,
                      ignore_label: int | None) -> list[tuple[ValidationSource, list[int], np.ndarray]]:
     """Per source: slice indices and a mask ``(S, Y, X)`` of labelled voxels; also checks label values."""
-    from emseg.data import parse_slices
-    from emseg.io import open_image
-
     out = []
     for source in sources:
         with open_image(source.image) as raw, open_image(source.labels) as lab:
@@ -190,9 +184,6 @@ def _read_validation(sources: Sequence[ValidationSource], num_classes: int,
 def _predict_validation(predictors: Sequence[Any], dims: Sequence[int], data, num_classes: int,
                         tmp_dir: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Every member's probabilities of the labelled validation voxels, once: ``(M, K, N)`` and truth ``(N,)``."""
-    from emseg._progress import progress_bar
-    from emseg.io import open_image
-
     truth = np.concatenate([labels[labels >= 0] for _, _, labels in data])
     shape = (len(predictors), num_classes, truth.size)
     nbytes = 4 * int(np.prod(shape))
@@ -218,8 +209,6 @@ def _predict_validation(predictors: Sequence[Any], dims: Sequence[int], data, nu
 
 
 def _scores(confusion: np.ndarray, classes: list[str], background: int | None) -> dict[str, Any]:
-    from emseg.evaluation import EvaluationResult
-
     result = EvaluationResult.from_confusion(confusion, classes=classes, background=background)
     return {"val_mean_iou": result.mean_iou, "val_mean_iou_foreground": result.mean_iou_foreground,
             "val_iou": {c: v["iou"] for c, v in result.per_class.items()}}
@@ -271,14 +260,12 @@ def build_ensemble(
         An :class:`EnsembleResult`; ``report`` is the content of ``ensemble.json``.
     """
     from emseg.ensemble._runs import finite
-    from emseg.io import atomic_output
 
     if method not in METHODS:
         raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     if top is not None and top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     simplex_grid(1, step=step)  # checks the step before any work
-    from emseg.io import remove_stale_temporaries
 
     out_dir = Path(out_dir)
     model_path = out_dir / MODEL_FILENAME

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emseg._progress import progress_bar
 from emseg.evaluation import confusion_from_labels, iou_from_confusion
+from emseg.inference import METHODS, combine_probabilities, majority_vote, vote_probabilities, vote_tie_epsilon
 # The combination rule itself is applied at prediction time, so it lives in inference (below ensemble);
 # re-exported here, where the weights are chosen.
-from emseg.inference import METHODS, combine_probabilities, majority_vote, vote_probabilities, vote_tie_epsilon
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +135,6 @@ def grid_search_weights(cache: np.ndarray, truth: np.ndarray, *, step: float = 0
         foreground: maximise the mean over foreground classes instead of all classes.
         progress: show a progress bar (only on a terminal).
     """
-    from emseg._progress import progress_bar
-
     m, k, n = cache.shape
     if truth.shape != (n,):
         raise ValueError(f"truth has shape {truth.shape}; expected ({n},) to match the cached probabilities")

@@ -20,6 +20,8 @@ import yaml
 
 from emseg.config import Config, config_from_dict, load_config
 from emseg.ensemble._splits import fold_configs, freeze_validation_split
+from emseg.io import atomic_output
+from emseg.training import LAST_FILENAME, train
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +87,6 @@ def train_once(config: Config, run_dir: str | os.PathLike, *, overwrite: bool = 
         ``"trained"``, ``"resumed"`` or ``"skipped (finished)"``.
     """
     run_dir = Path(run_dir)
-    from emseg.training import train
-    from emseg.training._trainer import LAST_FILENAME
 
     wanted = config.model_dump(mode="json")
     saved = run_dir / "config.yaml"
@@ -222,16 +222,12 @@ def train_folds(config: Config | str | os.PathLike, out_dir: str | os.PathLike, 
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from emseg.io import atomic_output
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path, overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps(finite(data), indent=2, allow_nan=False))
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], mean: dict[str, Any], classes: list[str]) -> None:
-    from emseg.io import atomic_output
-
     header = ["fold", "val_mean_iou", "val_mean_iou_foreground", *[f"iou_{c}" for c in classes]]
     with atomic_output(path, overwrite=True) as tmp:
         with open(tmp, "w", newline="") as fh:

@@ -13,6 +13,7 @@ import numpy as np
 
 from emseg.config import Config, VolumeSource, config_from_dict
 from emseg.data import parse_slices
+from emseg.io import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ def format_slices(indices: list[int]) -> str:
 
 
 def _depth(source: VolumeSource) -> int:
-    from emseg.io import open_image
-
     with open_image(source.image) as data:
         return int(data.array.shape[0])
 

@@ -19,8 +19,10 @@ between annotators (:func:`annotation_agreement`); every group at once with
 
 from ._agreement import annotation_agreement
 from ._boundary import class_rand_info_scores, membrane_scores, membrane_segments, rand_info_scores
-from ._confusion import confusion_from_labels, confusion_matrix, f1_from_confusion, iou_from_confusion
+from ._complexity import model_complexity
+from ._confusion import LabelRangeError, confusion_from_labels, confusion_matrix, f1_from_confusion, iou_from_confusion
 from ._metrics import EvaluationResult, evaluate
+from ._metrics import _json_safe as json_safe
 from ._objects import (
     aggregated_jaccard_index,
     connected_components,
@@ -35,6 +37,7 @@ from ._suite import METRIC_GROUPS, flatten_scores, parse_metrics, parse_subsets,
 __all__ = [
     "METRIC_GROUPS",
     "EvaluationResult",
+    "LabelRangeError",
     "aggregated_jaccard_index",
     "annotation_agreement",
     "class_rand_info_scores",
@@ -47,9 +50,11 @@ __all__ = [
     "flatten_scores",
     "hausdorff_distance",
     "iou_from_confusion",
+    "json_safe",
     "mean_iou",
     "membrane_scores",
     "membrane_segments",
+    "model_complexity",
     "object_scores",
     "panoptic_quality",
     "parse_metrics",

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from emseg.io import open_image
+
 logger = logging.getLogger(__name__)
 
 #: Pixels read from each input per block. A block is always whole slices along
@@ -124,8 +126,6 @@ def _as_array_like(data: Any) -> Any:
     through untouched; anything else goes through :func:`numpy.asarray`.
     """
     if isinstance(data, (str, os.PathLike)):
-        from emseg.io import open_image  # lazy: only needed for paths
-
         return open_image(data).array
     if hasattr(data, "shape") and hasattr(data, "__getitem__"):
         return data

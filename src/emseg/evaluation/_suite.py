@@ -28,6 +28,8 @@ import numpy as np
 from ._metrics import _nanmean, evaluate
 from ._pixel import mean_iou, pixel_scores, probability_auc, threshold_sweep
 
+from emseg._registry import suggest
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["METRIC_GROUPS", "flatten_scores", "parse_metrics", "parse_subsets", "score_segmentation"]
@@ -50,8 +52,6 @@ def parse_metrics(text: str | Sequence[str] | None) -> list[str]:
     Raises:
         ValueError: an unknown group name (the message lists the valid ones).
     """
-    from emseg._registry import suggest
-
     if text is None:
         return ["pixel"]
     parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if str(p).strip()]

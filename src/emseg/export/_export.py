@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from emseg._optional import require as _require
 from emseg.constants import EXPORT_EXTRA
 from emseg.data import Normalizer, context_stack
-from emseg.export._network import ExportRefused, build_export_network, check_exportable, export_metadata
+from emseg.export._network import build_export_network, check_exportable, export_metadata
 from emseg.inference import Predictor
 from emseg.io import atomic_output, file_sha256, open_image
 from emseg.models import load_checkpoint, resolve_model_path, skeleton

@@ -72,7 +72,7 @@ from emseg.inference._run_state import (
     read_run_metadata,
 )
 from emseg.io import open_image
-from emseg.io._atomic import discard, remove_path
+from emseg.io import discard, remove_path
 from emseg.models import resolve_model_path
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from emseg.io._registry import resolve
+from emseg.io import resolve_location as resolve
 
 __all__ = ["OutputWriteError", "check_distinct_paths", "check_finite", "check_options", "check_writable",
            "image_location", "write_failure"]

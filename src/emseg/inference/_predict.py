@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from emseg._progress import progress_bar
 from emseg.inference._outputs import (
     check_distinct_paths,
     check_finite,
@@ -19,8 +20,7 @@ from emseg.inference._outputs import (
     write_failure,
 )
 from emseg.inference._predictor import Predictor
-from emseg.io import atomic_output, open_image, remove_stale_temporaries, write_image
-from emseg.io._atomic import discard
+from emseg.io import atomic_output, discard, open_image, remove_stale_temporaries, write_image
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +111,6 @@ def predict(
         OSError: an output folder that cannot be written (checked first) or a write that fails (a
             full disk): no output is left behind, the message names the output.
     """
-    from emseg._progress import progress_bar
-
     output = Path(output)
     blockwise = {k: v for k, v in blockwise.items() if v is not None}
     check_options(**{k: blockwise.get(k) for k in ("window", "batch_size", "workers", "threads")})

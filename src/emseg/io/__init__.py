@@ -13,22 +13,27 @@ explicit list (``emseg.io._registry.BACKENDS``)::
 See :func:`supported_formats` for the formats understood.
 """
 
-from ._atomic import atomic_output, remove_stale_temporaries
+from ._atomic import TMP_MARKER, atomic_output, discard, remove_path, remove_stale_temporaries, temporary_sibling
 from ._hash import file_sha256
-from ._base import ImageData, ImageFormatError, ImageReaderWriter
+from ._base import ImageData, ImageFormatError, ImageReaderWriter, normalize_voxel_size
 from ._registry import open_image, read_image, supported_formats, write_image
 from ._registry import resolve as resolve_location
 
 __all__ = [
+    "TMP_MARKER",
     "ImageData",
     "ImageFormatError",
     "ImageReaderWriter",
     "atomic_output",
+    "discard",
     "file_sha256",
+    "normalize_voxel_size",
     "open_image",
     "read_image",
+    "remove_path",
     "remove_stale_temporaries",
     "resolve_location",
     "supported_formats",
+    "temporary_sibling",
     "write_image",
 ]

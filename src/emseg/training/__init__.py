@@ -3,11 +3,13 @@
 from emseg.config import apply_recipe, list_recipes
 from emseg.losses import LOSSES, DiceCELoss, build_loss
 from emseg.models import CheckpointError, load_checkpoint, save_checkpoint
-from emseg.training._run_dir import RunWriteError
+from emseg.training._inputs import write_weight_maps
+from emseg.training._run_dir import LAST_FILENAME, RunWriteError
 from emseg.training._trainer import TrainingInterrupted, TrainResult, calibrate, class_weights_from_frequencies, train
 
 __all__ = [
     "CheckpointError",
+    "LAST_FILENAME",
     "DiceCELoss",
     "LOSSES",
     "apply_recipe",
@@ -21,4 +23,5 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "train",
+    "write_weight_maps",
 ]

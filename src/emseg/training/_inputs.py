@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from emseg.data._grain import add_grain_channels, centre_slice
-from emseg.data._weights import weight_maps_for_slices
+from emseg._progress import progress_bar
+from emseg.data import IGNORE_INDEX, add_grain_channels, centre_slice, load_training_data, weight_maps_for_slices
+from emseg.io import atomic_output, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def weight_maps(spec: dict[str, Any], labels: list[np.ndarray], *, num_classes: 
     maps = weight_maps_for_slices(labels, kind=spec["kind"], num_classes=num_classes, balance_from=balance_from,
                                   **options)
     if path is not None:
-        from emseg.io import atomic_output
-
         with atomic_output(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, key=np.array(key), **{f"w{i}": m for i, m in enumerate(maps)})
@@ -74,9 +73,6 @@ def write_weight_maps(config: Any, out: str | Path, *, every_entry: bool = False
         The files written.
     """
     import tifffile
-
-    from emseg.data import IGNORE_INDEX, load_training_data
-    from emseg.io import atomic_output, open_image
 
     if config.training.weight_map is None:
         raise ValueError("the configuration has no training.weight_map: add e.g. "
@@ -111,7 +107,6 @@ def with_grain_channels(images: list[np.ndarray], areas: list[int], *, progress:
     """:func:`add_grain_channels` of every training slice, computed once (a progress bar for the slow part)."""
     if not areas:
         return [add_grain_channels(im, areas) for im in images]
-    from emseg._progress import progress_bar
 
     logger.info("grain filter %s: %d slices (tree of shapes, once per slice)", areas, len(images))
     out = []

@@ -22,7 +22,7 @@ from typing import Any
 
 from emseg.io import atomic_output
 from emseg.io import remove_stale_temporaries as _remove_stale_temporaries
-from emseg.io._atomic import TMP_MARKER
+from emseg.io import TMP_MARKER
 from emseg.models import MODEL_FILENAME, CheckpointError, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ from emseg.data import (
     load_training_volumes,
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
+from emseg.losses import MultiHeadLoss
 from emseg.models import MODELS, build_model, model_divisor
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,6 @@ def with_aux_heads(criterion: torch.nn.Module, model: torch.nn.Module) -> torch.
     weights = getattr(model, "aux_loss_weights", None)
     if not weights:
         return criterion
-    from emseg.losses import MultiHeadLoss
 
     logger.info("multi-head loss: main + %s", ", ".join(f"{w:g} x {name}" for name, w in weights.items()))
     return MultiHeadLoss(criterion, weights, main_key="main")
