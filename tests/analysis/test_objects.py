@@ -14,7 +14,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from emseg.analysis import _objects
-from emseg.analysis._objects import measure_objects, write_table
+from emseg.analysis import measure_objects, write_table
 from emseg.cli._cmd_objects import register
 
 EPFL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "epfl-multiclass"

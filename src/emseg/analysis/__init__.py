@@ -16,7 +16,7 @@ __all__ = [
 
 _LAZY = {
     "measure_objects": "emseg.analysis._objects",
-    "write_table": "emseg.analysis._objects",
+    "write_table": "emseg.io",  # tables are read and written by io
     "volume_fractions": "emseg.analysis._fractions",
     "compare_fractions": "emseg.analysis._fractions",
     "ObjectIndex": "emseg.analysis._index",

@@ -7,7 +7,7 @@ distances to other classes. It works the same way in memory and block by
 block, so volumes larger than memory (zarr, HDF5, memory-mapped TIFF) give the
 same table as a NumPy array::
 
-    from emseg.analysis import measure_objects, write_table
+    from emseg.analysis import measure_objects, write_table   # write_table: emseg.io's
 
     table = measure_objects("labels.zarr", image="raw.zarr", voxel_size=(5, 5, 5),
                             classes=["bg", "membrane", "mito"], class_ids=[2],
@@ -45,18 +45,29 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from emseg._progress import progress_bar
-from emseg.io import normalize_voxel_size, open_image, remove_path, temporary_sibling
+from emseg.analysis._components import (
+    _CONNECTIVITY,
+    _block_grid,
+    _ClassState,
+    _concat,
+    _face_pairs,
+    _label,
+    _merge,
+    _moments,
+    _offsets,
+    _values,
+)
+from emseg.analysis._morphometry import _crop, _distance, _own_mask, _rows_from_moments, _split, _surface
+from emseg.io import normalize_voxel_size, open_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["measure_objects", "write_table"]
+__all__ = ["measure_objects"]
 
 #: Lazy arrays up to this many voxels are read whole when no ``block_shape`` is given.
 _IN_MEMORY_VOXELS = 1 << 27
@@ -64,14 +75,6 @@ _IN_MEMORY_VOXELS = 1 << 27
 #: Block shape used for lazy arrays larger than :data:`_IN_MEMORY_VOXELS`.
 _DEFAULT_BLOCK = (64, 512, 512)
 
-#: First search radius for ``distance_to``, in units of the largest voxel size.
-_DISTANCE_START_VOXELS = 16
-
-_CONNECTIVITY = {"3d": (6, 18, 26), "2d": (4, 8)}
-
-# Additive moments per fragment, in this column order of the moment matrix.
-_SUMS = ("n", "z", "y", "x", "zz", "yy", "xx", "zy", "zx", "yx", "i", "ii")
-_N, _Z, _Y, _X, _ZZ, _YY, _XX, _ZY, _ZX, _YX, _I, _II = range(len(_SUMS))
 
 
 # --------------------------------------------------------------------------- inputs
@@ -138,368 +141,6 @@ def _check_block_shape(block_shape: Any) -> tuple[int, int, int] | None:
     if len(out) != 3 or any(b < 1 for b in out):
         raise ValueError(f"block_shape must be None or three positive ints (z, y, x); got {block_shape!r}")
     return out  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- neighbourhoods
-
-
-def _offsets(mode: str, connectivity: int) -> list[tuple[int, int, int]]:
-    """Neighbour offsets ``(dz, dy, dx)`` of one voxel under ``connectivity``."""
-    out = []
-    for o in itertools.product((-1, 0, 1), repeat=3):
-        taxicab = sum(abs(v) for v in o)
-        if taxicab == 0:
-            continue
-        if mode == "2d":
-            if o[0] != 0 or taxicab > (1 if connectivity == 4 else 2):
-                continue
-        elif taxicab > {6: 1, 18: 2, 26: 3}[connectivity]:
-            continue
-        out.append(o)
-    return out
-
-
-def _label(mask: np.ndarray, mode: str, connectivity: int) -> tuple[np.ndarray, int]:
-    """Connected components of a 3-D mask with cc3d; 2-D mode labels each z-slice on its own."""
-    if mode == "3d":
-        return _cc(mask, connectivity)
-    cc = np.zeros(mask.shape, np.uint32)
-    n = 0
-    for z in range(mask.shape[0]):
-        if not mask[z].any():
-            continue
-        # A (1, Y, X) array with 6/18 is 4/8-connectivity in the plane; cc3d 4.1.1 mislabels some
-        # plain 2-D arrays with connectivity=8 (labels on background pixels), so 2-D input is avoided.
-        lab, k = _cc(mask[z:z + 1], 6 if connectivity == 4 else 18)
-        cc[z] = np.where(lab[0] > 0, lab[0] + np.uint32(n), 0)
-        n += k
-    return cc, n
-
-
-def _cc(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
-    # cc3d 4.1.1 raises "maximum length exception" for connectivity=26 on arrays with two axes of
-    # length 1; with any axis of length 1 there are no 3-axis diagonals, so 18 is the same thing.
-    if connectivity == 26 and 1 in mask.shape:
-        connectivity = 18
-    cc, n = _cc3d().connected_components(
-        np.ascontiguousarray(mask), connectivity=connectivity, return_N=True, out_dtype=np.uint32
-    )
-    return cc, int(n)
-
-
-def _values(data: np.ndarray) -> np.ndarray:
-    """Distinct values of an integer array (bincount for small dtypes, which is faster than sorting)."""
-    if data.dtype.kind in "bu" and data.dtype.itemsize <= 2:
-        return np.flatnonzero(np.bincount(data.ravel().astype(np.intp)))
-    return np.unique(data)
-
-
-def _cc3d():
-    try:
-        import cc3d
-    except ImportError as err:  # pragma: no cover - a required dependency
-        raise ImportError("emseg.analysis needs connected-components-3d: pip install connected-components-3d") from err
-    return cc3d
-
-
-# --------------------------------------------------------------------------- moments
-
-
-def _moments(
-    cc: np.ndarray, n: int, origin: Sequence[int], shape: Sequence[int], image: np.ndarray | None
-) -> dict[str, np.ndarray]:
-    """Additive moments of labels ``1..n`` of ``cc`` (a crop at ``origin`` of a volume of ``shape``).
-
-    Returns arrays of length ``n``: ``sums (n, 12)`` float64 (coordinates are
-    integers, exact up to 2**53), ``lo``/``hi`` ``(n, 3)`` bounding box in
-    volume coordinates (end exclusive) and ``first`` (raster index of the
-    first voxel, a deterministic representative).
-    """
-    from scipy import ndimage
-
-    flat = np.flatnonzero(cc)
-    lab = cc.ravel()[flat].astype(np.intp) - 1
-    coords = [c + int(o) for c, o in zip(np.unravel_index(flat, cc.shape), origin)]
-    z, y, x = (c.astype(np.float64) for c in coords)
-    sums = np.zeros((n, len(_SUMS)))
-    weights = {_N: None, _Z: z, _Y: y, _X: x, _ZZ: z * z, _YY: y * y, _XX: x * x, _ZY: z * y, _ZX: z * x, _YX: y * x}
-    if image is not None:
-        values = np.asarray(image, dtype=np.float64).ravel()[flat]
-        weights[_I] = values
-        weights[_II] = values * values
-    for column, w in weights.items():
-        sums[:, column] = np.bincount(lab, weights=w, minlength=n)
-    slices = ndimage.find_objects(cc, max_label=n)
-    lo = np.array([[s.start + int(o) for s, o in zip(sl, origin)] for sl in slices], np.int64).reshape(n, 3)
-    hi = np.array([[s.stop + int(o) for s, o in zip(sl, origin)] for sl in slices], np.int64).reshape(n, 3)
-    first = np.full(n, np.iinfo(np.int64).max, np.int64)
-    raster = np.ravel_multi_index(tuple(coords), tuple(int(s) for s in shape))
-    np.minimum.at(first, lab, raster)
-    return {"sums": sums, "lo": lo, "hi": hi, "first": first}
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if not parts:
-        return {"sums": np.zeros((0, len(_SUMS))), "lo": np.zeros((0, 3), np.int64),
-                "hi": np.zeros((0, 3), np.int64), "first": np.zeros(0, np.int64)}
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-# --------------------------------------------------------------------------- union-find
-
-
-class _UnionFind:
-    """Union-find over ids ``0..n-1`` (path halving, union by index)."""
-
-    def __init__(self, n: int):
-        self.parent = np.arange(n, dtype=np.int64)
-
-    def find(self, a: int) -> int:
-        parent = self.parent
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return int(a)
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def roots(self) -> np.ndarray:
-        parent = self.parent
-        while True:
-            nxt = parent[parent]
-            if np.array_equal(nxt, parent):
-                return parent
-            parent = nxt
-
-
-@dataclass
-class _ClassState:
-    """Fragments of one class gathered over the blocks."""
-
-    parts: list[dict[str, np.ndarray]] = field(default_factory=list)
-    count: int = 0  # fragments so far; fragment ids are 1..count (0 is background)
-    # (block index, axis, "lo"|"hi") -> (local labels of that boundary plane, id offset)
-    faces: dict[tuple[tuple[int, int, int], int, str], tuple[np.ndarray, int]] = field(default_factory=dict)
-
-
-def _block_grid(shape: Sequence[int], block: Sequence[int]) -> list[list[int]]:
-    return [list(range(0, int(s), int(b))) for s, b in zip(shape, block)]
-
-
-def _face_pairs(state: _ClassState, grid: list[list[int]], offsets: list[tuple[int, int, int]]) -> np.ndarray:
-    """``(k, 2)`` fragment ids (1-based) that touch across block faces under ``offsets``."""
-    pairs = []
-    counts = [len(g) for g in grid]
-    for gidx in itertools.product(*(range(c) for c in counts)):
-        for axis in range(3):
-            if gidx[axis] == 0:
-                continue
-            upper = state.faces.get((gidx, axis, "lo"))
-            if upper is None:
-                continue
-            up_local, up_offset = upper
-            up = np.where(up_local > 0, up_local.astype(np.int64) + up_offset, 0)
-            other = [a for a in range(3) if a != axis]
-            hp, hq = up.shape
-            lower = np.zeros((hp + 2, hq + 2), np.int64)
-            for dp, dq in itertools.product((-1, 0, 1), repeat=2):
-                nidx = list(gidx)
-                nidx[axis] -= 1
-                nidx[other[0]] += dp
-                nidx[other[1]] += dq
-                if not all(0 <= v < c for v, c in zip(nidx, counts)):
-                    continue
-                face = state.faces.get((tuple(nidx), axis, "hi"))
-                if face is None:
-                    continue
-                local, offset = face
-                glob = np.where(local > 0, local.astype(np.int64) + offset, 0)
-                src_p = slice(-1, None) if dp == -1 else (slice(0, 1) if dp == 1 else slice(None))
-                src_q = slice(-1, None) if dq == -1 else (slice(0, 1) if dq == 1 else slice(None))
-                dst_p = slice(0, 1) if dp == -1 else (slice(hp + 1, hp + 2) if dp == 1 else slice(1, hp + 1))
-                dst_q = slice(0, 1) if dq == -1 else (slice(hq + 1, hq + 2) if dq == 1 else slice(1, hq + 1))
-                lower[dst_p, dst_q] = glob[src_p, src_q]
-            for o in offsets:
-                if o[axis] != 1:
-                    continue
-                # the lower neighbour of the upper voxel u is u - o
-                op, oq = o[other[0]], o[other[1]]
-                below = lower[1 - op: 1 - op + hp, 1 - oq: 1 - oq + hq]
-                hit = (up > 0) & (below > 0)
-                if hit.any():
-                    pairs.append(np.stack([up[hit], below[hit]], axis=1))
-    if not pairs:
-        return np.zeros((0, 2), np.int64)
-    return np.unique(np.concatenate(pairs), axis=0)
-
-
-def _merge(state: _ClassState, pairs: np.ndarray) -> dict[str, np.ndarray]:
-    """Join fragments linked by ``pairs`` and add up their moments."""
-    frags = _concat(state.parts)
-    if len(pairs) == 0:
-        return frags
-    uf = _UnionFind(state.count)
-    for a, b in pairs:
-        uf.union(int(a) - 1, int(b) - 1)
-    _, group = np.unique(uf.roots(), return_inverse=True)
-    k = int(group.max()) + 1 if group.size else 0
-    sums = np.zeros((k, len(_SUMS)))
-    for column in range(len(_SUMS)):
-        sums[:, column] = np.bincount(group, weights=frags["sums"][:, column], minlength=k)
-    lo = np.full((k, 3), np.iinfo(np.int64).max, np.int64)
-    hi = np.full((k, 3), np.iinfo(np.int64).min, np.int64)
-    first = np.full(k, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(lo, group, frags["lo"])
-    np.maximum.at(hi, group, frags["hi"])
-    np.minimum.at(first, group, frags["first"])
-    logger.debug("merged %d fragments into %d objects across block faces", state.count, k)
-    return {"sums": sums, "lo": lo, "hi": hi, "first": first}
-
-
-# --------------------------------------------------------------------------- per-object work on crops
-
-
-def _crop(array: Any, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-    return np.asarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
-
-
-def _own_mask(labels: Any, class_id: int, lo, hi, first: int, shape, mode: str, connectivity: int) -> np.ndarray:
-    """Boolean mask of the object in its bounding-box crop: the crop's component holding its first voxel."""
-    crop = _crop(labels, lo, hi) == class_id
-    cc, _ = _label(crop, mode, connectivity)
-    seed = tuple(int(c) - int(o) for c, o in zip(np.unravel_index(first, tuple(shape)), lo))
-    return cc == cc[seed]
-
-
-def _surface(mask: np.ndarray, spacing: tuple[float, float, float], mode: str) -> float:
-    """Surface area (marching cubes) or, in 2-D mode, perimeter (marching squares) of a padded mask."""
-    from skimage import measure
-
-    if mode == "2d":
-        padded = np.pad(mask[0], 1).astype(np.float32)
-        scale = np.asarray(spacing[1:], np.float64)
-        total = 0.0
-        for contour in measure.find_contours(padded, 0.5):
-            total += float(np.sqrt(((np.diff(contour, axis=0) * scale) ** 2).sum(axis=1)).sum())
-        return total
-    padded = np.pad(mask, 1).astype(np.float32)
-    verts, faces, _, _ = measure.marching_cubes(padded, 0.5, spacing=spacing)
-    return float(measure.mesh_surface_area(verts, faces))
-
-
-def _split(mask: np.ndarray, spacing, mode: str, connectivity: int, min_distance: int) -> tuple[np.ndarray, int]:
-    """Distance-transform watershed of one object's mask; ``(pieces, k)`` with ``pieces`` labelled 1..k."""
-    from scipy import ndimage
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
-
-    if mode == "2d":
-        plane, sampling = mask[0], spacing[1:]
-        sk_conn = 1 if connectivity == 4 else 2
-    else:
-        plane, sampling = mask, spacing
-        sk_conn = {6: 1, 18: 2, 26: 3}[connectivity]
-    dist = ndimage.distance_transform_edt(np.pad(plane, 1), sampling=sampling)
-    dist = dist[tuple(slice(1, -1) for _ in plane.shape)]
-    peaks = peak_local_max(dist, min_distance=min_distance, labels=plane.astype(np.int32), exclude_border=False)
-    if len(peaks) <= 1:
-        return mask.astype(np.uint32), 1
-    markers = np.zeros(plane.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    pieces = watershed(-dist, markers, mask=plane, connectivity=sk_conn).astype(np.uint32)
-    return (pieces[None] if mode == "2d" else pieces), len(peaks)
-
-
-def _distance(
-    mask: np.ndarray, lo, labels: Any, target: int, spacing, mode: str, shape, present: np.ndarray
-) -> float:
-    """Smallest distance between centres of the object's voxels and voxels of class ``target``.
-
-    The bounding box is grown by a margin of ``R`` (physical) along every axis
-    until the nearest target voxel found lies within ``R``: any closer target
-    voxel would then be inside the grown box, so the answer is exact. ``nan``
-    when the class is absent (from the volume, or from the slice in 2-D mode).
-    """
-    from scipy import ndimage
-
-    z0 = int(lo[0])
-    if (mode == "2d" and not present[z0]) or (mode == "3d" and not present.any()):
-        return math.nan
-    axes = (1, 2) if mode == "2d" else (0, 1, 2)
-    hi = [int(l) + int(s) for l, s in zip(lo, mask.shape)]
-    radius = _DISTANCE_START_VOXELS * max(spacing[a] for a in axes)
-    while True:
-        glo, ghi = list(lo), list(hi)
-        for a in axes:
-            m = math.ceil(radius / spacing[a])
-            glo[a], ghi[a] = max(0, int(lo[a]) - m), min(int(shape[a]), int(hi[a]) + m)
-        whole = all(glo[a] == 0 and ghi[a] == int(shape[a]) for a in axes)
-        target_mask = _crop(labels, glo, ghi) == target
-        if target_mask.any():
-            inner = tuple(slice(int(l) - g, int(l) - g + s) for l, g, s in zip(lo, glo, mask.shape))
-            if mode == "2d":
-                edt = ndimage.distance_transform_edt(~target_mask[0], sampling=spacing[1:])[None]
-            else:
-                edt = ndimage.distance_transform_edt(~target_mask, sampling=spacing)
-            found = float(edt[inner][mask].min())
-            if found <= radius or whole:
-                return found
-        elif whole:
-            return math.nan
-        radius *= 4
-
-
-# --------------------------------------------------------------------------- table
-
-
-def _rows_from_moments(
-    m: dict[str, np.ndarray], spacing: tuple[float, float, float], mode: str, with_image: bool
-) -> dict[str, np.ndarray]:
-    """Columns computed from additive moments (one entry per object)."""
-    s = m["sums"]
-    n = s[:, _N]
-    sz, sy, sx = spacing
-    out: dict[str, np.ndarray] = {"voxel_count": n.astype(np.int64)}
-    if mode == "2d":
-        out["area"] = n * sy * sx
-    else:
-        out["volume"] = n * sz * sy * sx
-    for i, axis in enumerate("zyx"):
-        out[f"bbox_{axis}0"] = m["lo"][:, i]
-    for i, axis in enumerate("zyx"):
-        out[f"bbox_{axis}1"] = m["hi"][:, i]
-    mean = np.stack([s[:, _Z], s[:, _Y], s[:, _X]], axis=1) / n[:, None]
-    for i, axis in enumerate("zyx"):
-        out[f"centroid_{axis}"] = mean[:, i]
-    for i, axis in enumerate("zyx"):
-        out[f"centroid_{axis}_physical"] = mean[:, i] * spacing[i]
-    # Covariance of the solid made of the voxel boxes (each box adds s^2/12 per axis), physical units.
-    index = {(0, 0): _ZZ, (1, 1): _YY, (2, 2): _XX, (0, 1): _ZY, (0, 2): _ZX, (1, 2): _YX}
-    cov = np.zeros((len(n), 3, 3))
-    for (a, b), column in index.items():
-        value = (s[:, column] / n - mean[:, a] * mean[:, b]) * spacing[a] * spacing[b]
-        cov[:, a, b] = cov[:, b, a] = value
-    cov += np.diag(np.asarray(spacing) ** 2 / 12.0)
-    if mode == "2d":
-        eig = np.linalg.eigvalsh(cov[:, 1:, 1:])[:, ::-1] if len(n) else np.zeros((0, 2))
-        lengths = 4.0 * np.sqrt(np.clip(eig, 0, None))  # ellipse with the same second moments
-        out["axis_major_length"], out["axis_minor_length"] = lengths[:, 0], lengths[:, 1]
-        out["equivalent_diameter"] = np.sqrt(4.0 * out["area"] / np.pi)
-    else:
-        eig = np.linalg.eigvalsh(cov)[:, ::-1] if len(n) else np.zeros((0, 3))
-        lengths = np.sqrt(20.0 * np.clip(eig, 0, None))  # ellipsoid with the same second moments
-        out["axis_major_length"], out["axis_middle_length"] = lengths[:, 0], lengths[:, 1]
-        out["axis_minor_length"] = lengths[:, 2]
-        out["equivalent_diameter"] = np.cbrt(6.0 * out["volume"] / np.pi)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["elongation"] = lengths[:, 0] / lengths[:, -1]
-    if with_image:
-        out["mean_intensity"] = s[:, _I] / n
-        out["std_intensity"] = np.sqrt(np.clip(s[:, _II] / n - out["mean_intensity"] ** 2, 0, None))
-    return out
 
 
 _COLUMN_ORDER = (
@@ -745,51 +386,3 @@ def _class_table(
         table[f"distance_to_{suffix}"] = np.asarray(values, np.float64)
     table["first"] = moments["first"]
     return table
-
-
-def write_table(df: Any, path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Write a table to ``.parquet`` and/or ``.csv`` atomically (one file per path given).
-
-    Every file is first written under a hidden temporary name next to it; only
-    when all of them are complete are they renamed into place, so a failure
-    (a full disk, say) leaves none of the tables, only the previous files.
-
-    Args:
-        df: a ``pandas.DataFrame``.
-        path: one path or a list of paths; the suffix picks the format.
-
-    Returns:
-        The paths written.
-
-    Raises:
-        ValueError: a suffix other than ``.parquet`` or ``.csv``.
-        OSError: a table could not be written (the message names it); nothing was written.
-    """
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    for p in paths:
-        if os.fspath(p).lower().rsplit(".", 1)[-1] not in ("parquet", "csv"):
-            raise ValueError(f"{os.fspath(p)}: table files must end in .parquet or .csv")
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for p in paths:
-            final = Path(p)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temporary_sibling(final)
-            staged.append((tmp, final))
-            try:
-                if final.suffix.lower() == ".parquet":
-                    df.to_parquet(tmp, index=False)
-                else:
-                    df.to_csv(tmp, index=False)
-            except OSError as err:
-                failure = OSError(f"could not write the table {final}: {err.strerror or err}. Free some space "
-                                  "or choose another --out folder; no table was written")
-                failure.errno = err.errno
-                raise failure from None
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp, _ in staged:
-            remove_path(tmp)
-        raise
-    return [os.fspath(p) for p in paths]

@@ -77,7 +77,8 @@ def query(
 ) -> None:
     """Ask an object index: label/range, box, proximity (--near) or similarity (--like, --like-crop) queries."""
     _setup(quiet)
-    from emseg.analysis._index import ObjectIndex, write_table
+    from emseg.analysis import ObjectIndex
+    from emseg.io import write_table
 
     try:
         kinds = [name for name, given in (("--near", near), ("--like", like), ("--like-crop", like_crop))

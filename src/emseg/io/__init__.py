@@ -18,6 +18,7 @@ from ._hash import file_sha256
 from ._base import ImageData, ImageFormatError, ImageReaderWriter, normalize_voxel_size
 from ._registry import open_image, read_image, supported_formats, write_image
 from ._registry import resolve as resolve_location
+from ._tables import read_table, write_table
 
 __all__ = [
     "TMP_MARKER",
@@ -30,10 +31,12 @@ __all__ = [
     "normalize_voxel_size",
     "open_image",
     "read_image",
+    "read_table",
     "remove_path",
     "remove_stale_temporaries",
     "resolve_location",
     "supported_formats",
     "temporary_sibling",
     "write_image",
+    "write_table",
 ]
