@@ -13,7 +13,7 @@ import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from emseg.analysis._gradcam import (
+from emseg.analysis import (
     compute_grad_cam,
     explain,
     grad_cam,
@@ -21,7 +21,7 @@ from emseg.analysis._gradcam import (
     resolve_layer,
     save_overlay,
 )
-from emseg.data._normalize import Normalizer
+from emseg.data import Normalizer
 from emseg.inference import Predictor
 
 TL, BR = np.s_[:32, :32], np.s_[32:, 32:]  # quadrants of a 64 x 64 image

@@ -11,7 +11,7 @@ import tifffile
 import torch
 from typer.testing import CliRunner
 
-from emseg.analysis._gradcam import compute_grad_cam
+from emseg.analysis import compute_grad_cam
 from emseg.cli import app
 from emseg.data._grain import add_grain_channels
 from emseg.inference import Predictor

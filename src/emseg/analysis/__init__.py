@@ -8,8 +8,10 @@ __all__ = [
     "compute_grad_cam",
     "explain",
     "grad_cam",
-    "save_overlay",
     "measure_objects",
+    "render_overlay",
+    "resolve_layer",
+    "save_overlay",
     "volume_fractions",
     "write_table",
 ]
@@ -22,8 +24,10 @@ _LAZY = {
     "ObjectIndex": "emseg.analysis._index",
     "grad_cam": "emseg.analysis._gradcam",
     "compute_grad_cam": "emseg.analysis._gradcam",
-    "explain": "emseg.analysis._gradcam",
-    "save_overlay": "emseg.analysis._gradcam",
+    "resolve_layer": "emseg.analysis._gradcam_layers",
+    "explain": "emseg.analysis._explain",
+    "render_overlay": "emseg.analysis._overlay",
+    "save_overlay": "emseg.analysis._overlay",
 }
 
 
