@@ -210,7 +210,7 @@ def test_lite0_encoder_with_the_wheels_head_recognises_imagenet_images():
     import torch.nn.functional as F
 
     from emseg.models import lite0_weights_path
-    from emseg.models._encoders import EfficientNetLite0Encoder
+    from emseg.models._encoder_lite0 import EfficientNetLite0Encoder
 
     sd = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
     enc = EfficientNetLite0Encoder(3)

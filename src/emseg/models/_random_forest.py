@@ -13,7 +13,8 @@ structure-tensor features; sharing the 1-D Gaussian passes between the
 smoothing, gradient and Hessian of one scale also saves filtering work
 (9 one-dimensional passes per scale instead of 12).
 
-Fitted forests are stored with :meth:`RandomForestSegmenter.state_dict` as
+Modules: ``_forest_features`` (the filter bank), ``_forest_state`` (the forest as tensors), this one
+(the segmenter: fit, predict). Fitted forests are stored with :meth:`RandomForestSegmenter.state_dict` as
 plain tensors (no pickled scikit-learn objects), so checkpoints load with
 ``torch.load(..., weights_only=True)``.
 """
@@ -26,150 +27,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
-from scipy import ndimage
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.tree import DecisionTreeClassifier
-from sklearn.tree._tree import NODE_DTYPE, Tree
+
+from emseg.models._forest_features import _OUTER_RATIO, PER_SIGMA, _as_image, _filter_bank, _radius
+from emseg.models._forest_state import FEATURE_SET, FORMAT_VERSION, forest_from_state, forest_state  # noqa: F401
 
 __all__ = ["RandomForestSegmenter"]
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = "emseg.RandomForestSegmenter"
-#: Version of the layout written by :meth:`RandomForestSegmenter.state_dict`.
-FORMAT_VERSION = 1
-#: Identifies the filter bank; a checkpoint is only valid with the same bank.
-FEATURE_SET = "ilastik-2d-v1"
-
-_TRUNCATE = 4.0  # Gaussian kernels are cut at 4 sigma (scipy's default)
-_DOG_RATIO = 0.66  # ilastik: DoG(sigma) = G(sigma) - G(0.66 * sigma)
-_OUTER_RATIO = 0.5  # ilastik: structure tensor outer scale = 0.5 * sigma
 _CHUNK_PIXELS = 2**20  # default core size of one prediction chunk
-_TRANSPOSE_ROWS = 8  # rows per block when reordering (F, Y, X) -> (Y, X, F)
-
-# Per-sigma features in the order they are stored.
-_PER_SIGMA = (
-    "gaussian_smoothing",
-    "laplacian_of_gaussian",
-    "gaussian_gradient_magnitude",
-    "difference_of_gaussians",
-    "structure_tensor_eigenvalue_1",
-    "structure_tensor_eigenvalue_2",
-    "hessian_of_gaussian_eigenvalue_1",
-    "hessian_of_gaussian_eigenvalue_2",
-)
-_TREE_ARRAYS = (
-    "children_left",
-    "children_right",
-    "feature",
-    "threshold",
-    "value",
-    "n_node_samples",
-    "impurity",
-    "weighted_n_node_samples",
-)
-# NODE_DTYPE field for each stored per-node array.
-_NODE_FIELDS = {
-    "children_left": "left_child",
-    "children_right": "right_child",
-    "feature": "feature",
-    "threshold": "threshold",
-    "impurity": "impurity",
-    "n_node_samples": "n_node_samples",
-    "weighted_n_node_samples": "weighted_n_node_samples",
-    "missing_go_to_left": "missing_go_to_left",
-}
-_STATE_KEYS = (
-    "format",
-    "format_version",
-    "feature_set",
-    "hyper_parameters",
-    "num_classes",
-    "ignore_label",
-    "classes",
-    "n_features",
-    "sample_counts",
-    "trees",
-)
-_HYPER_KEYS = ("sigmas", "n_estimators", "max_depth", "samples_per_class", "random_state", "n_jobs")
-
-
-def _radius(sigma: float) -> int:
-    """Half-width in pixels of scipy's Gaussian kernel for ``sigma``."""
-    return int(_TRUNCATE * float(sigma) + 0.5)
-
-
-def _eigvals_2x2(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues of the symmetric matrices ``[[a, b], [b, c]]``, largest first."""
-    mean = 0.5 * (a + c)
-    root = np.sqrt((0.5 * (a - c)) ** 2 + b**2)
-    return mean + root, mean - root
-
-
-def _filter_bank(image: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
-    """Compute the feature stack of a float32 ``(Y, X)`` image as ``(Y, X, F)`` float32."""
-    n_features = 1 + len(_PER_SIGMA) * len(sigmas)
-    # Filled feature-first (contiguous writes), transposed in row blocks below:
-    # writing each feature straight into (Y, X, F) is ~8x slower.
-    stack = np.empty((n_features,) + image.shape, dtype=np.float32)
-    stack[0] = image
-    g1d = ndimage.gaussian_filter1d
-    kw = dict(truncate=_TRUNCATE, mode="reflect")
-    k = 1
-    for sigma in sigmas:
-        # Separable Gaussian derivatives: filter along Y once per derivative
-        # order, then along X; shared between smoothing, gradient and Hessian.
-        y0 = g1d(image, sigma, axis=0, order=0, **kw)
-        y1 = g1d(image, sigma, axis=0, order=1, **kw)
-        y2 = g1d(image, sigma, axis=0, order=2, **kw)
-        smooth = g1d(y0, sigma, axis=1, order=0, **kw)
-        dx = g1d(y0, sigma, axis=1, order=1, **kw)
-        dxx = g1d(y0, sigma, axis=1, order=2, **kw)
-        dy = g1d(y1, sigma, axis=1, order=0, **kw)
-        dxy = g1d(y1, sigma, axis=1, order=1, **kw)
-        dyy = g1d(y2, sigma, axis=1, order=0, **kw)
-        del y0, y1, y2
-        inner = ndimage.gaussian_filter(image, _DOG_RATIO * sigma, **kw)
-        outer = _OUTER_RATIO * sigma
-        jxx = ndimage.gaussian_filter(dx * dx, outer, **kw)
-        jxy = ndimage.gaussian_filter(dx * dy, outer, **kw)
-        jyy = ndimage.gaussian_filter(dy * dy, outer, **kw)
-        st1, st2 = _eigvals_2x2(jxx, jxy, jyy)
-        he1, he2 = _eigvals_2x2(dxx, dxy, dyy)
-        for feature in (smooth, dxx + dyy, np.sqrt(dx * dx + dy * dy), smooth - inner, st1, st2, he1, he2):
-            stack[k] = feature
-            k += 1
-    out = np.empty(image.shape + (n_features,), dtype=np.float32)
-    for y in range(0, image.shape[0], _TRANSPOSE_ROWS):
-        out[y : y + _TRANSPOSE_ROWS] = stack[:, y : y + _TRANSPOSE_ROWS].transpose(1, 2, 0)
-    return out
-
-
-def _as_image(image: np.ndarray, name: str) -> np.ndarray:
-    """Validate a 2-D real image and return it as C-contiguous float32."""
-    arr = np.asarray(image)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (Y, X) slice, got an array of shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values; normalise the image first")
-    return arr
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """Copy a numpy array into a tensor that owns its memory.
-
-    64-bit integer arrays (node indices, feature ids, sample counts) are stored
-    as int32 when that is lossless: a fully grown default forest has millions
-    of nodes, and this keeps its checkpoint ~15 % smaller.
-    """
-    array = np.asarray(array)
-    if array.dtype == np.int64 and array.size and -(2**31) <= array.min() and array.max() < 2**31:
-        array = array.astype(np.int32)
-    return torch.from_numpy(np.array(array, copy=True, order="C"))
 
 
 class RandomForestSegmenter:
@@ -254,14 +121,14 @@ class RandomForestSegmenter:
     @property
     def n_features(self) -> int:
         """Number of features ``F`` per pixel."""
-        return 1 + len(_PER_SIGMA) * len(self.sigmas)
+        return 1 + len(PER_SIGMA) * len(self.sigmas)
 
     @property
     def feature_names(self) -> list[str]:
         """Names of the ``F`` features, in the order of the last axis of :meth:`features`."""
         names = ["intensity"]
         for sigma in self.sigmas:
-            names.extend(f"{name}(sigma={sigma:g})" for name in _PER_SIGMA)
+            names.extend(f"{name}(sigma={sigma:g})" for name in PER_SIGMA)
         return names
 
     @property
@@ -496,39 +363,7 @@ class RandomForestSegmenter:
             ``missing_go_to_left``: ``(node_count,)``; ``value``:
             ``(node_count, 1, K)``) plus ``max_depth`` and ``node_count``.
         """
-        if self._forest is None or self.num_classes is None or self.classes_ is None:
-            raise RuntimeError("RandomForestSegmenter is not trained; call fit() before state_dict()")
-        trees = []
-        for estimator in self._forest.estimators_:
-            tree = estimator.tree_
-            state = tree.__getstate__()
-            nodes = state["nodes"]
-            entry: dict = {key: _tensor(nodes[_NODE_FIELDS[key]]) for key in _TREE_ARRAYS if key != "value"}
-            entry["value"] = _tensor(state["values"])
-            if "missing_go_to_left" in nodes.dtype.names:
-                entry["missing_go_to_left"] = _tensor(nodes["missing_go_to_left"])
-            entry["max_depth"] = int(state["max_depth"])
-            entry["node_count"] = int(state["node_count"])
-            trees.append(entry)
-        return {
-            "format": _FORMAT,
-            "format_version": FORMAT_VERSION,
-            "feature_set": FEATURE_SET,
-            "hyper_parameters": {
-                "sigmas": list(self.sigmas),
-                "n_estimators": self.n_estimators,
-                "max_depth": self.max_depth,
-                "samples_per_class": self.samples_per_class,
-                "random_state": self.random_state,
-                "n_jobs": self.n_jobs,
-            },
-            "num_classes": int(self.num_classes),
-            "ignore_label": self.ignore_label,
-            "classes": [int(c) for c in self.classes_],
-            "n_features": int(self._forest.n_features_in_),
-            "sample_counts": [int(c) for c in self.sample_counts_] if self.sample_counts_ is not None else None,
-            "trees": trees,
-        }
+        return forest_state(self)
 
     @classmethod
     def from_state_dict(cls, state: dict) -> RandomForestSegmenter:
@@ -543,115 +378,4 @@ class RandomForestSegmenter:
             If a key is missing, the format version or feature set differs, or
             the tree arrays are inconsistent; the message names the key.
         """
-        if not isinstance(state, dict):
-            raise ValueError(
-                f"state must be the dict of RandomForestSegmenter.state_dict(), got {type(state).__name__}"
-            )
-        for key in _STATE_KEYS:
-            if key not in state:
-                raise ValueError(f"random-forest state is missing the key {key!r}")
-        if state["format"] != _FORMAT:
-            raise ValueError(f"random-forest state has 'format' {state['format']!r}; expected {_FORMAT!r}")
-        if state["format_version"] != FORMAT_VERSION:
-            raise ValueError(
-                f"random-forest state has 'format_version' {state['format_version']!r}; "
-                f"this version of emseg reads format_version {FORMAT_VERSION}"
-            )
-        if state["feature_set"] != FEATURE_SET:
-            raise ValueError(
-                f"random-forest state has 'feature_set' {state['feature_set']!r}; expected {FEATURE_SET!r}"
-            )
-        hyper = state["hyper_parameters"]
-        for key in _HYPER_KEYS:
-            if key not in hyper:
-                raise ValueError(f"random-forest state is missing the key 'hyper_parameters.{key}'")
-        model = cls(**{key: hyper[key] for key in _HYPER_KEYS})
-        num_classes = int(state["num_classes"])
-        classes = np.asarray(state["classes"], dtype=np.int64)
-        n_features = int(state["n_features"])
-        if n_features != model.n_features:
-            raise ValueError(
-                f"random-forest state has 'n_features' {n_features} but sigmas {model.sigmas} give {model.n_features}"
-            )
-        if classes.ndim != 1 or not classes.size or classes.min() < 0 or classes.max() >= num_classes:
-            raise ValueError(
-                f"random-forest state has 'classes' {classes.tolist()}; expected ids in [0, {num_classes})"
-            )
-        trees = state["trees"]
-        if len(trees) != model.n_estimators:
-            raise ValueError(
-                f"random-forest state has {len(trees)} 'trees' but "
-                f"'hyper_parameters.n_estimators' is {model.n_estimators}"
-            )
-
-        estimators = []
-        for t, entry in enumerate(trees):
-            estimators.append(_rebuild_tree(entry, t, n_features=n_features, classes=classes, model=model))
-        forest = RandomForestClassifier(
-            n_estimators=model.n_estimators,
-            max_depth=model.max_depth,
-            random_state=model.random_state,
-            n_jobs=model.n_jobs,
-        )
-        forest.estimator_ = DecisionTreeClassifier()
-        forest.estimators_ = estimators
-        forest.classes_ = classes.copy()
-        forest.n_classes_ = int(classes.size)
-        forest.n_outputs_ = 1
-        forest.n_features_in_ = n_features
-        model._forest = forest
-        model.num_classes = num_classes
-        model.ignore_label = None if state["ignore_label"] is None else int(state["ignore_label"])
-        model.classes_ = classes
-        if state["sample_counts"] is not None:
-            model.sample_counts_ = np.asarray(state["sample_counts"], dtype=np.int64)
-        return model
-
-
-def _rebuild_tree(
-    entry: dict, index: int, *, n_features: int, classes: np.ndarray, model: RandomForestSegmenter
-) -> DecisionTreeClassifier:
-    """Reassemble one fitted ``DecisionTreeClassifier`` from its stored arrays."""
-    where = f"trees[{index}]"
-    for key in (*_TREE_ARRAYS, "max_depth", "node_count"):
-        if key not in entry:
-            raise ValueError(f"random-forest state is missing the key '{where}.{key}'")
-    node_count = int(entry["node_count"])
-    n_classes = int(classes.size)
-
-    def array(key: str) -> np.ndarray:
-        value = entry[key]
-        arr = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        if arr.shape[:1] != (node_count,):
-            raise ValueError(f"'{where}.{key}' has shape {tuple(arr.shape)}; expected {node_count} nodes")
-        return arr
-
-    nodes = np.zeros(node_count, dtype=NODE_DTYPE)
-    for key, field in _NODE_FIELDS.items():
-        if field not in NODE_DTYPE.names:
-            continue
-        if key in entry:
-            nodes[field] = array(key)
-        elif key != "missing_go_to_left":
-            raise ValueError(f"random-forest state is missing the key '{where}.{key}'")
-    values = np.ascontiguousarray(array("value"), dtype=np.float64)
-    if values.shape != (node_count, 1, n_classes):
-        raise ValueError(f"'{where}.value' has shape {values.shape}; expected {(node_count, 1, n_classes)}")
-    internal = nodes["left_child"] >= 0
-    if internal.any() and (nodes["feature"][internal].min() < 0 or nodes["feature"][internal].max() >= n_features):
-        raise ValueError(f"'{where}.feature' refers to features outside [0, {n_features})")
-
-    tree = Tree(n_features, np.array([n_classes], dtype=np.intp), 1)
-    tree.__setstate__(
-        {"max_depth": int(entry["max_depth"]), "node_count": node_count, "nodes": nodes, "values": values}
-    )
-    estimator = DecisionTreeClassifier(max_depth=model.max_depth, max_features="sqrt")
-    estimator.tree_ = tree
-    # The forest encodes labels before growing its trees, so each tree's
-    # classes are the indices 0..K-1 into the forest's classes_.
-    estimator.classes_ = np.arange(n_classes, dtype=np.float64)
-    estimator.n_classes_ = np.int64(n_classes)
-    estimator.n_outputs_ = 1
-    estimator.n_features_in_ = n_features
-    estimator.max_features_ = max(1, int(math.sqrt(n_features)))
-    return estimator
+        return forest_from_state(cls, state)
