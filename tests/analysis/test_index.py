@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from emseg.analysis._index import BOX_NM, ObjectIndex
-from emseg.analysis._objects import measure_objects
+from emseg.analysis import measure_objects
 
 VOXEL = (40.0, 5.0, 5.0)
 CLASSES = {2: "mitochondrion", 4: "vesicle", 5: "psd"}

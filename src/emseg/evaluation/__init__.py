@@ -23,14 +23,8 @@ from ._complexity import model_complexity
 from ._confusion import LabelRangeError, confusion_from_labels, confusion_matrix, f1_from_confusion, iou_from_confusion
 from ._metrics import EvaluationResult, evaluate
 from ._metrics import _json_safe as json_safe
-from ._objects import (
-    aggregated_jaccard_index,
-    connected_components,
-    detection_scores,
-    hausdorff_distance,
-    object_scores,
-    panoptic_quality,
-)
+from ._instances import aggregated_jaccard_index, connected_components, panoptic_quality
+from ._objects import detection_scores, hausdorff_distance, object_scores
 from ._pixel import mean_iou, pixel_scores, probability_auc, threshold_sweep
 from ._suite import METRIC_GROUPS, flatten_scores, parse_metrics, parse_subsets, score_segmentation
 

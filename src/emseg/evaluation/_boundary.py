@@ -276,7 +276,8 @@ def class_rand_info_scores(
         ``{class name: scores of rand_info_scores}``; all ``nan`` for a class
         absent from the truth.
     """
-    from ._objects import _check_semantic, _foreground_classes, connected_components
+    from ._instances import connected_components
+    from ._objects import _check_semantic, _foreground_classes
 
     pred, true, names, ignore_label = _check_semantic(prediction, truth, classes, background, ignore_label)
     result = {}
