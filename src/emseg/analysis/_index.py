@@ -36,6 +36,7 @@ bound parameters; column names are checked against the table's own columns.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -45,9 +46,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emseg.analysis._descriptors import DESCRIPTORS, AppearanceSearch
-from emseg.analysis._index_build import BOX_NM, FORMAT, VERSION, build_index
+from emseg.analysis._descriptors import (
+    DESCRIPTORS,
+    AppearanceSearch,
+    check_voxel_size,
+    descriptor_frame,
+    embedding_columns,
+)
+from emseg.analysis._index_build import BOX_NM, FORMAT, VERSION, prepare_objects, write_index
 from emseg.analysis._index_query import IndexQueries
+from emseg.io import atomic_output, read_table
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BOX_NM", "DESCRIPTORS", "FORMAT", "ObjectIndex"]
 
@@ -121,7 +131,48 @@ class ObjectIndex(IndexQueries, AppearanceSearch):
             ValueError: a required column is missing, ``object_id`` is not
                 unique, the table is empty, or ``voxel_size`` is invalid.
         """
-        build_index(table, db_path, voxel_size=voxel_size, overwrite=overwrite, embedding=embedding)
+        source = "table"
+        if not isinstance(table, pd.DataFrame):
+            source = str(table)
+            table = read_table(table, what="object table")
+        if voxel_size is None:
+            voxel_size = table.attrs.get("voxel_size") or (1.0, 1.0, 1.0)
+        voxel_size = check_voxel_size(voxel_size)
+        mode = table.attrs.get("mode") or ("2d" if "area" in table and "volume" not in table else "3d")
+        db_path = Path(db_path)
+        if not overwrite and db_path.exists():
+            raise FileExistsError(f"{db_path} already exists; pass overwrite=True (--overwrite) to replace it")
+        frame = prepare_objects(table, voxel_size, source)
+        emb_columns = embedding_columns(table, embedding)
+        meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "voxel_size": list(voxel_size),
+                                "n_objects": len(frame), "source": source, "mode": mode}
+        if emb_columns is None:
+            desc = descriptor_frame(table, voxel_size)
+            desc = desc.loc[:, desc.notna().any()]
+            if desc.shape[1] == 0:
+                raise ValueError(f"object table {source} has none of the columns the appearance descriptors need "
+                                 "(volume/area or voxel_count, surface_area/perimeter, elongation, ...)")
+            values = desc.to_numpy(np.float64)
+            mean = np.nanmean(values, axis=0)
+            std = np.nanstd(values, axis=0)
+            std[~(std > 0)] = 1.0
+            vectors = (values - mean) / std
+            vectors[np.isnan(vectors)] = 0.0  # a missing descriptor sits at the mean
+            meta.update(embedding="descriptors", embedding_names=list(desc.columns),
+                        embedding_mean=mean.tolist(), embedding_std=std.tolist())
+        else:
+            vectors = table[emb_columns].to_numpy(np.float64)
+            if not np.isfinite(vectors).all():
+                raise ValueError(f"embedding columns of {source} contain missing or non-finite values")
+            meta.update(embedding="columns", embedding_names=list(emb_columns))
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with atomic_output(db_path, overwrite=overwrite) as tmp:
+            con = sqlite3.connect(tmp)
+            try:
+                write_index(con, frame, vectors, meta)
+            finally:
+                con.close()
+        logger.info("indexed %d objects (%d classes) in %s", len(frame), frame["class_name"].nunique(), db_path)
         return cls.open(db_path)
 
     @classmethod

@@ -1,26 +1,23 @@
-"""Building the object index: validate an object table, compute the embedding, write the SQLite file."""
+"""Building the object index: validate an object table into the ``objects`` rows, write the SQLite file
+(tables, R*Tree, embeddings); :meth:`~emseg.analysis.ObjectIndex.build` drives it."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import re
 import sqlite3
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from emseg.analysis._descriptors import EMBEDDING_COLUMN, check_voxel_size, descriptor_frame, embedding_columns
-from emseg.io import atomic_output, read_table
+from emseg.analysis._descriptors import EMBEDDING_COLUMN, descriptor_frame
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BOX_NM", "CENTROID_NM", "FORMAT", "VERSION", "build_index"]
+__all__ = ["BOX_NM", "CENTROID_NM", "FORMAT", "VERSION", "prepare_objects", "write_index"]
 
 #: Value of ``format`` in the ``emseg_meta`` table of every index.
 FORMAT = "emseg-object-index"
@@ -34,61 +31,7 @@ CENTROID_NM = ("cz_nm", "cy_nm", "cx_nm")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def build_index(
-    table: pd.DataFrame | str | os.PathLike,
-    db_path: str | os.PathLike,
-    *,
-    voxel_size: Sequence[float] | None = None,
-    overwrite: bool = False,
-    embedding: str | Sequence[str] = "auto",
-) -> Path:
-    """Write the index of ``table`` to ``db_path`` (see :meth:`~emseg.analysis.ObjectIndex.build`)."""
-    source = "table"
-    if not isinstance(table, pd.DataFrame):
-        source = str(table)
-        table = read_table(table, what="object table")
-    if voxel_size is None:
-        voxel_size = table.attrs.get("voxel_size") or (1.0, 1.0, 1.0)
-    voxel_size = check_voxel_size(voxel_size)
-    mode = table.attrs.get("mode") or ("2d" if "area" in table and "volume" not in table else "3d")
-    db_path = Path(db_path)
-    if not overwrite and db_path.exists():
-        raise FileExistsError(f"{db_path} already exists; pass overwrite=True (--overwrite) to replace it")
-    frame = _prepare(table, voxel_size, source)
-    emb_columns = embedding_columns(table, embedding)
-    meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "voxel_size": list(voxel_size),
-                            "n_objects": len(frame), "source": source, "mode": mode}
-    if emb_columns is None:
-        desc = descriptor_frame(table, voxel_size)
-        desc = desc.loc[:, desc.notna().any()]
-        if desc.shape[1] == 0:
-            raise ValueError(f"object table {source} has none of the columns the appearance descriptors need "
-                             "(volume/area or voxel_count, surface_area/perimeter, elongation, ...)")
-        values = desc.to_numpy(np.float64)
-        mean = np.nanmean(values, axis=0)
-        std = np.nanstd(values, axis=0)
-        std[~(std > 0)] = 1.0
-        vectors = (values - mean) / std
-        vectors[np.isnan(vectors)] = 0.0  # a missing descriptor sits at the mean
-        meta.update(embedding="descriptors", embedding_names=list(desc.columns),
-                    embedding_mean=mean.tolist(), embedding_std=std.tolist())
-    else:
-        vectors = table[emb_columns].to_numpy(np.float64)
-        if not np.isfinite(vectors).all():
-            raise ValueError(f"embedding columns of {source} contain missing or non-finite values")
-        meta.update(embedding="columns", embedding_names=list(emb_columns))
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    with atomic_output(db_path, overwrite=overwrite) as tmp:
-        con = sqlite3.connect(tmp)
-        try:
-            _write(con, frame, vectors, meta)
-        finally:
-            con.close()
-    logger.info("indexed %d objects (%d classes) in %s", len(frame), frame["class_name"].nunique(), db_path)
-    return db_path
-
-
-def _prepare(table: pd.DataFrame, voxel_size: tuple[float, float, float], source: str) -> pd.DataFrame:
+def prepare_objects(table: pd.DataFrame, voxel_size: tuple[float, float, float], source: str) -> pd.DataFrame:
     """Validate the object table and return the ``objects`` rows (numeric columns + physical boxes)."""
     if len(table) == 0:
         raise ValueError(f"object table {source} has no rows")
@@ -163,7 +106,7 @@ def _prepare(table: pd.DataFrame, voxel_size: tuple[float, float, float], source
     return frame.reset_index(drop=True)
 
 
-def _write(con: sqlite3.Connection, frame: pd.DataFrame, vectors: np.ndarray, meta: dict[str, Any]) -> None:
+def write_index(con: sqlite3.Connection, frame: pd.DataFrame, vectors: np.ndarray, meta: dict[str, Any]) -> None:
     con.execute("PRAGMA journal_mode = OFF")
     con.execute("PRAGMA synchronous = OFF")
     con.execute("CREATE TABLE emseg_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")

@@ -1,17 +1,7 @@
-"""Typed configuration: a YAML file validated once, at the edge, by pydantic.
+"""The pydantic models of a training configuration (``train.yaml``, example in :mod:`emseg.config`).
 
-Example (``train.yaml``)::
-
-    data:
-      train: {image: raw.tif, labels: labels.tif, slices: "0:24"}
-      val: {image: raw.tif, labels: labels.tif, slices: "24:30"}
-      classes: [background, membrane, mitochondrion]
-      ignore_label: 255
-    model: {name: unet2d, dropout: 0.5}
-    training: {max_minutes: 20, seed: 0}
-
-Relative paths resolve against the folder holding the config file.  Unknown
-keys, wrong types and missing files raise :class:`ConfigError` naming the key.
+Unknown keys and wrong types are rejected; data paths must exist; relative paths resolve against the
+configuration file's folder (the validation context's ``base_dir``).
 """
 
 from __future__ import annotations

@@ -20,15 +20,8 @@ import torch
 from torch import nn
 
 from emseg._optional import require
-from emseg.constants import (
-    BIOIMAGEIO_METADATA,
-    BIOIMAGEIO_STATE,
-    EXPORT_EXTRA,
-    EXPORT_FORMAT,
-    EXPORT_METADATA_KEY,
-    EXPORT_VERSION,
-    EXPORTED_SUFFIXES,
-)
+from emseg.constants import BIOIMAGEIO_METADATA, BIOIMAGEIO_STATE, EXPORT_EXTRA, EXPORT_FORMAT, EXPORT_METADATA_KEY
+from emseg.constants import EXPORT_VERSION, EXPORTED_SUFFIXES
 from emseg.data import Normalizer
 from emseg.inference._predictor import Predictor
 from emseg.models import load_checkpoint, network_from_metadata, skeleton

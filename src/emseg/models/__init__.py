@@ -18,6 +18,7 @@ from emseg.models._registry import (
 )
 from emseg.models._zoo import lite0_weights_path  # importing it registers every network in MODELS
 
+#: Names of emseg.models._checkpoint (imports torch: loaded on first use); its __all__.
 _CHECKPOINT_NAMES = (
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",

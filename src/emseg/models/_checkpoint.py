@@ -28,22 +28,9 @@ import torch
 from emseg.io import atomic_output
 from emseg.models._registry import MODELS, ModelSpec, build_model
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "DEFAULT_DIVISOR",
-    "DEFAULT_OVERLAP",
-    "DEFAULT_WINDOW",
-    "DEFAULT_WINDOW_3D",
-    "ENSEMBLE_BACKEND",
-    "MODEL_FILENAME",
-    "CheckpointError",
-    "inference_defaults",
-    "load_checkpoint",
-    "rebuild_network",
-    "resolve_model_path",
-    "save_checkpoint",
-]
+from emseg.models import _CHECKPOINT_NAMES  # the names emseg.models exports from here, listed once
+
+__all__ = list(_CHECKPOINT_NAMES)
 
 CHECKPOINT_FORMAT = "emseg-model"
 CHECKPOINT_VERSION = 1
