@@ -36,6 +36,7 @@ from monai.networks.blocks import Convolution, UpSample
 from torch import nn
 
 from emseg.models._padding import pad_to_multiple
+from emseg.models._unet import encode
 
 __all__ = ["Hybrid2d3d"]
 
@@ -175,12 +176,7 @@ class Hybrid2d3d(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"hybrid2d3d takes (N, C, Z, Y, X) windows, got shape {tuple(x.shape)}")
         x, crop = pad_to_multiple(x, self.divisor)
-        skips = []
-        for i, enc in enumerate(self.encoders):
-            x = enc(x)
-            if i < self.depth:
-                skips.append(x)
-                x = self.pool(x)
+        x, skips = encode(self.encoders, self.pool, x)
         for up, dec, skip in zip(self.upsamples, self.decoders, reversed(skips)):
             x = dec(torch.cat([up(x), skip], dim=1))
         logits2d = self.head2d(x)

@@ -19,6 +19,21 @@ from torch import nn
 __all__ = ["UNet"]
 
 
+def encode(encoders: Sequence[nn.Module], pool: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The contracting path of a U-Net: each encoder but the deepest is followed by ``pool``.
+
+    Returns the deepest encoder's output and the skip tensors, shallowest first (the U-Net, the
+    valid-padding U-Net and the 2D-3D hybrid share it).
+    """
+    skips = []
+    for i, enc in enumerate(encoders):
+        x = enc(x)
+        if i < len(encoders) - 1:
+            skips.append(x)
+            x = pool(x)
+    return x, skips
+
+
 def _double_conv(
     spatial_dims: int,
     in_channels: int,
@@ -105,12 +120,7 @@ class UNet(nn.Module):
         return tuple(p**depth for p in pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, enc in enumerate(self.encoders):
-            x = enc(x)
-            if i < len(self.encoders) - 1:
-                skips.append(x)
-                x = self.pool(x)
+        x, skips = encode(self.encoders, self.pool, x)
         for up, dec, skip in zip(self.upsamples, self.decoders, reversed(skips)):
             x = dec(torch.cat([up(x), skip], dim=1))
         return self.head(x)

@@ -22,6 +22,8 @@ import torch
 from monai.networks.blocks import Convolution, UpSample
 from torch import nn
 
+from emseg.models._unet import encode
+
 __all__ = ["ValidUNet", "valid_unet_output_size"]
 
 
@@ -133,12 +135,7 @@ class ValidUNet(nn.Module):
             if valid_unet_output_size(s, self.depth) is None:
                 raise ValueError(f"input size {s} along axis {axis} is not valid for unet-original (depth "
                                  f"{self.depth}); use {self.valid_input_size(s)} (see valid_input_size)")
-        skips = []
-        for i, enc in enumerate(self.encoders):
-            x = enc(x)
-            if i < self.depth:
-                skips.append(x)
-                x = self.pool(x)
+        x, skips = encode(self.encoders, self.pool, x)
         for up, dec, skip in zip(self.upsamples, self.decoders, reversed(skips)):
             x = up(x)
             x = dec(torch.cat([_center_crop(skip, x.shape[2:]), x], dim=1))
