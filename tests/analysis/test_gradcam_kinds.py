@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from emseg.analysis import compute_grad_cam
 from emseg.cli import app
-from emseg.data._grain import add_grain_channels
+from emseg.data import add_grain_channels
 from emseg.inference import Predictor
 from emseg.models import build_model
 from emseg.models import load_checkpoint, save_checkpoint

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emseg.data import IGNORE_INDEX, guay_weight_map
-from emseg.data._weights import weight_maps_for_slices
+from emseg.data import weight_maps_for_slices
 from emseg.training._inputs import WEIGHT_CACHE, weight_maps
 
 

@@ -20,7 +20,7 @@ from emseg.evaluation import (
     score_segmentation,
 )
 from emseg.ensemble import combine_probabilities, grid_search_weights
-from emseg.evaluation._complexity import model_complexity
+from emseg.evaluation import model_complexity
 
 CLASSES = ["bg", "mito", "er", "empty"]
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import emseg
 from emseg.config import load_config
-from emseg.data._grain import add_grain_channels
+from emseg.data import add_grain_channels
 from emseg.inference import Predictor
 from emseg.models import MODELS
 from emseg.models._registry import ModelOptions, ModelSpec

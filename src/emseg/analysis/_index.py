@@ -46,13 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emseg.analysis._descriptors import (
-    DESCRIPTORS,
-    AppearanceSearch,
-    check_voxel_size,
-    descriptor_frame,
-    embedding_columns,
-)
+from emseg.analysis._descriptors import DESCRIPTORS, AppearanceSearch, check_voxel_size, descriptor_frame
+from emseg.analysis._descriptors import embedding_columns
 from emseg.analysis._index_build import BOX_NM, FORMAT, VERSION, prepare_objects, write_index
 from emseg.analysis._index_query import IndexQueries
 from emseg.io import atomic_output, read_table

@@ -20,38 +20,12 @@ messages), ``_yaml`` (read YAML, merge mappings), ``_recipes`` (presets),
 ``_checks`` (cross-field checks that build the loss).
 """
 
+# The public names, listed once in each module's __all__ (imported here by name for readers and IDEs).
+from emseg.config import _load, _recipes, _schema, _yaml
 from emseg.config._load import config_from_dict, format_errors, load_config
 from emseg.config._recipes import apply_recipe, list_recipes, load_recipe, recipe_files
-from emseg.config._schema import (
-    AugmentConfig,
-    Config,
-    ConfigError,
-    DataConfig,
-    ModelConfig,
-    PreprocessConfig,
-    TrainingConfig,
-    VolumeSource,
-    resolve_config_path,
-)
+from emseg.config._schema import AugmentConfig, Config, ConfigError, DataConfig, ModelConfig, PreprocessConfig
+from emseg.config._schema import TrainingConfig, VolumeSource, resolve_config_path
 from emseg.config._yaml import deep_merge, read_yaml
 
-__all__ = [
-    "AugmentConfig",
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "ModelConfig",
-    "PreprocessConfig",
-    "TrainingConfig",
-    "VolumeSource",
-    "apply_recipe",
-    "config_from_dict",
-    "deep_merge",
-    "format_errors",
-    "list_recipes",
-    "load_config",
-    "load_recipe",
-    "read_yaml",
-    "recipe_files",
-    "resolve_config_path",
-]
+__all__ = sorted([*_schema.__all__, *_load.__all__, *_recipes.__all__, *_yaml.__all__])

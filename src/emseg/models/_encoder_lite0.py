@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emseg.models._encoders import tapped
+
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +104,6 @@ class EfficientNetLite0Encoder(nn.Module):
         self.out_channels = tuple(out[i] for i in keep)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        features = []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i in self._taps:
-                features.append(x)
-        return features
+        return tapped(self._blocks, self._taps, F.relu6(self._bn0(self._conv_stem(x))))
 
 

@@ -40,6 +40,16 @@ def _scale(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def tapped(layers: nn.Module, taps: set[int] | list[int], x: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``layers`` in order; the outputs of the layers whose index is in ``taps``, shallowest first."""
+    features = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i in taps:
+            features.append(x)
+    return features
+
+
 # --------------------------------------------------------------------------- ResNet / SE-ResNet
 
 
@@ -145,12 +155,7 @@ class VGGEncoder(nn.Module):
         self.out_channels = tuple(out)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._taps:
-                features.append(x)
-        return features
+        return tapped(self.features, self._taps, x)
 
 
 # --------------------------------------------------------------------------- EfficientNet (MONAI)
@@ -201,11 +206,6 @@ class EfficientNetEncoder(EfficientNet):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         x = self._swish(self._bn0(self._conv_stem(self._conv_stem_padding(x))))
-        features = []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i + 1 in self.extract_stacks:
-                features.append(x)
-        return features
+        return tapped(self._blocks, {i - 1 for i in self.extract_stacks}, x)
 
 

@@ -131,28 +131,15 @@ def _build_unet_original(in_channels: int, num_classes: int, opts: UNetOriginalO
                      norm=None if opts.norm == "none" else opts.norm, dropout=opts.dropout)
 
 
-MODELS.register(
-    "unet3d-thin",
-    ModelSpec(
-        "unet3d-thin",
-        "3D U-Net for anisotropic stacks: 3x3x3 convolutions, 1x2x2 pooling (none along z); 5x256x256 windows",
-        UNet3dOptions,
-        _unet3d_builder((1, 2, 2)),
-        spatial_dims=3,
-        default_patch=(5, 256, 256),
-    ),
-)
-MODELS.register(
-    "unet3d-thick",
-    ModelSpec(
-        "unet3d-thick",
-        "3D U-Net for isotropic volumes: 3x3x3 convolutions, 2x2x2 pooling along all axes; 16x128x128 windows",
-        UNet3dOptions,
-        _unet3d_builder((2, 2, 2)),
-        spatial_dims=3,
-        default_patch=(16, 128, 128),
-    ),
-)
+# The two 3-D U-Nets differ only in their pooling and default window.
+for _name, _pool, _what, _patch in (
+    ("unet3d-thin", (1, 2, 2), "3D U-Net for anisotropic stacks: 3x3x3 convolutions, 1x2x2 pooling (none along z); "
+     "5x256x256 windows", (5, 256, 256)),
+    ("unet3d-thick", (2, 2, 2), "3D U-Net for isotropic volumes: 3x3x3 convolutions, 2x2x2 pooling along all axes; "
+     "16x128x128 windows", (16, 128, 128)),
+):
+    MODELS.register(_name, ModelSpec(_name, _what, UNet3dOptions, _unet3d_builder(_pool), spatial_dims=3,
+                                     default_patch=_patch))
 MODELS.register(
     "hybrid2d3d",
     ModelSpec(
