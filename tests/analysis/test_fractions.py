@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emseg.analysis import _fractions
-from emseg.analysis._fractions import compare_fractions, volume_fractions
+from emseg.analysis import compare_fractions, volume_fractions
 
 CLASSES = ["cytoplasm", "mito", "er"]
 

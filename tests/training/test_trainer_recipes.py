@@ -17,7 +17,7 @@ from emseg.config import load_config
 from emseg.data import add_grain_channels
 from emseg.inference import Predictor
 from emseg.models import MODELS
-from emseg.models._registry import ModelOptions, ModelSpec
+from emseg.models import ModelOptions, ModelSpec
 from emseg.training import load_checkpoint
 from emseg.training._inputs import WEIGHT_CACHE
 from emseg.training._trainer import _early_stop
