@@ -17,20 +17,27 @@ from emseg.inference._ensemble import EnsemblePredictor, member_probabilities
 from emseg.inference._predict import predict
 from emseg.inference._predictor import Predictor, load_predictor
 from emseg.inference._protocol import SegmentationPredictor
+from emseg.inference._route import AGREEMENT_THRESHOLD, Route
+from emseg.inference._route import describe as describe_route
+from emseg.inference._run_state import read_run_metadata
 
 __all__ = [
+    "AGREEMENT_THRESHOLD",
     "METHODS",
     "BlockLayout",
     "EnsemblePredictor",
     "Predictor",
     "ResumeError",
+    "Route",
     "SegmentationPredictor",
     "combine_probabilities",
+    "describe_route",
     "load_predictor",
     "majority_vote",
     "member_probabilities",
     "predict",
     "predict_blockwise",
+    "read_run_metadata",
     "vote_probabilities",
     "vote_tie_epsilon",
 ]
