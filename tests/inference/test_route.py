@@ -147,3 +147,37 @@ def test_route_conflicts_with_explicit_options(volume, tmp_path):
         predict_blockwise(volume["model"], volume["path"], tmp_path / "x.zarr", route="auto", workers=2)
     assert not (tmp_path / "x.zarr").exists()
     assert torch.get_num_threads() >= 1
+
+
+def test_in_memory_prediction_runs_a_forced_route(volume, tmp_path, one_torch_thread):
+    from emseg.inference import predict
+
+    name = "fp32-eager-cl-t1-w96x96-b1"
+    write_image(tmp_path / "raw.tif", volume["raw"])
+    predict(volume["model"], tmp_path / "raw.tif", tmp_path / "labels.tif", route=name, progress=False)
+    predictor = Predictor.from_checkpoint(volume["model"], overlap=_route.route_overlap(
+        Predictor.from_checkpoint(volume["model"]).receptive_radius(), (96, 96)), **{
+            k: v for k, v in Route.parse(name).predictor_options().items()})
+    expected, _ = predictor.predict_volume(volume["raw"])
+    np.testing.assert_array_equal(_labels(tmp_path / "labels.tif"), expected)
+
+
+def test_cli_route_prints_the_route_and_refuses_bad_names(volume, tmp_path):
+    from typer.testing import CliRunner
+
+    from emseg.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli.zarr"
+    result = runner.invoke(app, ["predict", str(volume["model"]), str(volume["path"]), str(out), "--quiet",
+                                 "--route", "fp32-eager-nchw-t1-wmodel-b4", "--block", *map(str, BLOCK)])
+    assert result.exit_code == 0, result.output
+    assert "route: fp32-eager-nchw-t1-wmodel-b4 (" in result.output and "identical to fp32" in result.output
+    bad = runner.invoke(app, ["predict", str(volume["model"]), str(volume["path"]), str(tmp_path / "b.zarr"),
+                              "--route", "fastest"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert "--route 'fastest' is not a route: use auto" in " ".join(bad.output.split())
+    assert not (tmp_path / "b.zarr").exists()
+    both = runner.invoke(app, ["predict", str(volume["model"]), str(volume["path"]), str(tmp_path / "c.zarr"),
+                               "--route", "auto", "--threads", "2"])
+    assert both.exit_code != 0 and "drop --threads, or drop --route" in " ".join(both.output.split())

@@ -58,7 +58,7 @@ from emseg.inference._block_layout import (
 from emseg.inference._block_jobs import BlockJob, _cached_predictor, run_block, write_block
 from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
 from emseg.inference._pyramid import downsample_mode, pyramid_factors, write_pyramid
-from emseg.inference._route import AGREEMENT_THRESHOLD, calibrate_recorded, describe, engine_route
+from emseg.inference._route import AGREEMENT_THRESHOLD, Route, calibrate_recorded, describe, engine_route
 from emseg.inference._run_state import (
     ResumeError,
     _mark,
@@ -162,6 +162,8 @@ def predict_blockwise(
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     check_options(window=window, batch_size=batch_size, workers=workers, threads=threads)
+    if route not in (None, "default", "auto", "auto+int8"):
+        Route.parse(route)  # a bad name is refused before any work
     explicit = [flag for flag, given in (("--precision", precision != "auto"), ("--jit", jit), ("--window", window),
                                          ("--batch-size", batch_size), ("--threads", threads)) if given]
     if route not in (None, "default") and explicit:

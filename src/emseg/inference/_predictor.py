@@ -190,6 +190,11 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         """The windows run through the frozen TorchScript copy (False after a fallback to eager)."""
         return bool(self._runner.jit) if self._runner is not None else False
 
+    @property
+    def _jit_module(self) -> Any:
+        """The frozen TorchScript copy once traced (None before, or off the jit route)."""
+        return self._runner._jit_module if self._runner is not None else None
+
     def calibrate_int8(self, image: np.ndarray) -> None:
         """Quantise the network to int8 (``network="int8"``), calibrated on one raw slice ``(Y, X)`` / ``(C, Y, X)``.
 
