@@ -162,7 +162,7 @@ def predict(
     route: Annotated[Optional[str], typer.Option(help="How the network runs (.zarr output): auto (time the routes on a probe, "
                                                  "run the fastest whose labels agree with fp32), auto+int8, default, or a "
                                                  "recorded name such as bf16-eager-cl-t2-w768x1024-b4. Default: auto for "
-                                                 "inputs of 2^27 voxels or more without --precision/--jit/--window/"
+                                                 "inputs of 2^28 voxels or more without --precision/--jit/--window/"
                                                  "--batch-size/--threads.")] = None,
     quiet: _QUIET = False,
 ) -> None:

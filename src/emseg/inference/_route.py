@@ -38,9 +38,11 @@ __all__ = ["AGREEMENT_THRESHOLD", "PROBE_MAX_PIXELS", "TUNE_MIN_VOXELS", "Route"
 #: A route whose labels agree with the fp32 reference on fewer of the probe's pixels than this is refused.
 AGREEMENT_THRESHOLD = 0.995
 
-#: Without ``--route``, inputs smaller than this (voxels) are not tuned: the default route runs (the probe,
-#: ~10-30 s for the default ``unet2d`` on 2 cores, would not pay off; about 3 min of prediction here).
-TUNE_MIN_VOXELS = 2**27
+#: Without ``--route``, inputs smaller than this (voxels) are not tuned: the default route runs.  The probe
+#: took 108 s for the default ``unet2d`` on 2 busy cores (docs/BENCHMARKS.md), where the chosen route ran
+#: 2.3x the fastest candidate with the model's window: tuning pays off from roughly 100 M voxels; this
+#: leaves a margin (~340 slices of 768 x 1024).
+TUNE_MIN_VOXELS = 2**28
 
 #: The probe: at most this many pixels of one slice (its first rows, whole width).
 PROBE_MAX_PIXELS = 2**19
