@@ -10,6 +10,7 @@ x86/oneDNN) and the receptive-field probe.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from typing import Any
@@ -57,8 +58,6 @@ def quantize_int8(model: torch.nn.Module, sample: torch.Tensor) -> torch.nn.Modu
     Raises:
         RuntimeError: the network cannot be traced or quantised (the caller falls back to fp32).
     """
-    import copy
-
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 

@@ -180,7 +180,7 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         if network == "constant":  # after the overlap: that still comes from the real network's receptive field
             net = ConstantNetwork(self.num_classes, self.num_classes - 1)
             self._runner = NetworkRunner(net, device=self.device, dtype=None)
-        elif network == "model" and self.is_torch:
+        elif network == "model":  # a random forest never reaches _forward
             self._runner = NetworkRunner(self.model, device=self.device, dtype=self.dtype, jit=jit,
                                          channels_last=self.channels_last)
         self._jit_asked = jit

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from emseg._device import cpu_has_native_bf16
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AGREEMENT_THRESHOLD", "PROBE_MAX_PIXELS", "TUNE_MIN_VOXELS", "Route", "available_cores", "describe",
@@ -259,8 +261,6 @@ def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volum
     record: dict[str, Any] = {"requested": requested, "threshold": threshold,
                               "probe": {"z": int(z), "y": [0, rows], "x": [0, shape[2]]}}
     if forced is None:
-        from emseg._device import cpu_has_native_bf16
-
         reference = Route("fp32", threads=cores, window=None, batch_size=batch_size)
         bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
         route, result = _tune(probe, reference=reference, whole=whole, cores=cores, bf16=bf16,
