@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="windows per forward pass, end to end")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--route", help="also run emseg predict --route ROUTE (e.g. auto) end to end (issue 21); "
+                                     "its rate is compared with the network alone and its labels with the fp32 run")
     ap.add_argument("--device", default="cuda", help="cpu: a quick smoke test of this script without a GPU")
     args = ap.parse_args()
     global DEVICE
@@ -206,6 +208,16 @@ def main() -> None:
         save("end_to_end")
     result["bf16_vs_fp32_identical_fraction"] = identical_fraction(work / "labels_bf16.zarr", work / "labels_fp32.zarr")
     save("bf16_vs_fp32_identical_fraction")
+    if args.route:  # issue 21: the tuned route end to end, vs the network alone and vs the fp32 labels
+        out = work / "labels_route.zarr"
+        run = run_emseg(args.model, work / "volume.zarr", out, 0, ["--route", args.route])
+        run.update(mvox_s=nvox / run["wall_s"] / 1e6,
+                   route=json.loads((out / "zarr.json").read_text())["attributes"]["emseg"]["route"],
+                   identical_to_fp32=identical_fraction(out, work / "labels_fp32.zarr"))
+        network = rates[f"network_whole_slice_bf16_batch{args.batch_size}"]
+        run["fraction_of_network_alone"] = run["mvox_s"] / network
+        result["route_end_to_end"] = run
+        save("route_end_to_end")
 
     # 3. fraction of peak
     cpu = Predictor.from_checkpoint(args.model, overlap="auto", precision="fp32", device=torch.device("cpu"))

@@ -30,6 +30,20 @@ Steps, all in one run:
    machine's fp32 and bf16 matmul peak (GFLOP/s): the fraction of peak the prediction reaches;
 5. label agreement of bf16 autocast vs fp32 on ``--agreement-slices`` slices.
 
+With ``--route auto`` (issue 21) the end-to-end run is ``emseg predict --route auto`` (the tuner picks
+precision, engine, layout, threads, window and batch on a probe; the route is read back from the store),
+and the same run also measures, side by side:
+
+6. the pipeline alone: ``emseg predict --route const-...`` end to end on the same volume (the network
+   replaced by a constant, with the tuned route's window, batch and threads): read, normalise, tile,
+   argmax, write;
+7. in process, interleaved (``--repeats`` rounds of A B C D on the same ``--monai-slices`` slices):
+   MONAI ``sliding_window_inference`` fp32 at 1 thread and at all threads, emseg's tuned route, and the
+   network alone (the tuned route's forward passes only, no tiling or argmax).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/throughput.py --gvox 1.0 --workers 0 --route auto \
+        --model RUN_DIR --out benchmarks/results/throughput_route.json
+
 Writes benchmarks/results/throughput.json and prints a table.
 """
 
@@ -216,6 +230,9 @@ def main() -> None:
     ap.add_argument("--agreement-slices", type=int, default=2)
     ap.add_argument("--agreement-crop", type=int, default=0, help="crop agreement slices to N x N (0: whole slices)")
     ap.add_argument("--matmul-seconds", type=float, default=5.0)
+    ap.add_argument("--route", help="emseg predict --route (e.g. auto): the tuned route, the pipeline alone "
+                                     "(constant network) and the network alone are then measured too")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the in-process rates (--route)")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary folder, removed)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
     args = ap.parse_args()
@@ -255,6 +272,8 @@ def main() -> None:
             extra += ["--jit"]
         if args.threads:
             extra += ["--threads", str(args.threads)]
+        if args.route:
+            extra += ["--route", args.route]
         result["jit"] = bool(args.jit)
         result["threads_per_block"] = args.threads or 1
         for workers in [int(w) for w in args.workers.split(",")]:
@@ -279,6 +298,8 @@ def main() -> None:
                 print(f"--workers 0 on {run['gvox']:.3f} GVox: peak RSS {run['peak_rss_gb']:.2f} GB", flush=True)
             result["memory_flatness"] = flat
         result["identical_across_workers"] = all(same_labels(outputs[0], o) for o in outputs[1:])
+        if args.route:
+            result["route"] = route_measurements(args, model, work, outputs[0], nvox, runs[0])
 
         import zarr
 
@@ -287,11 +308,19 @@ def main() -> None:
         cores = os.cpu_count() or 1
         result["overlap_auto"] = predictor.overlap
         result["receptive_radius_px"] = predictor.receptive_radius()
-        result["monai"] = {"slices": int(sub.shape[0]), "overlap": 0.25,
-                           "mvox_s_1_thread": monai_rate(predictor, sub, 1),
-                           f"mvox_s_{cores}_threads": monai_rate(predictor, sub, cores)}
-        result["emseg_in_process"] = {"mvox_s_1_thread": emseg_inprocess_rate(predictor, sub, 1),
-                                      f"mvox_s_{cores}_threads": emseg_inprocess_rate(predictor, sub, cores)}
+        if args.route:  # measured interleaved above; the tuned route's in-process rate stands for emseg's
+            ip = result["route"]["in_process"]
+            result["monai"] = {"slices": int(sub.shape[0]), "overlap": 0.25,
+                               "mvox_s_1_thread": ip["monai_fp32_1_thread"]["best"],
+                               f"mvox_s_{cores}_threads": ip[f"monai_fp32_{cores}_threads"]["best"]}
+            result["emseg_in_process"] = {"mvox_s_1_thread": ip["emseg_tuned_in_process"]["best"],
+                                          "note": "tuned route, its own thread count"}
+        else:
+            result["monai"] = {"slices": int(sub.shape[0]), "overlap": 0.25,
+                               "mvox_s_1_thread": monai_rate(predictor, sub, 1),
+                               f"mvox_s_{cores}_threads": monai_rate(predictor, sub, cores)}
+            result["emseg_in_process"] = {"mvox_s_1_thread": emseg_inprocess_rate(predictor, sub, 1),
+                                          f"mvox_s_{cores}_threads": emseg_inprocess_rate(predictor, sub, cores)}
         if args.jit:
             pjit = Predictor.from_checkpoint(model, overlap="auto", precision="fp32", jit=True, **window)
             pjit.predict_proba_slice(np.asarray(sub[0]))  # set-up (trace, freeze, check) outside the timing
@@ -345,6 +374,97 @@ def main() -> None:
     print(f"\nwritten {args.out}")
 
 
+def route_measurements(args, model: Path, work: Path, tuned_out: Path, nvox: int, tuned_run: dict) -> dict:
+    """Pipeline alone (constant network, end to end), then MONAI / emseg tuned / network alone, interleaved."""
+    import dataclasses
+
+    import torch
+    import zarr
+
+    from emseg.inference import Predictor, Route, read_run_metadata
+    from emseg.inference._route import route_overlap
+    from emseg.inference._tiling import window_batches
+
+    record = read_run_metadata(tuned_out)["route"]
+    out = {"record": record, "tuned_end_to_end": tuned_run}
+    tuned = Route.parse(record["name"]) if record.get("name") else Route("fp32", threads=1)
+    const = dataclasses.replace(tuned, precision="const", jit=False, channels_last=False)
+    run = run_emseg(model, work / "volume.zarr", work / "labels_const.zarr", 0, ["--route", const.name],
+                    threads=const.threads)
+    run.update(route=const.name, mvox_s=nvox / run["wall_s"] / 1e6)
+    labels = zarr.open_array(str(work / "labels_const.zarr"), mode="r")
+    run["all_constant_label"] = bool(np.all(labels[:8] == len(read_run_metadata(tuned_out)["classes"]) - 1))
+    out["pipeline_end_to_end"] = run
+    print(f"pipeline alone ({const.name}): {run['mvox_s']:.2f} MVox/s, peak RSS {run['peak_rss_gb']:.2f} GB",
+          flush=True)
+
+    sub = np.asarray(zarr.open_array(str(work / "volume.zarr"), mode="r")[:args.monai_slices])
+    base = Predictor.from_checkpoint(model, precision="fp32")
+    options = {**tuned.predictor_options(),
+               "overlap": route_overlap(base.receptive_radius(), tuned.window or base.window)}
+    emseg_p = Predictor.from_checkpoint(model, **options)
+    if tuned.precision == "int8":
+        box = record["probe"]
+        emseg_p.calibrate_int8(np.asarray(zarr.open_array(str(work / "volume.zarr"), mode="r")[box["z"]]))
+    cores = os.cpu_count() or 1
+
+    def network_alone() -> float:
+        torch.set_num_threads(tuned.threads)
+        roi = emseg_p._roi(sub.shape[1:])
+        seconds = 0.0
+        with torch.no_grad():
+            for z in range(sub.shape[0]):
+                x = emseg_p._input(sub[z])
+                pad = [(0, 0)] + [(0, max(0, r - s)) for r, s in zip(roi, x.shape[1:])]
+                x = np.pad(x, pad, mode="reflect") if any(p for _, p in pad) else x
+                for chunk in window_batches(x.shape[1:], roi, emseg_p.overlap, emseg_p.batch_size):
+                    batch = torch.from_numpy(np.stack([x[:, y:y + roi[0], xx:xx + roi[1]] for y, xx in chunk]))
+                    t0 = time.perf_counter()
+                    emseg_p._forward(batch)
+                    seconds += time.perf_counter() - t0
+        return sub.size / seconds / 1e6
+
+    def emseg_tuned() -> float:
+        torch.set_num_threads(tuned.threads)
+        t0 = time.perf_counter()
+        emseg_p.predict_volume(sub)
+        return sub.size / (time.perf_counter() - t0) / 1e6
+
+    emseg_p.predict_labels_slice(sub[0])  # set-up (jit trace, oneDNN primitives) outside the timing
+    contenders = {"monai_fp32_1_thread": lambda: monai_rate(base, sub, 1),
+                  f"monai_fp32_{cores}_threads": lambda: monai_rate(base, sub, cores),
+                  "emseg_tuned_in_process": emseg_tuned, "network_alone": network_alone}
+    rounds: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(args.repeats):  # A B C D A B C D ...: the shared machine's load hits all alike
+        for key, fn in contenders.items():
+            rounds[key].append(fn())
+            print(f"  {key}: {rounds[key][-1]:.3f} MVox/s", flush=True)
+    out["in_process"] = {k: {"runs": v, "best": max(v)} for k, v in rounds.items()}
+    monai_best = max(out["in_process"]["monai_fp32_1_thread"]["best"],
+                     out["in_process"][f"monai_fp32_{cores}_threads"]["best"])
+    net = out["in_process"]["network_alone"]["best"]
+    out["ratios"] = {"tuned_end_to_end_vs_monai_best": tuned_run["mvox_s"] / monai_best,
+                     "tuned_in_process_vs_monai_best": out["in_process"]["emseg_tuned_in_process"]["best"] / monai_best,
+                     "pipeline_vs_network": run["mvox_s"] / net,
+                     "tuned_end_to_end_vs_network": tuned_run["mvox_s"] / net}
+    return out
+
+
+def print_route(r: dict) -> None:
+    print(f"\ntuned route: {r['record'].get('name')} (probe: {r['record'].get('mvox_s') or 0:.2f} MVox/s, "
+          f"agreement {100 * (r['record'].get('agreement') or 1):.2f} %, tuning {r['record'].get('tuning_s', 0):.1f} s)")
+    for c in r["record"].get("candidates", []):
+        if "mvox_s" in c:
+            print(f"  candidate {c['name']:<36}{c['mvox_s']:>8.2f} MVox/s  agreement {100 * c['agreement']:.2f} %")
+    print(f"tuned end to end {r['tuned_end_to_end']['mvox_s']:.2f} MVox/s, peak RSS "
+          f"{r['tuned_end_to_end']['peak_rss_gb']:.2f} GB; pipeline alone {r['pipeline_end_to_end']['mvox_s']:.2f} "
+          f"MVox/s (constant labels: {r['pipeline_end_to_end']['all_constant_label']}), peak RSS "
+          f"{r['pipeline_end_to_end']['peak_rss_gb']:.2f} GB")
+    for key, v in r["in_process"].items():
+        print(f"  in process {key:<28} best {v['best']:.3f} MVox/s  runs " + " ".join(f"{x:.3f}" for x in v["runs"]))
+    print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items()))
+
+
 def print_table(r: dict) -> None:
     v = r["volume"]
     print(f"\nvolume {tuple(v['shape'])} = {v['gvox']:.3f} GVox; model {r['model']}; "
@@ -370,6 +490,8 @@ def print_table(r: dict) -> None:
           f"{100 * f['fraction_of_fp32_peak']:.1f} % of fp32 matmul peak ({f['matmul_fp32_gflop_s']:.0f} GFLOP/s), "
           f"{100 * f['fraction_of_bf16_peak']:.1f} % of bf16 peak ({f['matmul_bf16_gflop_s']:.2g} GFLOP/s); "
           f"one thread in process: {f['in_process_1_thread_gflop_s']:.1f} GFLOP/s")
+    if "route" in r:
+        print_route(r["route"])
     for a in r["bf16_vs_fp32"]:
         print(f"bf16 vs fp32, slice {a['slice']}: {100 * a['identical_fraction']:.2f} % identical labels "
               f"(fp32 {a['fp32_s']:.1f} s, bf16 {a['bf16_s']:.1f} s)")

@@ -119,6 +119,11 @@ def predict(
                                       "fp32 only: under bf16 (auto on a CPU with native bf16) it is turned off with a warning.")] = False,
     calibration: Annotated[bool, typer.Option("--calibration/--no-calibration",
                                               help="Apply the model's logit offsets fitted on validation after training.")] = True,
+    route: Annotated[Optional[str], typer.Option(help="How the network runs (.zarr output): auto (time the routes on a probe, "
+                                                 "run the fastest whose labels agree with fp32), auto+int8, default, or a "
+                                                 "recorded name such as bf16-eager-cl-t2-w768x1024-b4. Default: auto for "
+                                                 "inputs of 2^28 voxels or more without --precision/--jit/--window/"
+                                                 "--batch-size/--threads.")] = None,
     quiet: _QUIET = False,
 ) -> None:
     """Segment INPUT with MODEL; write a uint8 label image of the input's shape to OUTPUT.
@@ -135,10 +140,20 @@ def predict(
                         zarr_format=zarr_format if zarr_format != 3 else None,
                         overlap=overlap if overlap == "auto" else _fraction("--overlap", overlap),
                         window=window, batch_size=batch_size, jit=jit or None,
-                        calibrated=None if calibration else False)
+                        calibrated=None if calibration else False, route=route)
     except _user_errors() as err:
         _fail(err)
     console.print(f"labels: {path}" + (f"\nprobabilities: {probabilities}" if probabilities else ""))
+    _print_route(path)
+
+
+def _print_route(output: Path) -> None:
+    """The route a blockwise prediction ran (recorded in its store), in one line."""
+    from emseg.inference import describe_route, read_run_metadata
+
+    record = (read_run_metadata(output) or {}).get("route") if str(output).lower().endswith(".zarr") else None
+    if record:
+        console.print(_escape(describe_route(record)))
 
 
 @app.command()

@@ -27,18 +27,24 @@ from emseg.inference._exported import (
 from emseg.inference._predict import predict
 from emseg.inference._predictor import Predictor, load_predictor
 from emseg.inference._protocol import SegmentationPredictor
+from emseg.inference._route import AGREEMENT_THRESHOLD, Route
+from emseg.inference._route import describe as describe_route
+from emseg.inference._run_state import read_run_metadata
 
 __all__ = [
+    "AGREEMENT_THRESHOLD",
     "METHODS",
     "BlockLayout",
     "EnsemblePredictor",
     "OnnxNetwork",
     "Predictor",
     "ResumeError",
+    "Route",
     "SegmentationPredictor",
     "combine_probabilities",
     "is_exported",
     "load_exported",
+    "describe_route",
     "load_predictor",
     "majority_vote",
     "member_probabilities",
@@ -48,6 +54,7 @@ __all__ = [
     "predict_blockwise",
     "read_metadata",
     "read_onnx_metadata",
+    "read_run_metadata",
     "vote_probabilities",
     "vote_tie_epsilon",
 ]

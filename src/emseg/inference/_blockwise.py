@@ -40,27 +40,25 @@ from __future__ import annotations
 import concurrent.futures as cf
 import errno
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from emseg._device import cpu_has_native_bf16
 from emseg.inference._block_layout import (
     BlockLayout,
     VolumeBlockAdapter,
     as_block_predictor,
     block_labels,
     choose_block,
-    predict_labels_block,
 )
+from emseg.inference._block_jobs import BlockJob, _cached_predictor, run_block, write_block
 from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
-from emseg.inference._predictor import load_predictor
+from emseg.inference._pyramid import downsample_mode, pyramid_factors, write_pyramid
+from emseg.inference._route import AGREEMENT_THRESHOLD, Route, calibrate_recorded, describe, engine_route
 from emseg.inference._run_state import (
     ResumeError,
     _mark,
@@ -71,92 +69,13 @@ from emseg.inference._run_state import (
     finished_blocks,
     read_run_metadata,
 )
-from emseg.io import open_image
-from emseg.io import discard, remove_path
+from emseg.io import discard, open_image, remove_path
 from emseg.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BlockJob", "BlockLayout", "ResumeError", "VolumeBlockAdapter", "as_block_predictor", "file_sha256",
-           "predict_blockwise"]
-
-
-@dataclass
-class BlockJob:
-    """Everything a (possibly remote) worker needs to predict and write one block; picklable."""
-
-    model: str
-    model_sha256: str
-    input: str
-    output: str
-    labels_path: str
-    shape: tuple[int, int, int]
-    block: tuple[int, int, int]
-    dtype: str
-    is_2d: bool
-    predictor_options: dict[str, Any] = field(default_factory=dict)
-    loader: Callable[..., Any] | None = None
-    threads: int = 1
-
-
-# ----------------------------------------------------------------- per-process caches (Dask workers)
-
-_PREDICTORS: dict[tuple, Any] = {}
-_INPUTS: dict[str, Any] = {}
-_OUTPUTS: dict[tuple[str, str], Any] = {}
-
-
-def _cached_predictor(model: str, sha256: str, options: dict[str, Any],
-                   loader: Callable[..., Any] | None = None) -> Any:
-    """The predictor for ``model``, loaded once per process (keyed by path, checksum, options and loader).
-
-    ``loader(model, **options)`` builds it (default :func:`~emseg.inference.load_predictor`; an ensemble
-    passes its own), wrapped by :func:`as_block_predictor`.
-    """
-    # precision "auto" follows the CPU check (which EMSEG_NATIVE_BF16 can override), so the key holds its answer
-    key = (model, sha256, tuple(sorted(options.items())), loader, cpu_has_native_bf16())
-    if key not in _PREDICTORS:
-        if loader is None:
-            loader = load_predictor
-        _PREDICTORS[key] = as_block_predictor(loader(model, **options))
-    return _PREDICTORS[key]
-
-
-def _open_input(path: str) -> Any:
-    if path not in _INPUTS:
-        _INPUTS[path] = open_image(path)
-    return _INPUTS[path].array
-
-
-def _open_output(store: str, labels_path: str) -> Any:
-    key = (store, labels_path)
-    if key not in _OUTPUTS:
-        import zarr
-
-        _OUTPUTS[key] = zarr.open_array(store=store, path=labels_path or None, mode="r+")
-    return _OUTPUTS[key]
-
-
-def write_block(array: Any, region: tuple[slice, slice, slice], labels: np.ndarray, is_2d: bool) -> None:
-    if is_2d:
-        array[region[1:]] = labels[0]
-    else:
-        array[region] = labels
-
-
-def run_block(job: BlockJob, index: tuple[int, int, int]) -> tuple[tuple[int, int, int], int]:
-    """Predict and write one block in this process (a Dask task); returns ``(index, voxels)``."""
-    import torch
-
-    if torch.get_num_threads() != job.threads:
-        torch.set_num_threads(job.threads)  # the same on every route: the labels are then bit-identical
-    predictor = _cached_predictor(job.model, job.model_sha256, job.predictor_options, job.loader)
-    volume = _open_input(job.input)
-    layout = BlockLayout(job.shape, job.block)
-    region = layout.region(index)
-    labels = predict_labels_block(predictor, lambda box: np.asarray(volume[box]), region, job.shape, job.dtype)
-    write_block(_open_output(job.output, job.labels_path), region, labels, job.is_2d)
-    return index, int(labels.size)
+__all__ = ["BlockJob", "BlockLayout", "ResumeError", "VolumeBlockAdapter", "as_block_predictor", "downsample_mode",
+           "file_sha256", "predict_blockwise", "run_block", "write_block", "pyramid_factors", "write_pyramid"]
 
 
 # ----------------------------------------------------------------- the engine
@@ -169,7 +88,7 @@ def predict_blockwise(
     *,
     block: tuple[int, int, int] | None = None,
     workers: int = 0,
-    threads: int = 1,
+    threads: int | None = None,
     scheduler: str | None = None,
     resume: bool | None = None,
     overwrite: bool = False,
@@ -179,12 +98,14 @@ def predict_blockwise(
     tta: bool = False,
     overlap: float | str = "auto",
     window: tuple[int, int] | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     jit: bool = False,
     calibrated: bool = True,
     progress: bool = True,
     max_blocks: int | None = None,
     loader: Callable[..., Any] | None = None,
+    route: str | None = None,
+    agreement: float = AGREEMENT_THRESHOLD,
 ) -> Path:
     """Segment ``image`` block by block into the zarr store ``output`` (resumable).
 
@@ -215,6 +136,14 @@ def predict_blockwise(
         max_blocks: stop after this many blocks (tests, benchmarks); the run stays resumable.
         loader: ``loader(model_path, **predictor options)`` builds the predictor in each process
             (default :func:`~emseg.inference.load_predictor`: a model, an ensemble or an export).
+        route: how the network runs (:mod:`emseg.inference._route`): ``"auto"`` (time the candidate
+            routes on a probe of the first block, keep those whose labels agree with fp32, run the
+            fastest), ``"auto+int8"`` (int8 among them), ``"default"`` or a route name (forced; a bf16
+            or int8 one is refused below ``agreement``). None (default): ``"auto"`` for inputs of
+            ``TUNE_MIN_VOXELS`` or more run in this process without precision/jit/window/batch
+            size/threads options, else ``"default"``. Recorded in the store (``emseg.route``); a
+            resumed run keeps it.
+        agreement: smallest fraction of the probe's labels a route must share with fp32.
 
     Returns:
         The output path.
@@ -232,7 +161,25 @@ def predict_blockwise(
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     check_options(window=window, batch_size=batch_size, workers=workers, threads=threads)
-    threads = int(threads)
+    if route not in (None, "default", "auto", "auto+int8"):
+        Route.parse(route)  # a bad name is refused before any work
+    explicit = [flag for flag, given in (("--precision", precision != "auto"), ("--jit", jit), ("--window", window),
+                                         ("--batch-size", batch_size), ("--threads", threads)) if given]
+    if route not in (None, "default") and explicit:
+        raise ValueError(f"--route {route} sets the precision, engine, threads, window and batch size itself: "
+                         f"drop {', '.join(explicit)}, or drop --route")
+    if route is not None and route.startswith("auto") and (workers or scheduler):
+        raise ValueError(f"--route {route} tunes the route in this process: use --workers 0 (the default), or "
+                         "give a route name (e.g. the one a serial run recorded)")
+    if route is not None and route.startswith("int8") and (workers or scheduler):
+        raise ValueError("an int8 route is quantised in this process: use --workers 0 (the default)")
+    if route not in (None, "default") and not isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"--route {route} needs the model as a path (a run directory or model.pt)")
+    if route is None and (explicit or workers or scheduler or loader is not None
+                          or not isinstance(model, (str, os.PathLike))):
+        route = "default"
+    threads = int(threads or 1)
+    batch_size = int(batch_size or 4)
     check_distinct_paths(image, output)
     check_writable(output, "labels output")
     options: dict[str, Any] = {"precision": precision, "tta": tta, "overlap": overlap, "batch_size": batch_size}
@@ -271,6 +218,19 @@ def predict_blockwise(
         input_text = os.fspath(image)
         input_id = str(Path(input_text).resolve()) if Path(input_text).exists() else input_text
         check_finite(data.array, image)
+        route_record: dict[str, Any] = {"name": None, "requested": route}
+        if route != "default":
+            stored = _resumable_route(output, resume=resume, overwrite=overwrite)
+            first = choose_block(predictor if predictor is not None else probe, shape, block)
+            chosen, route_record, options = engine_route(
+                route, load=lambda **o: _cached_predictor(model_path, sha, o, loader), options=options,
+                overlap=overlap, volume=data.array, z=min(shape[0] - 1, first[0] // 2), threshold=agreement,
+                stored=stored)
+            if chosen is not None:
+                threads = chosen.threads
+                predictor = _cached_predictor(model_path, sha, options, loader)
+                calibrate_recorded(predictor, chosen, route_record, data.array)
+            logger.info("%s", describe(route_record))
         blk = choose_block(predictor if predictor is not None else probe, shape, block)
         layout = BlockLayout(shape, blk)
         dtype = np.uint8 if len(classes) <= 255 else np.uint16
@@ -279,6 +239,7 @@ def predict_blockwise(
             "version": __version__, "status": "running", "model": model_path, "model_sha256": sha,
             "classes": list(classes), "input": input_id, "input_shape": list(shape), "input_dtype": in_dtype,
             "block_shape": list(blk), "n_blocks": len(layout), "predictor_options": options, "threads": threads,
+            "route": route_record,
             "ome_zarr": ome_zarr, "zarr_format": 2 if ome_zarr else zarr_format,
             "voxel_size": list(voxel_size) if voxel_size else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -357,6 +318,16 @@ def _after_failure(output: Path, err: BaseException, *, created: bool) -> None:
         raise write_failure(err, output, "labels output", kept=kept) from None
 
 
+def _resumable_route(output: Path, *, resume: bool | None, overwrite: bool) -> dict[str, Any] | None:
+    """The route record of the unfinished run at ``output`` that this call will resume, if any."""
+    if overwrite or resume is False or not output.exists():
+        return None
+    meta = read_run_metadata(output)
+    if not meta or meta.get("status") != "running":
+        return None
+    return meta.get("route") or {"name": None}  # runs recorded before routes existed ran the default route
+
+
 def _resolved_overlap(predictor: Any, requested: Any) -> Any:
     """The overlap actually used (``"auto"`` resolved), recorded so a resume with other settings is caught."""
     inner = getattr(predictor, "predictor", predictor)  # through VolumeBlockAdapter
@@ -401,84 +372,3 @@ def _run_serial(predictor: Any, volume: Any, output: Path, labels_path: str, lay
         finally:
             if pending is not None and not pending.cancelled():
                 on_done(*pending.result())
-
-
-# ----------------------------------------------------------------- OME-Zarr pyramid
-
-
-def downsample_mode(labels: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    """Most frequent label in each ``factors`` box (ties: the smaller label); edges padded by replication."""
-    pad = [(0, (-s) % f) for s, f in zip(labels.shape, factors)]
-    if any(p for _, p in pad):
-        labels = np.pad(labels, pad, mode="edge")
-    shape = []
-    for s, f in zip(labels.shape, factors):
-        shape += [s // f, f]
-    boxes = labels.reshape(shape)
-    axes = tuple(range(1, 2 * len(factors), 2))
-    best = np.zeros(tuple(s // f for s, f in zip(labels.shape, factors)), labels.dtype)
-    best_count = np.full(best.shape, -1, np.int32)
-    for value in np.unique(labels):
-        count = (boxes == value).sum(axis=axes, dtype=np.int32)
-        better = count > best_count
-        best[better] = value
-        best_count[better] = count[better]
-    return best
-
-
-def pyramid_factors(voxel_size: tuple[float, float, float] | None, is_2d: bool) -> tuple[int, ...]:
-    """Downsampling factors per level: 2 in y and x, and in z too when voxels are (near) isotropic."""
-    if is_2d:
-        return (2, 2)
-    iso = voxel_size is not None and voxel_size[0] <= 1.5 * min(voxel_size[1:])
-    return (2 if iso else 1, 2, 2)
-
-
-def write_pyramid(output: Path, *, voxel_size: tuple[float, float, float] | None, is_2d: bool,
-                  chunks: tuple[int, ...], min_size: int = 32, max_levels: int = 8) -> list[tuple[int, ...]]:
-    """Add levels ``1, 2, ...`` (mode-downsampled labels) and NGFF 0.4 ``multiscales`` to an OME-Zarr store.
-
-    Levels are computed slab by slab (bounded memory).  Returns the level shapes.
-    """
-    import zarr
-
-    factors = pyramid_factors(voxel_size, is_2d)
-    root = zarr.open_group(store=str(output), mode="r+", zarr_format=2)
-    level = root["0"]
-    shapes = [tuple(level.shape)]
-    while len(shapes) < max_levels:
-        nxt = tuple(math.ceil(s / f) for s, f in zip(shapes[-1], factors))
-        if min(nxt[-2:]) < min_size:
-            break
-        name = str(len(shapes))
-        if name in root:
-            del root[name]
-        dst = zarr.create_array(store=str(output), name=name, shape=nxt, dtype=level.dtype, fill_value=0,
-                                chunks=tuple(min(c, s) for c, s in zip(chunks, nxt)), zarr_format=2,
-                                chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True)
-        if is_2d:
-            dst[...] = downsample_mode(np.asarray(level[...]), factors)
-        else:
-            step = max(factors[0], (max(1, chunks[0]) // factors[0]) * factors[0])
-            for z0 in range(0, shapes[-1][0], step):
-                src = np.asarray(level[z0:z0 + step])
-                dst[z0 // factors[0]:(z0 // factors[0]) + math.ceil(src.shape[0] / factors[0])] = \
-                    downsample_mode(src, factors)
-        shapes.append(nxt)
-        level = dst
-    unit_scale = list(voxel_size) if voxel_size is not None else [1.0, 1.0, 1.0]
-    names = ("y", "x") if is_2d else ("z", "y", "x")
-    base = unit_scale[1:] if is_2d else unit_scale
-    datasets = []
-    for i in range(len(shapes)):
-        scale = [float(b) * (f ** i) for b, f in zip(base, factors)]
-        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-    axes = [{"name": n, "type": "space", **({"unit": "nanometer"} if voxel_size is not None else {})} for n in names]
-    root.attrs["multiscales"] = [{
-        "version": "0.4", "name": "labels", "axes": axes, "datasets": datasets, "type": "mode",
-        "metadata": {"description": "emseg labels; level i+1 = most frequent label of each "
-                                    f"{'x'.join(str(f) for f in factors)} box of level i"},
-    }]
-    return shapes
-
-

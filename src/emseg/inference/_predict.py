@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from emseg._progress import progress_bar
 from emseg.inference._outputs import (
@@ -20,6 +21,7 @@ from emseg.inference._outputs import (
     write_failure,
 )
 from emseg.inference._predictor import Predictor
+from emseg.inference._route import AGREEMENT_THRESHOLD, calibrate_recorded, describe, engine_route
 from emseg.io import atomic_output, discard, open_image, remove_stale_temporaries, write_image
 
 logger = logging.getLogger(__name__)
@@ -99,7 +101,8 @@ def predict(
         **blockwise: options of :func:`emseg.inference.predict_blockwise` (``block``,
             ``workers``, ``threads``, ``scheduler``, ``resume``, ``ome_zarr``, ``zarr_format``,
             ``overlap``, ``window``, ``batch_size``, ``jit``, ``calibrated``: False ignores the
-            checkpoint's calibration offsets).  A ``.zarr`` output (without
+            checkpoint's calibration offsets; ``route``, ``agreement``: see :func:`predict_blockwise`,
+            in memory too, where the route's threads become this process's torch threads).  A ``.zarr`` output (without
             ``probabilities``) is always predicted block by block, resumably.
 
     Returns:
@@ -122,8 +125,16 @@ def predict(
 
         return predict_blockwise(model, image, output, overwrite=overwrite, progress=progress, precision=precision,
                                  tta=tta, **blockwise)
+    route, agreement = blockwise.pop("route", None), blockwise.pop("agreement", AGREEMENT_THRESHOLD)
     predictor_keys = ("overlap", "window", "batch_size", "jit", "calibrated")
     engine_only = sorted(k for k, v in blockwise.items() if k not in predictor_keys and v)
+    explicit = [f"--{k.replace('_', '-')}" for k in ("window", "batch_size", "jit") if blockwise.get(k)]
+    explicit += ["--precision"] if precision != "auto" else []
+    if route not in (None, "default") and (explicit or isinstance(model, Predictor)):
+        raise ValueError(f"--route {route} sets the precision, engine, window and batch size itself: drop "
+                         f"{', '.join(explicit) or 'the predictor object (give a model path)'}, or drop --route")
+    if explicit or isinstance(model, Predictor):
+        route = "default"
     if engine_only and to_zarr:  # a .zarr output with --probabilities: predicted in memory
         flags = ", ".join("--" + k.replace("_", "-") for k in engine_only)
         raise ValueError(f"--probabilities are computed in memory, not block by block, so {flags} cannot apply: "
@@ -157,8 +168,24 @@ def predict(
             raise ValueError(f"{image} has {int(np.prod(volume.shape)):,} voxels, too many to segment in memory for "
                              f"{output}; {fix}")
         check_finite(volume, image)
-        with progress_bar("Segmenting", total=volume.shape[0], unit="slice", enabled=progress) as advance:
-            labels, probs = predictor.predict_volume(volume, probabilities=probabilities is not None, progress=advance)
+        threads_before = torch.get_num_threads()
+        if route != "default":  # in memory the route's threads are this process's torch threads
+            chosen, record, options = engine_route(
+                route, load=lambda **o: Predictor.from_checkpoint(model, **o), overlap=blockwise["overlap"],
+                options={"precision": precision, "tta": tta,
+                         **{k: v for k, v in blockwise.items() if k in predictor_keys}},
+                volume=volume, z=volume.shape[0] // 2, threshold=agreement)
+            logger.info("%s", describe(record))
+            if chosen is not None:
+                predictor = Predictor.from_checkpoint(model, **options)
+                calibrate_recorded(predictor, chosen, record, volume)
+                torch.set_num_threads(chosen.threads)
+        try:
+            with progress_bar("Segmenting", total=volume.shape[0], unit="slice", enabled=progress) as advance:
+                labels, probs = predictor.predict_volume(volume, probabilities=probabilities is not None,
+                                                         progress=advance)
+        finally:
+            torch.set_num_threads(threads_before)
         is_2d, voxel_size = data.is_2d, data.voxel_size
     _write_outputs(output, labels[0] if is_2d else labels, voxel_size=voxel_size, overwrite=overwrite,
                    probabilities=probabilities, probs=probs, classes=predictor.classes, is_2d=is_2d)

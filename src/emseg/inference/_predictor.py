@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from emseg._device import autocast, default_device, resolve_precision
+from emseg._device import default_device, resolve_precision
 from emseg.constants import EXPORTED_SUFFIXES  # files written by ``emseg export``: read by inference._exported
-from emseg.data import context_stack as _context_stack
 from emseg.data import Normalizer
 from emseg.inference._ensemble import EnsemblePredictor
+from emseg.inference._network import NETWORKS, ConstantNetwork, NetworkRunner, probe_receptive_radius, quantize_int8
 from emseg.inference._outputs import check_options
-from emseg.inference._protocol import SegmentationPredictor, volume_labels
+from emseg.inference._protocol import SegmentationPredictor
+from emseg.inference._seam import TiledSeam
+from emseg.inference._volume import VolumePaths
 from emseg.inference._tiling import first_argmax
 from emseg.models import (
     DEFAULT_DIVISOR,
@@ -39,7 +39,7 @@ __all__ = ["EXPORTED_SUFFIXES", "TTA_FLIPS", "Predictor", "load_predictor"]
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
-class Predictor(SegmentationPredictor):
+class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
     """Turns raw EM slices into class probabilities and labels (one model).
 
     Build it with :meth:`from_checkpoint` (a run directory or ``model.pt``),
@@ -86,6 +86,13 @@ class Predictor(SegmentationPredictor):
         softmax and argmax: the decision calibration fitted on the validation
         slices after training (``inference.logit_offsets`` of the checkpoint, see
         :mod:`emseg.training._calibration`); ``None``: none.
+    channels_last
+        Run the network in channels-last memory layout (oneDNN's own; on the 2-core AVX512-BF16 CPU here
+        2.3x faster than NCHW in fp32 for ``unet2d``, see docs/BENCHMARKS.md).
+    network
+        ``"model"`` (the default), ``"int8"`` (its post-training int8 copy for x86, built by
+        :meth:`calibrate_int8`) or ``"constant"`` (logits one-hot on the last class everywhere: the
+        pipeline timed without a network).  The routes are chosen by :mod:`emseg.inference._route`.
     grain_filter
         Area thresholds of the grain-filter input channels the model was trained
         with (``preprocess.grain_filter``): the filtered copies of the centre
@@ -113,6 +120,8 @@ class Predictor(SegmentationPredictor):
         grain_cache: int = 8,
         jit: bool = False,
         logit_offsets: Any = None,
+        channels_last: bool = False,
+        network: str = "model",
     ) -> None:
         from emseg.data._grain import GrainFilterCache
 
@@ -136,8 +145,16 @@ class Predictor(SegmentationPredictor):
         self.spatial_dims = int(spatial_dims or getattr(model, "spatial_dims", 2))
         self.window_3d = tuple(int(w) for w in (window_3d or DEFAULT_WINDOW_3D))
         self.margin = int(getattr(model, "output_margin", 0)) if self.is_torch else 0
-        self.jit = bool(jit)
-        if self.jit and (self.device.type != "cpu" or self.dtype is not None):
+        if network not in NETWORKS:
+            raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+        self.network, self.channels_last = network, bool(channels_last)
+        if (network != "model" or channels_last) and not (self.spatial_dims == 2 and self.is_torch and not self.margin):
+            raise ValueError(f"network={network!r}/channels_last are routes of tiled 2-D networks, not of this "
+                             f"{type(model).__name__}; leave them out (or use --route default)")
+        if network == "int8" and self.device.type != "cpu":
+            raise ValueError("the int8 route is a CPU route (x86 oneDNN); use --precision on a GPU")
+        jit = bool(jit) and network == "model"
+        if jit and (self.device.type != "cpu" or self.dtype is not None):
             # The frozen copy is traced in fp32 (TorchScript does not freeze autocast). Under bf16 (native on
             # this CPU, or asked for) eager bf16 is the faster route: 1.05 vs 0.47 MVox/s for the frozen fp32
             # copy on a 2-core AMX CPU (issue 21), so --jit gives way to the precision rather than the reverse.
@@ -145,7 +162,7 @@ class Predictor(SegmentationPredictor):
                      else "under bf16 (precision 'auto' on a CPU with native bf16, or 'bf16')")
             logger.warning("jit: the frozen TorchScript copy is a CPU fp32 route; %s the windows run eagerly. "
                            "Use --precision fp32 --jit to force the frozen fp32 copy.", route)
-            self.jit = False
+            jit = False
         check_options(window=tuple(window), batch_size=batch_size)
         self.logit_offsets = None
         if logit_offsets is not None:
@@ -154,34 +171,38 @@ class Predictor(SegmentationPredictor):
                 raise ValueError(f"logit_offsets must be {len(self.classes)} finite numbers (one per class), "
                                  f"got {list(np.ravel(logit_offsets))}")
             self.logit_offsets = None if not offsets.any() else torch.from_numpy(offsets)
-        self._jit_module: Any = None
-        self._jit_checked: set[tuple[int, ...]] = set()
         if overlap == "auto":
             self.overlap = self.auto_overlap()
         elif not isinstance(overlap, (int, float)) or not 0.0 <= float(overlap) < 1.0:
             raise ValueError(f"overlap must be a fraction in [0, 1) or 'auto', got {overlap!r}")
+        self._runner: NetworkRunner | None = None  # int8: built by calibrate_int8
+        if network == "constant":  # after the overlap: that still comes from the real network's receptive field
+            net = ConstantNetwork(self.num_classes, self.num_classes - 1)
+            self._runner = NetworkRunner(net, device=self.device, dtype=None)
+        elif network == "model":  # a random forest never reaches _forward
+            self._runner = NetworkRunner(self.model, device=self.device, dtype=self.dtype, jit=jit,
+                                         channels_last=self.channels_last)
+        self._jit_asked = jit
 
-    def check_window_fits(self) -> None:
-        """Raise a ValueError if :attr:`window` does not fit the network (checked for a window the user asked for).
+    @property
+    def jit(self) -> bool:
+        """The windows run through the frozen TorchScript copy (False after a fallback to eager)."""
+        return bool(self._runner.jit) if self._runner is not None else False
 
-        A tiled 2-D network halves its input ``log2(divisor)`` times: each window side must be a multiple
-        of its ``divisor`` (so at least that).  Networks without a ``divisor`` attribute are not checked.
+    @property
+    def _jit_module(self) -> Any:
+        """The frozen TorchScript copy once traced (None before, or off the jit route)."""
+        return self._runner._jit_module if self._runner is not None else None
+
+    def calibrate_int8(self, image: np.ndarray) -> None:
+        """Quantise the network to int8 (``network="int8"``), calibrated on one raw slice ``(Y, X)`` / ``(C, Y, X)``.
+
+        The same slice gives the same quantised network (the engine records which slice it used).
         """
-        if not (self.is_torch and self.spatial_dims == 2 and not self.margin):
-            return
-        divisor = getattr(self.model, "divisor", None)
-        if divisor is None:
-            return
-        d = int(max(divisor)) if isinstance(divisor, (tuple, list)) else int(divisor)
-        if d <= 1 or all(w % d == 0 for w in self.window):
-            return
-        wy, wx = self.window
-        up = [max(d, -(-w // d) * d) for w in self.window]
-        problem = (f"is too small for this network: the minimum is {d} x {d}" if min(self.window) < d
-                   else f"does not fit this network: each side must be a multiple of {d}")
-        raise ValueError(f"window {wy} x {wx} (--window) {problem} (it halves its input "
-                         f"{int(round(math.log2(d)))} time{'' if d == 2 else 's'}); use e.g. --window {up[0]} {up[1]}, or leave --window out "
-                         "to use the model's own window")
+        if self.network != "int8":
+            raise ValueError(f"calibrate_int8 is for network='int8', this predictor runs {self.network!r}")
+        sample = torch.from_numpy(np.ascontiguousarray(self._input(image)))[None]
+        self._runner = NetworkRunner(quantize_int8(self.model, sample), device=self.device, dtype=None)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> SegmentationPredictor:
@@ -228,10 +249,6 @@ class Predictor(SegmentationPredictor):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def _roi(self, shape: tuple[int, int]) -> tuple[int, int]:
-        d = self.divisor
-        return tuple(min(w, math.ceil(s / d) * d) for w, s in zip(self.window, shape))
-
     @torch.no_grad()
     def predict_proba_slice(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities of one raw slice.
@@ -277,137 +294,10 @@ class Predictor(SegmentationPredictor):
         x = self.normalizer(image)
         return x[None] if x.ndim == 2 else x
 
-    def _untiled_proba(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities of a slice for the random forest and valid-padding networks (no blended windows)."""
-        x = self._input(image)
-        if not self.is_torch:
-            return self.model.predict_proba(x[0])
-        # valid-padding network: output tiles stitched exactly (no blending)
-        tensor = torch.from_numpy(x)[None].to(self.device)
-
-        def probabilities(inp: torch.Tensor) -> torch.Tensor:
-            with autocast(self.device, self.dtype):
-                logits = self._valid_padding_logits(inp)
-            return torch.softmax(self._offset(logits.float()), dim=1)
-
-        return self._flip_mean(tensor, probabilities)[0].cpu().numpy()
-
-    def _valid_padding_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """``(1, C, Y, X)`` -> ``(1, K, Y, X)`` logits of a valid-padding model by stitched output tiles."""
-        from emseg.inference._valid_tiling import predict_valid_tiles
-
-        return predict_valid_tiles(self.model, image, window=self.window, batch_size=self.batch_size)
-
-    @torch.no_grad()
-    def predict_proba_volume(self, volume: Any) -> np.ndarray:
-        """Class probabilities of every voxel of a raw ``(Z, Y, X)`` volume (or block).
-
-        The contract blockwise prediction builds on: the input is the *raw*
-        (unnormalised) array, any dtype, held in memory (or anything
-        ``np.asarray`` reads); the output covers exactly the same voxels. 2-D
-        models (and 2.5-D ones with context slices, read from within the block)
-        predict slice by slice; 3-D models run a Gaussian-blended sliding window
-        of :attr:`window_3d` (z clipped to the volume's depth, y/x to its size)
-        over the whole volume. Nothing outside the block is seen: give a block a
-        halo to avoid edge effects at its borders.
-
-        Args:
-            volume: ``(Z, Y, X)`` raw intensities.
-
-        Returns:
-            ``(K, Z, Y, X)`` float32 probabilities summing to 1 over ``K``.
-        """
-        volume = np.asarray(volume)
-        if volume.ndim != 3:
-            raise ValueError(f"volume must be (Z, Y, X), got shape {volume.shape}")
-        if self.spatial_dims != 3:
-            probs = np.empty((self.num_classes, *volume.shape), np.float32)
-            for z, p in self.iter_slices(volume):
-                probs[:, z] = p
-            return probs
-        from monai.inferers import sliding_window_inference
-
-        tensor = torch.from_numpy(self.normalizer(volume))[None, None].to(self.device)
-        roi = tuple(min(w, s) for w, s in zip(self.window_3d, volume.shape))
-
-        def probabilities(inp: torch.Tensor) -> torch.Tensor:
-            with autocast(self.device, self.dtype):
-                logits = sliding_window_inference(inp, roi_size=roi, sw_batch_size=self.batch_size, predictor=self.model,
-                                                  overlap=self.overlap, mode="gaussian", padding_mode="reflect")
-            return torch.softmax(self._offset(logits.float()), dim=1)
-
-        return self._flip_mean(tensor, probabilities)[0].cpu().numpy().astype(np.float32, copy=False)
-
     @property
     def _labels_from_logits(self) -> bool:
         """Labels come straight from the blended logits (tiled 2-D networks; see :meth:`predict_labels_slice`)."""
         return self.spatial_dims == 2 and bool(self.is_torch) and not self.margin
-
-    def _slice_input(self, volume: Any, z: int) -> np.ndarray:
-        """Raw slice ``z`` of ``volume``, with its context slices for 2.5-D models."""
-        if self.context_slices == 1:
-            return np.asarray(volume[z])
-        return _context_stack(volume, z, self.context_slices)
-
-    def iter_slices(self, volume: Any, *, progress: Callable[[int], None] | None = None):
-        """Yield ``(z, probabilities (K, Y, X))`` for every slice of a ``(Z, Y, X)`` volume."""
-        for z in range(volume.shape[0]):
-            yield z, self.predict_proba_slice(self._slice_input(volume, z))
-            if progress is not None:
-                progress(1)
-
-    def predict_volume(
-        self, volume: Any, *, probabilities: bool = False, progress: Callable[[int], None] | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Segment a whole ``(Z, Y, X)`` volume held in memory or read lazily.
-
-        Returns:
-            labels ``(Z, Y, X)`` uint8 (uint16 for > 255 classes) and, if asked,
-            probabilities ``(K, Z, Y, X)`` float32.
-        """
-        if self.spatial_dims == 3 or probabilities or not self._labels_from_logits:
-            return volume_labels(self, volume, probabilities=probabilities, progress=progress)
-        z, y, x = volume.shape
-        labels = np.empty((z, y, x), np.uint8 if self.num_classes <= 255 else np.uint16)
-        for k in range(z):  # tiled 2-D network: labels from the blended logits, no softmax, no probability copy
-            labels[k] = self.predict_labels_slice(self._slice_input(volume, k))
-            if progress is not None:
-                progress(1)
-        return labels, None
-
-    # ------------------------------------------------------------------ blockwise seam
-    # The blockwise engine (emseg.inference._blockwise) relies on exactly these:
-    # ``classes``, ``block_input(region, shape)``, ``predict_proba_block(data, origin=, region=, shape=)``
-    # and ``predict_proba_volume(volume)``; any predictor offering them (3-D models,
-    # ensembles) runs blockwise, in parallel and on Dask unchanged.
-
-    @property
-    def _whole_slices(self) -> bool:
-        """Predictions that need the whole slice: random forest (filters), grain-filter input, valid-padding tiles."""
-        return not self.is_torch or self._grains is not None or bool(self.margin)
-
-    def receptive_radius(self) -> int:
-        """Receptive-field radius of the network in pixels, measured with a gradient probe.
-
-        The gradient of one central output pixel with respect to a random input
-        is non-zero exactly inside the receptive field; its largest distance
-        from the centre is the radius (0 for the random forest: not a network).
-        """
-        if self._receptive_radius is None:
-            self._receptive_radius = _probe_receptive_radius(self.model, self.context_slices + len(self.grain_filter),
-                                                             self.window,
-                                                             self.divisor) if self.is_torch else 0
-        return self._receptive_radius
-
-    def auto_overlap(self) -> float:
-        """Window overlap from the model's needs: receptive-field radius / window, in [1/16, 1/2].
-
-        3-D and valid-padding networks (not probed in 2-D; valid-padding tiles do not overlap) use 0.25.
-        """
-        if self.spatial_dims == 3 or self.margin:
-            return 0.25
-        radius = self.receptive_radius()
-        return float(min(0.5, max(1.0 / 16, radius / min(self.window))))
 
     def _tiled(self, x: np.ndarray, *, origin, full_shape, region, output: str) -> np.ndarray:
         """``(K, ny, nx)`` probabilities or ``(ny, nx)`` labels (``output``) of ``region`` from normalised
@@ -442,97 +332,10 @@ class Predictor(SegmentationPredictor):
         return logits + self.logit_offsets.to(logits.device).view(shape)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Float32 logits of one batch of windows: eager, or the frozen TorchScript copy (``jit``)."""
-        if not (self.jit and self.device.type == "cpu" and self.dtype is None):  # None: plain fp32
-            with autocast(self.device, self.dtype):
-                return self.model(batch).float()
-        key = tuple(batch.shape)
-        try:
-            if self._jit_module is None:
-                with warnings.catch_warnings():  # TorchScript's deprecation notice; tracer hints are checked below
-                    warnings.simplefilter("ignore")
-                    traced = torch.jit.trace(self.model, batch, check_trace=False)
-                    self._jit_module = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-            out = self._jit_module(batch).float()
-        except Exception as err:  # noqa: BLE001 - any tracing failure means: run eagerly
-            logger.warning("jit: %s cannot be frozen (%s: %s); predicting eagerly", type(self.model).__name__,
-                           type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-            self.jit = False
-            return self.model(batch).float()
-        if key not in self._jit_checked:  # once per window shape: the frozen copy must agree with the network
-            ref = self.model(batch).float()
-            tol = 1e-3 * (1.0 + float(ref.abs().max()))
-            if out.shape != ref.shape or not bool(torch.allclose(out, ref, rtol=0.0, atol=tol)):
-                logger.warning("jit: the frozen %s disagrees with the eager network on input %s; predicting eagerly",
-                               type(self.model).__name__, key)
-                self.jit = False
-                return ref
-            self._jit_checked.add(key)
-        return out
-
-    @property
-    def halo(self) -> tuple[int, int, int]:
-        """Input voxels ``(z, y, x)`` each side of a block needed for an exact result (an upper bound).
-
-        2-D/2.5-D: the context slices along z and one window in-plane; 3-D: one window on each axis.
-        """
-        if self.spatial_dims == 3:
-            return tuple(int(w) for w in self.window_3d)  # type: ignore[return-value]
-        return (self.context_slices // 2, *self.window[-2:])
-
-    def block_input(self, region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
-        """Input box (global coordinates) to read for predicting output ``region`` of a ``shape`` volume."""
-        from emseg.inference._tiling import input_box
-
-        zs, ys, xs = region
-        half = self.context_slices // 2
-        z = slice(max(0, zs.start - half), min(shape[0], zs.stop + half))
-        if self._whole_slices:  # filters over the whole slice
-            return z, slice(0, shape[1]), slice(0, shape[2])
-        y, x = input_box(shape[1:], self._roi(shape[1:]), self.overlap, self.batch_size, (ys, xs))
-        return z, y, x
-
-    @torch.no_grad()
-    def predict_proba_block(self, data: np.ndarray, *, origin: tuple[int, int, int],
-                            region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> np.ndarray:
-        """Probabilities ``(K, nz, ny, nx)`` of ``region``, identical to the same voxels of the whole volume.
-
-        Args:
-            data: raw ``(z, y, x)`` voxels of (at least) :meth:`block_input` of ``region``.
-            origin: global ``(z, y, x)`` of ``data[0, 0, 0]``.
-            region: output box, global coordinates (step 1).
-            shape: ``(Z, Y, X)`` of the whole volume.
-        """
-        return self._block(data, origin, region, shape, "probabilities")
-
-    @torch.no_grad()
-    def predict_labels_block(self, data: np.ndarray, *, origin: tuple[int, int, int],
-                             region: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> np.ndarray:
-        """Labels ``(nz, ny, nx)`` of ``region``, identical to the same voxels of :meth:`predict_volume`.
-
-        Arguments as :meth:`predict_proba_block`; no probabilities are formed for tiled networks.
-        """
-        return self._block(data, origin, region, shape, "labels")
-
-    def _block(self, data, origin, region, shape, output: str) -> np.ndarray:
-        zs, ys, xs = region
-        oz, oy, ox = origin
-        half = self.context_slices // 2
-        size = (zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start)
-        if output == "labels":
-            out = np.empty(size, np.uint8 if self.num_classes <= 256 else np.uint16)
-        else:
-            out = np.empty((self.num_classes, *size), np.float32)
-        for i, z in enumerate(range(zs.start, zs.stop)):
-            ks = np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1) - oz
-            if self._whole_slices:  # the block holds whole slices (block_input): exactly the in-memory route
-                res = self._slice(data[ks] if self.context_slices > 1 else data[ks[0]], output)
-                res = res[..., ys.start - oy:ys.stop - oy, xs.start - ox:xs.stop - ox]
-            else:
-                res = self._tiled(self.normalizer(data[ks]), origin=(oy, ox), full_shape=shape[1:], region=(ys, xs),
-                                  output=output)
-            out[..., i, :, :] = res
-        return out
+        """Float32 logits of one batch of windows through this predictor's route (:class:`NetworkRunner`)."""
+        if self._runner is None:
+            raise RuntimeError("the int8 route needs calibrate_int8(slice) before predicting")
+        return self._runner(batch)
 
 
 # An ensemble is used wherever one model is (``isinstance(p, Predictor)`` in code written for one model):
@@ -564,23 +367,4 @@ def load_predictor(path: str | os.PathLike, **options: Any) -> SegmentationPredi
     return Predictor.from_checkpoint_dict(load_checkpoint(path), **options)
 
 
-def _probe_receptive_radius(model: torch.nn.Module, channels: int, window: tuple[int, int], divisor: int) -> int:
-    """Largest distance from the centre where d(output centre)/d(input) is non-zero (random input, eval mode)."""
-    size = max(divisor, min(window) // divisor * divisor)
-    param = next(model.parameters())
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn((1, channels, size, size), generator=generator).to(param.device).requires_grad_(True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            out = model(x)
-            c = size // 2
-            out[0, :, c, c].abs().sum().backward()
-    finally:
-        model.train(was_training)
-    grad = x.grad[0].abs().sum(0).cpu().numpy()
-    ys, xs = np.nonzero(grad)
-    if ys.size == 0:
-        return 0
-    return int(max(c - ys.min(), ys.max() - c, c - xs.min(), xs.max() - c))
+_probe_receptive_radius = probe_receptive_radius  # its former name here (tests, callers of the old module)

@@ -1,0 +1,152 @@
+"""How one batch of windows goes through the network: the compute routes of a :class:`Predictor`.
+
+A route (:mod:`emseg.inference._route`) is a precision (fp32, bf16 autocast, int8), an engine (eager, or
+a TorchScript-frozen copy), a memory layout (NCHW or channels-last), a thread count, a window and a batch
+size.  This module runs the network part of one: :class:`NetworkRunner` maps a ``(N, C, Y, X)`` batch to
+float32 ``(N, K, Y, X)`` logits.  Also here: :class:`ConstantNetwork` (a network replaced by a constant,
+to time the pipeline around it), :func:`quantize_int8` (PyTorch's own post-training quantisation for
+x86/oneDNN) and the receptive-field probe.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from emseg._device import autocast
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NETWORKS", "ConstantNetwork", "NetworkRunner", "probe_receptive_radius", "quantize_int8"]
+
+#: What runs in place of the trained network: itself, its int8 quantised copy, or a constant (benchmarks).
+NETWORKS = ("model", "int8", "constant")
+
+
+class ConstantNetwork(torch.nn.Module):
+    """A network replaced by a constant: logits 1 for class ``label`` and 0 elsewhere, at every pixel.
+
+    Used to measure the pipeline on its own (read, normalise, tile, argmax, write): the logits are
+    written out in full, as a real network's are, so what is left is the engine's own cost.
+    """
+
+    def __init__(self, num_classes: int, label: int) -> None:
+        super().__init__()
+        if not 0 <= label < num_classes:
+            raise ValueError(f"label must be a class index in [0, {num_classes}), got {label}")
+        self.num_classes, self.label = int(num_classes), int(label)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros((x.shape[0], self.num_classes, *x.shape[2:]), dtype=torch.float32)
+        out[:, self.label] = 1.0
+        return out
+
+
+def quantize_int8(model: torch.nn.Module, sample: torch.Tensor) -> torch.nn.Module:
+    """Post-training static int8 quantisation of ``model`` for x86 CPUs (oneDNN/fbgemm), calibrated on ``sample``.
+
+    PyTorch's FX graph-mode quantisation (``torch.ao.quantization.quantize_fx``) with the ``x86`` qconfig:
+    weights per channel, activations per tensor, observer ranges from one pass over ``sample``
+    ``(N, C, Y, X)`` (normalised input).  The same sample gives the same quantised network, so the route
+    is reproducible when the sample is (the engine records where it was read).
+
+    Raises:
+        RuntimeError: the network cannot be traced or quantised (the caller falls back to fp32).
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    net = copy.deepcopy(model).cpu().eval()
+    with warnings.catch_warnings():  # FX quantisation's deprecation notices
+        warnings.simplefilter("ignore")
+        try:
+            prepared = prepare_fx(net, get_default_qconfig_mapping("x86"), example_inputs=(sample,))
+            with torch.no_grad():
+                prepared(sample)
+            return convert_fx(prepared).eval()
+        except Exception as err:  # noqa: BLE001 - tracing and quantisation failures have many types
+            raise RuntimeError(f"{type(model).__name__} cannot be quantised to int8 ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else ''})") from err
+
+
+class NetworkRunner:
+    """Float32 logits of a batch of windows through one route's network.
+
+    Args:
+        model: the torch network ``(N, C, Y, X) -> (N, K, Y, X)``.
+        device: where it runs.
+        dtype: autocast dtype (bf16 / fp16), or None for fp32.
+        jit: CPU fp32 only: run a TorchScript-frozen copy, checked once per window shape against the
+            eager network (a mismatch or an untraceable model falls back to eager with a warning).
+        channels_last: run network and batch in channels-last memory layout (oneDNN's preferred one).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype | None,
+                 jit: bool = False, channels_last: bool = False) -> None:
+        self.model, self.device, self.dtype = model, device, dtype
+        self.jit, self.channels_last = bool(jit), bool(channels_last)
+        self._jit_module: Any = None
+        self._jit_checked: set[tuple[int, ...]] = set()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        if not (self.jit and self.device.type == "cpu" and self.dtype is None):  # None: plain fp32
+            with autocast(self.device, self.dtype):
+                return self.model(batch).float()
+        return self._frozen(batch)
+
+    def _frozen(self, batch: torch.Tensor) -> torch.Tensor:
+        key = tuple(batch.shape)
+        try:
+            if self._jit_module is None:
+                with warnings.catch_warnings():  # TorchScript's deprecation notice; tracer hints are checked below
+                    warnings.simplefilter("ignore")
+                    traced = torch.jit.trace(self.model, batch, check_trace=False)
+                    self._jit_module = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            out = self._jit_module(batch).float()
+        except Exception as err:  # noqa: BLE001 - any tracing failure means: run eagerly
+            logger.warning("jit: %s cannot be frozen (%s: %s); predicting eagerly", type(self.model).__name__,
+                           type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            self.jit = False
+            return self.model(batch).float()
+        if key not in self._jit_checked:  # once per window shape: the frozen copy must agree with the network
+            ref = self.model(batch).float()
+            tol = 1e-3 * (1.0 + float(ref.abs().max()))
+            if out.shape != ref.shape or not bool(torch.allclose(out, ref, rtol=0.0, atol=tol)):
+                logger.warning("jit: the frozen %s disagrees with the eager network on input %s; predicting eagerly",
+                               type(self.model).__name__, key)
+                self.jit = False
+                return ref
+            self._jit_checked.add(key)
+        return out
+
+
+def probe_receptive_radius(model: torch.nn.Module, channels: int, window: tuple[int, int], divisor: int) -> int:
+    """Largest distance from the centre where d(output centre)/d(input) is non-zero (random input, eval mode)."""
+    size = max(divisor, min(window) // divisor * divisor)
+    param = next(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((1, channels, size, size), generator=generator).to(param.device).requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            c = size // 2
+            out[0, :, c, c].abs().sum().backward()
+    finally:
+        model.train(was_training)
+    grad = x.grad[0].abs().sum(0).cpu().numpy()
+    ys, xs = np.nonzero(grad)
+    if ys.size == 0:
+        return 0
+    return int(max(c - ys.min(), ys.max() - c, c - xs.min(), xs.max() - c))

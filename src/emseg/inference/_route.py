@@ -1,0 +1,339 @@
+"""Routes: how the network is run (precision, engine, layout, threads, window, batch), and the tuner picking one.
+
+A :class:`Route` is written as a name, e.g. ``bf16-eager-cl-t2-w768x1024-b4``:
+
+``precision``   ``fp32``, ``bf16`` (autocast), ``int8`` (post-training quantised, CPU, opt-in) or
+                ``const`` (the network replaced by a constant: the pipeline alone, for benchmarks);
+``engine``      ``eager`` or ``jit`` (TorchScript-frozen copy; fp32 only);
+``layout``      ``nchw`` or ``cl`` (channels-last; fp32/bf16);
+``tN``          torch intra-op threads; ``wYxX`` the sliding window (``wmodel``: the model's own);
+``bN``          windows per forward pass.
+
+:func:`resolve_route` turns what the user asked for (``auto``, ``auto+int8``, a name, ``default``)
+into the route to run and a record for the run metadata.  ``auto`` times the candidates on a probe (a
+crop of one slice, :data:`PROBE_MAX_PIXELS` at most), keeps those whose labels agree with the fp32
+reference on at least :data:`AGREEMENT_THRESHOLD` of the probe's pixels, and picks the fastest.  A forced
+bf16 or int8 route is checked the same way and refused (falling back to fp32, with a warning) below the
+threshold.  Labels are bit-identical between runs of the same route; the record lets a resumed run keep it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from emseg._device import cpu_has_native_bf16
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AGREEMENT_THRESHOLD", "PROBE_MAX_PIXELS", "TUNE_MIN_VOXELS", "Route", "available_cores", "describe",
+           "calibrate_recorded", "engine_route", "resolve_route", "route_overlap"]
+
+#: A route whose labels agree with the fp32 reference on fewer of the probe's pixels than this is refused.
+AGREEMENT_THRESHOLD = 0.995
+
+#: Without ``--route``, inputs smaller than this (voxels) are not tuned: the default route runs.  The probe
+#: took 108 s for the default ``unet2d`` on 2 busy cores (docs/BENCHMARKS.md), where the chosen route ran
+#: 2.3x the fastest candidate with the model's window: tuning pays off from roughly 100 M voxels; this
+#: leaves a margin (~340 slices of 768 x 1024).
+TUNE_MIN_VOXELS = 2**28
+
+#: The probe: at most this many pixels of one slice (its first rows, whole width).
+PROBE_MAX_PIXELS = 2**19
+
+#: A window as large as the whole slice is a candidate for slices up to this many pixels.
+WHOLE_SLICE_MAX_PIXELS = 2**21
+
+#: The fastest few accepted routes are timed again in this many interleaved rounds before the choice.
+RETIME_TOP, RETIME_ROUNDS = 3, 2
+
+_NAME = re.compile(r"^(fp32|bf16|int8|const)-(eager|jit)-(nchw|cl)-t(\d+)-w(model|\d+x\d+)-b(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One way of running the network; see the module docstring for its name."""
+
+    precision: str = "fp32"
+    jit: bool = False
+    channels_last: bool = False
+    threads: int = 1
+    window: tuple[int, int] | None = None
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.jit and self.precision != "fp32":
+            raise ValueError(f"route {self.name}: the frozen (jit) engine is fp32 only")
+        if self.channels_last and self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"route {self.name}: channels-last (cl) is an fp32/bf16 layout")
+        if self.threads < 1 or self.batch_size < 1 or (self.window is not None and min(self.window) < 1):
+            raise ValueError(f"route {self.name}: threads, window and batch must be positive")
+
+    @property
+    def name(self) -> str:
+        window = "model" if self.window is None else f"{self.window[0]}x{self.window[1]}"
+        return (f"{self.precision}-{'jit' if self.jit else 'eager'}-{'cl' if self.channels_last else 'nchw'}"
+                f"-t{self.threads}-w{window}-b{self.batch_size}")
+
+    @classmethod
+    def parse(cls, name: str) -> Route:
+        """The route of a name such as ``bf16-eager-cl-t2-w768x1024-b4``.
+
+        Raises:
+            ValueError: naming the format and an example.
+        """
+        match = _NAME.match(str(name).strip())
+        if match is None:
+            raise ValueError(f"--route {name!r} is not a route: use auto, auto+int8, default or a name "
+                             "PRECISION-ENGINE-LAYOUT-tTHREADS-wWINDOW-bBATCH, e.g. bf16-eager-cl-t2-w768x1024-b4 "
+                             "(precision fp32/bf16/int8/const, engine eager/jit, layout nchw/cl, window model or YxX)")
+        prec, engine, layout, threads, window, batch = match.groups()
+        win = None if window == "model" else tuple(int(v) for v in window.split("x"))
+        return cls(prec, engine == "jit", layout == "cl", int(threads), win, int(batch))  # type: ignore[arg-type]
+
+    def predictor_options(self) -> dict[str, Any]:
+        """Options of :class:`~emseg.inference.Predictor` (``window`` only where not the model's)."""
+        network = {"int8": "int8", "const": "constant"}.get(self.precision, "model")
+        options = {"precision": "bf16" if self.precision == "bf16" else "fp32", "jit": self.jit,
+                   "channels_last": self.channels_last, "network": network, "batch_size": self.batch_size}
+        if self.window is not None:
+            options["window"] = tuple(self.window)
+        return options
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def route_overlap(radius: int, window: tuple[int, int]) -> float:
+    """``overlap="auto"`` for ``window``: receptive-field radius / window, in [1/16, 1/2] (as ``Predictor.auto_overlap``)."""
+    return float(min(0.5, max(1.0 / 16, radius / min(window))))
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a == b)) if a.shape == b.shape else 0.0
+
+
+class _Probe:
+    """Times routes on one probe image and compares their labels with the fp32 reference's."""
+
+    def __init__(self, build: Callable[[Route], Any], image: np.ndarray) -> None:
+        self.build, self.image = build, image
+        self.pixels = int(np.prod(image.shape[-2:]))
+        self.results: dict[str, dict[str, Any]] = {}
+        self.labels: dict[str, np.ndarray] = {}
+        self.predictors: dict[str, Any] = {}
+
+    def measure(self, route: Route, reference: str | None) -> dict[str, Any]:
+        if route.name in self.results:
+            return self.results[route.name]
+        before = torch.get_num_threads()
+        torch.set_num_threads(route.threads)
+        try:
+            predictor = self.build(route)
+            if route.precision == "int8":
+                predictor.calibrate_int8(self.image)
+            labels = predictor.predict_labels_slice(self.image)  # warm-up: traces, oneDNN primitives, caches
+            start = time.perf_counter()
+            predictor.predict_labels_slice(self.image)
+            seconds = time.perf_counter() - start
+        except (RuntimeError, ValueError) as err:  # a route this network cannot take (int8 of an odd layer, ...)
+            logger.info("route %s: not available (%s)", route.name, err)
+            result = {"name": route.name, "error": str(err).splitlines()[0] if str(err) else type(err).__name__}
+            self.results[route.name] = result
+            return result
+        finally:
+            torch.set_num_threads(before)
+        self.labels[route.name] = labels
+        self.predictors[route.name] = predictor
+        agree = 1.0 if reference is None else _agreement(labels, self.labels[reference])
+        result = {"name": route.name, "mvox_s": self.pixels / max(seconds, 1e-9) / 1e6, "agreement": agree}
+        self.results[route.name] = result
+        return result
+
+    def retime(self, routes: list[Route], rounds: int) -> None:
+        """Time ``routes`` again in interleaved rounds (A B C A B C); each keeps its best rate (less noise)."""
+        for _ in range(rounds):
+            for route in routes:
+                before = torch.get_num_threads()
+                torch.set_num_threads(route.threads)
+                try:
+                    start = time.perf_counter()
+                    self.predictors[route.name].predict_labels_slice(self.image)
+                    rate = self.pixels / max(time.perf_counter() - start, 1e-9) / 1e6
+                finally:
+                    torch.set_num_threads(before)
+                self.results[route.name]["mvox_s"] = max(self.results[route.name]["mvox_s"], rate)
+
+
+def _tune(probe: _Probe, *, reference: Route, whole: tuple[int, int] | None, cores: int, bf16: bool, int8: bool,
+          threshold: float) -> tuple[Route, dict[str, Any]]:
+    """Fastest route agreeing with ``reference`` on the probe: engines, then windows and batches, then threads."""
+    probe.measure(reference, None)
+
+    def ok(route: Route) -> bool:
+        r = probe.results.get(route.name, {})
+        return "mvox_s" in r and r["agreement"] >= threshold
+
+    def fastest(routes: list[Route]) -> Route:
+        for route in routes:
+            probe.measure(route, reference.name)
+        return max((r for r in routes if ok(r)), key=lambda r: probe.results[r.name]["mvox_s"], default=reference)
+
+    base = dataclasses.replace(reference, window=whole or reference.window)
+    engines = [base, dataclasses.replace(base, channels_last=True)]
+    if not torch.cuda.is_available():  # the frozen copy is a CPU route (on a GPU the windows run eagerly)
+        engines.append(dataclasses.replace(base, jit=True))
+    if bf16:
+        engines += [dataclasses.replace(base, precision="bf16"),
+                    dataclasses.replace(base, precision="bf16", channels_last=True)]
+    if int8:
+        engines.append(dataclasses.replace(base, precision="int8"))
+    best = fastest([reference, *engines])
+    windows = [dataclasses.replace(best, window=w, batch_size=b)
+               for w in dict.fromkeys([reference.window, whole]) for b in (1, reference.batch_size)]
+    best = fastest([best, *windows])
+    threads = sorted({max(1, cores // 2)} - {best.threads})
+    best = fastest([best, *(dataclasses.replace(best, threads=t) for t in threads)])
+    # one timing each is noisy on a shared machine: the fastest few are timed again, interleaved
+    accepted = sorted((Route.parse(n) for n in probe.results if ok(Route.parse(n))),
+                      key=lambda r: -probe.results[r.name]["mvox_s"])[:RETIME_TOP]
+    probe.retime(accepted, RETIME_ROUNDS)
+    best = max(accepted, key=lambda r: probe.results[r.name]["mvox_s"], default=best)
+    return best, probe.results[best.name]
+
+
+def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volume: Any, z: int,
+                  model_window: tuple[int, int], batch_size: int, threshold: float = AGREEMENT_THRESHOLD,
+                  stored: dict[str, Any] | None = None, slice_input: Callable[[Any, int], np.ndarray] | None = None,
+                  ) -> tuple[Route | None, dict[str, Any]]:
+    """The route to run and its record for the run metadata.
+
+    Args:
+        requested: ``None`` (tune inputs of :data:`TUNE_MIN_VOXELS` voxels or more, else the default route),
+            ``"default"``, ``"auto"``, ``"auto+int8"`` (int8 among the candidates) or a route name.
+        build: ``build(route)`` -> a :class:`~emseg.inference.Predictor` running that route.
+        volume: the ``(Z, Y, X)`` input (read lazily: only the probe is read).
+        z: the slice to probe (the middle of the first block).
+        model_window: the model's own window; ``batch_size``: its windows per forward pass.
+        threshold: the smallest label agreement with fp32 on the probe a bf16/int8 route may have.
+        stored: the record of the run being resumed: its route is kept (no probe) unless another is forced.
+        slice_input: ``slice_input(volume, z)`` -> the raw network input of slice ``z`` (context slices).
+
+    Returns:
+        ``(route or None for the default route, record)``; the record holds ``name``, ``requested``,
+        ``mvox_s`` and ``agreement`` on the probe, the probe's box, the candidates and any refusal.
+    """
+    if stored is not None and requested in (None, "auto", "auto+int8", stored.get("requested")):
+        logger.info("resuming with the recorded route %s", stored.get("name") or "default")
+        return (Route.parse(stored["name"]) if stored.get("name") else None), dict(stored)
+    shape = tuple(int(s) for s in volume.shape)
+    if requested is None:
+        if int(np.prod(shape)) < TUNE_MIN_VOXELS:
+            return None, {"name": None, "requested": None,
+                          "reason": f"input smaller than {TUNE_MIN_VOXELS:,} voxels: default route, not tuned"}
+        requested = "auto"
+    if requested == "default":
+        return None, {"name": None, "requested": "default"}
+    if not 0.0 <= threshold <= 1.01:
+        raise ValueError(f"agreement threshold must be a fraction in [0, 1] (1.01: refuse every bf16/int8 route), "
+                         f"got {threshold}")
+    forced = None if requested in ("auto", "auto+int8") else Route.parse(requested)
+    start = time.perf_counter()
+    rows = max(1, min(shape[1], PROBE_MAX_PIXELS // max(1, shape[2])))
+    image = (slice_input or (lambda v, k: np.asarray(v[k])))(volume, z)[..., :rows, :]
+    probe = _Probe(build, np.asarray(image))
+    plane = shape[1] * shape[2]
+    whole = tuple(shape[1:]) if plane <= WHOLE_SLICE_MAX_PIXELS else None
+    cores = available_cores()
+    record: dict[str, Any] = {"requested": requested, "threshold": threshold,
+                              "probe": {"z": int(z), "y": [0, rows], "x": [0, shape[2]]}}
+    if forced is None:
+        reference = Route("fp32", threads=cores, window=None, batch_size=batch_size)
+        bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
+        route, result = _tune(probe, reference=reference, whole=whole, cores=cores, bf16=bf16,
+                              int8=requested == "auto+int8", threshold=threshold)
+        record["reference"] = reference.name
+    else:
+        reference = dataclasses.replace(forced, precision="fp32", jit=False, channels_last=False)
+        probe.measure(reference, None)
+        result = probe.measure(forced, reference.name) if forced != reference else probe.results[reference.name]
+        route = forced
+        record["reference"] = reference.name
+        if forced.precision in ("bf16", "int8") and ("error" in result or result["agreement"] < threshold):
+            why = (result["error"] if "error" in result else
+                   f"its labels agree with fp32 on {100 * result['agreement']:.2f} % of the probe's pixels, below "
+                   f"the {100 * threshold:.2f} % threshold")
+            fallback = dataclasses.replace(forced, precision="fp32", channels_last=forced.channels_last
+                                           and forced.precision == "bf16")
+            record["refused"] = f"route {forced.name} refused: {why}; running {fallback.name} instead"
+            logger.warning("%s", record["refused"])
+            route, result = fallback, probe.measure(fallback, reference.name)
+    record.update(name=route.name, mvox_s=result.get("mvox_s"), agreement=result.get("agreement"),
+                  candidates=list(probe.results.values()), tuning_s=time.perf_counter() - start)
+    return route, record
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line for the user: the route, its rate and agreement on the probe."""
+    if not record.get("name"):
+        return "route: default" + (f" ({record['reason']})" if record.get("reason") else "")
+    text = f"route: {record['name']}"
+    if record.get("mvox_s") is not None:
+        text += (f" ({record['mvox_s']:.2f} MVox/s on the probe, labels {100 * record['agreement']:.2f} % "
+                 f"identical to fp32 {record.get('reference', '')})")
+    return text
+
+
+def engine_route(requested: str | None, *, load: Callable[..., Any], options: dict[str, Any], overlap: Any,
+                 volume: Any, z: int, threshold: float = AGREEMENT_THRESHOLD, stored: dict[str, Any] | None = None,
+                 ) -> tuple[Route | None, dict[str, Any], dict[str, Any]]:
+    """The route for a prediction of ``volume`` with the predictor ``load(**options)``, and its options.
+
+    ``overlap="auto"`` is resolved per route window from the network's receptive field (as the predictor
+    does), so a forced ``--route NAME`` reproduces the options, and so the labels, of the tuned run.
+
+    Returns:
+        ``(route or None, record, predictor options)``; for the default route the options are ``options``.
+    """
+    if requested is None and stored is None and int(np.prod(volume.shape)) < TUNE_MIN_VOXELS:
+        return None, {"name": None, "requested": None,
+                      "reason": f"input smaller than {TUNE_MIN_VOXELS:,} voxels: default route, not tuned"}, options
+    base = load(**options)
+    if not (getattr(base, "_labels_from_logits", False) and hasattr(base, "calibrate_int8")):
+        if requested not in (None, "default"):
+            raise ValueError(f"--route {requested}: routes apply to tiled 2-D networks (one model); "
+                             f"this {type(base).__name__} runs its own way: leave --route out")
+        return None, {"name": None, "requested": requested, "reason": "not a tiled 2-D network"}, options
+    radius = base.receptive_radius() if overlap == "auto" else 0
+
+    def route_options(route: Route) -> dict[str, Any]:
+        opts = {**options, **route.predictor_options()}
+        opts["overlap"] = route_overlap(radius, route.window or base.window) if overlap == "auto" else overlap
+        return opts
+
+    route, record = resolve_route(requested, build=lambda r: load(**route_options(r)), volume=volume, z=z,
+                                  model_window=base.window, batch_size=base.batch_size, threshold=threshold,
+                                  stored=stored, slice_input=base._slice_input)
+    return route, record, (route_options(route) if route is not None else options)
+
+
+def calibrate_recorded(predictor: Any, route: Route | None, record: dict[str, Any], volume: Any) -> None:
+    """Quantise an int8 route's predictor on the probe recorded in ``record`` (the same network on resume)."""
+    if route is None or route.precision != "int8" or predictor._runner is not None:
+        return
+    box = record["probe"]
+    image = predictor._slice_input(volume, box["z"])[..., box["y"][0]:box["y"][1], box["x"][0]:box["x"][1]]
+    predictor.calibrate_int8(np.asarray(image))
