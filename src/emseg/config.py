@@ -42,6 +42,7 @@ __all__ = [
     "ModelConfig",
     "PreprocessConfig",
     "TrainingConfig",
+    "UnlabelledSource",
     "VolumeSource",
     "load_config",
     "read_yaml",
@@ -91,6 +92,16 @@ class VolumeSource(_Strict):
         if isinstance(value, list):
             return ",".join(str(v) for v in value)
         return value
+
+
+class UnlabelledSource(_Strict):
+    """One unlabelled image or volume (any format emseg reads) and an optional z range (issue 18)."""
+
+    image: str
+    slices: str | None = None
+
+    _exists = field_validator("image")(VolumeSource._exists.__func__)
+    _slices_text = field_validator("slices", mode="before")(VolumeSource._slices_text.__func__)
 
 
 class DataConfig(_Strict):

@@ -10,6 +10,7 @@ from emseg.data._load import (
 )
 from emseg.data._normalize import Normalizer
 from emseg.data._sampling import PatchSampler
+from emseg.data._unlabelled import UnlabelledVolumes
 from emseg.data._slices import parse_slices
 from emseg.data._volume_sampling import (
     LabelledVolumes,
@@ -26,6 +27,7 @@ __all__ = [
     "LabelledVolumes",
     "Normalizer",
     "PatchSampler",
+    "UnlabelledVolumes",
     "VolumePatchSampler",
     "augment_batch",
     "augment_volume_batch",
