@@ -107,7 +107,11 @@ class UnlabelledVolumes:
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` random raw patches, ``(n, C, Y, X)`` (2-D) or ``(n, 1, Z, Y, X)`` (3-D), float32."""
-        out = []
+        return self.sample_with_positions(n, rng)[0]
+
+    def sample_with_positions(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+        """:meth:`sample` and where each patch came from: ``(source index, z, y, x)`` of its first voxel."""
+        out, where = [], []
         for _ in range(n):
             v = int(rng.choice(len(self.volumes), p=self._volume_p))
             z = int(rng.choice(self.starts[v]))
@@ -115,7 +119,8 @@ class UnlabelledVolumes:
             y = int(rng.integers(0, shape[1] - self.patch_size[-2] + 1))
             x = int(rng.integers(0, shape[2] - self.patch_size[-1] + 1))
             out.append(self._patch(v, z, y, x))
-        return np.stack(out)
+            where.append((v, z, y, x))
+        return np.stack(out), where
 
     def fit_normalizer(self, rng: np.random.Generator, *, patches: int = 64) -> Normalizer:
         """Z-score statistics of ``patches`` random patches (the unlabelled data's intensities)."""
