@@ -2,6 +2,7 @@
 
 from emseg.losses import LOSSES, DiceCELoss, build_loss
 from emseg.models import CheckpointError, load_checkpoint, save_checkpoint
+from emseg.training._propagate import PropagationResult, next_sections, propagate
 from emseg.training._recipes import apply_recipe, list_recipes
 from emseg.training._run_dir import RunWriteError
 from emseg.training._trainer import TrainingInterrupted, TrainResult, calibrate, class_weights_from_frequencies, train
@@ -10,6 +11,7 @@ __all__ = [
     "CheckpointError",
     "DiceCELoss",
     "LOSSES",
+    "PropagationResult",
     "apply_recipe",
     "build_loss",
     "list_recipes",
@@ -19,6 +21,8 @@ __all__ = [
     "calibrate",
     "class_weights_from_frequencies",
     "load_checkpoint",
+    "next_sections",
+    "propagate",
     "save_checkpoint",
     "train",
 ]
