@@ -450,6 +450,8 @@ class Config(_Strict):
         if semi is not None and not self.data.unlabelled:
             raise ValueError("training.semi_supervised needs unlabelled images: add data.unlabelled: "
                              "[{image: PATH, slices: ...}]")
+        if semi is not None and self.preprocess.grain_filter:
+            raise ValueError("training.semi_supervised does not work with preprocess.grain_filter yet; remove one of them")
         if semi is not None and isinstance(semi.threshold, list) and len(semi.threshold) != len(self.data.classes):
             raise ValueError(f"training.semi_supervised.threshold has {len(semi.threshold)} values but data.classes "
                              f"has {len(self.data.classes)} classes: give one value, or one per class")

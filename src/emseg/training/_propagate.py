@@ -197,13 +197,14 @@ def propagate(config: Config | str | os.PathLike, out_dir: str | os.PathLike, *,
 
         cfg = config_from_dict(data, source=f"of round {index} in {folder}")
         finished = (run / "summary.json").is_file()
-        if not finished:
+        if not finished:  # one progress bar at a time: the propagation's (round, sections covered)
+            advance(0, status=f"round {index}: training on {len(covered)} sections")
             train(cfg, run, resume=(run / "last.pt").is_file(), overwrite=not (run / "last.pt").is_file(),
-                  progress=progress)
+                  progress=False)
         return run
 
     with progress_bar("Propagating", total=len(span), unit="sections", enabled=progress) as advance:
-        advance(completed=len(covered & set(span)), status=f"round {len(rounds)}")
+        advance(0, completed=len(covered & set(span)), status=f"round {len(rounds)}")
         if not rounds:
             run = train_round(0, Path(config.model.init) if config.model.init else None)
             rounds.append({"round": 0, "dir": "round-00", "added": [], "covered": sorted(covered)})
@@ -231,7 +232,8 @@ def propagate(config: Config | str | os.PathLike, out_dir: str | os.PathLike, *,
             train_round(index, previous)
             rounds.append(info)
             _save_rounds(progress_file, record)
-            advance(completed=len(covered & set(span)), status=f"round {index}")
+            advance(0, completed=len(covered & set(span)), status=f"round {index}: {len(covered & set(span))} of "
+                                                                   f"{len(span)} sections covered")
     final = out_dir / rounds[-1]["dir"] / "run"
     shutil.copyfile(final / MODEL_FILENAME, out_dir / f".{MODEL_FILENAME}.tmp")
     os.replace(out_dir / f".{MODEL_FILENAME}.tmp", out_dir / MODEL_FILENAME)
