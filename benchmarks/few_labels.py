@@ -1,6 +1,6 @@
 """Few labels: what pretraining, semi-supervised training and 4S propagation buy with 2-3 labelled slices.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/few_labels.py --minutes 12 --seeds 0,1,2      # the full run
+    PYTHONPATH=src .venv/bin/python benchmarks/few_labels.py --minutes 4 --seeds 0,1,2       # the full run (~3 h)
     PYTHONPATH=src .venv/bin/python benchmarks/few_labels.py --minutes 1 --seeds 0,1         # the reduced run
 
 Every route gets the same wall-clock budget (``--minutes``); pretraining counts against the route that
@@ -169,7 +169,9 @@ def _table(runs: list[dict]) -> str:
         per_class = ""
         if dataset == "epfl":
             classes = EPFL_CLASSES[1:]
-            per_class = ", ".join(f"{c[:5]} {np.nanmean([s['per_class_iou'][c] for s in sc]):.2f}" for c in classes)
+            short = {"mitochondrial_boundary": "mito-bd", "mitochondrion": "mito", "membrane": "memb"}
+            per_class = ", ".join(f"{short.get(c, c)} {np.nanmean([s['per_class_iou'][c] for s in sc]):.2f}"
+                                  for c in classes)
         lines.append(f"| {dataset} | {route} | {len(group)} | "
                      f"{ms([s.get('membrane_iou') for s in sc]) if dataset == 'isbi' else '-'} | "
                      f"{ms([s.get('v_rand_thinned') for s in sc]) if dataset == 'isbi' else '-'} | "
@@ -179,7 +181,7 @@ def _table(runs: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget per route")
+    parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget per route")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--datasets", default="isbi,epfl")
     parser.add_argument("--routes", default=",".join(ROUTES + ["reference-27"]))
