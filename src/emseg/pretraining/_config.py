@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emseg._registry import suggest
-from emseg.config import ConfigError, ModelConfig, UnlabelledSource, read_yaml
+from emseg.config import ConfigError, ModelConfig, UnlabelledSource, deep_merge, read_yaml
+from emseg.models import MODELS
 
 __all__ = ["PretrainConfig", "PretrainingOptions", "load_pretrain_config"]
 
@@ -91,8 +92,6 @@ class PretrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
-        from emseg.models import MODELS
-
         spec = MODELS.get(self.model.name)
         if spec.backend != "torch":
             raise ValueError(f"model {self.model.name!r} is not a neural network: nothing to pretrain")
@@ -135,8 +134,6 @@ def load_pretrain_config(path: str | os.PathLike, *, overrides: dict[str, Any] |
     Raises:
         ConfigError: unreadable YAML, unknown keys, wrong types, missing files (naming the key).
     """
-    from emseg.config import deep_merge
-
     path = Path(path)
     data = read_yaml(path, what="pretraining configuration")
     if not isinstance(data, dict):

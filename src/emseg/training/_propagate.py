@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from emseg.config import Config, deep_merge, load_config
+from emseg._progress import progress_bar
+from emseg.config import Config, config_from_dict, deep_merge, load_config
 from emseg.data import parse_slices
 from emseg.inference import Predictor
 from emseg.io import atomic_output, open_image, write_image
 from emseg.models import MODEL_FILENAME, load_checkpoint
+from emseg.training._trainer import train
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +120,6 @@ def propagate(config: Config | str | os.PathLike, out_dir: str | os.PathLike, *,
         ValueError: not one training stack, a non-contiguous range, labelled sections outside it, bad
             thresholds; the message names the option and the fix.
     """
-    from emseg._progress import progress_bar
-    from emseg.training._trainer import train
-
     if not isinstance(config, Config):
         config = load_config(config)
     out_dir = Path(out_dir)
@@ -193,8 +192,6 @@ def propagate(config: Config | str | os.PathLike, out_dir: str | os.PathLike, *,
         if init is not None:
             data = deep_merge(data, {"model": {"init": str(init)}})
         run = folder / "run"
-        from emseg.config import config_from_dict
-
         cfg = config_from_dict(data, source=f"of round {index} in {folder}")
         finished = (run / "summary.json").is_file()
         if not finished:  # one progress bar at a time: the propagation's (round, sections covered)

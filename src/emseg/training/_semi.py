@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,8 @@ from scipy import ndimage
 from emseg._device import autocast
 from emseg.config import Config
 from emseg.constants import IGNORE_INDEX
-from emseg.data import Normalizer, UnlabelledVolumes
+from emseg.data import Normalizer, UnlabelledVolumes, parse_slices
+from emseg.io import open_image
 from emseg.training._ema import WeightAverage
 from emseg.training._spatial import match_target
 
@@ -108,11 +110,6 @@ class SemiSupervised:
 
     def _known_labels(self, config: Config) -> dict[tuple[int, int], np.ndarray]:
         """``(source, z) -> (Y, X)`` real labels of unlabelled slices that are also training slices."""
-        import os
-
-        from emseg.data import parse_slices
-        from emseg.io import open_image
-
         known: dict[tuple[int, int], np.ndarray] = {}
         for v, path in enumerate(self.data.paths):
             for source in config.data.train:
