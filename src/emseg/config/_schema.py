@@ -30,8 +30,10 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelConfig",
+    "SemiSupervisedConfig",
     "PreprocessConfig",
     "TrainingConfig",
+    "UnlabelledSource",
     "VolumeSource",
     "resolve_config_path",
 ]
@@ -82,6 +84,16 @@ class VolumeSource(_Strict):
         return value
 
 
+class UnlabelledSource(_Strict):
+    """One unlabelled image or volume (any format emseg reads) and an optional z range (issue 18)."""
+
+    image: str
+    slices: str | None = None
+
+    _exists = field_validator("image")(VolumeSource._exists.__func__)
+    _slices_text = field_validator("slices", mode="before")(VolumeSource._slices_text.__func__)
+
+
 class DataConfig(_Strict):
     """Training and validation data and the class list."""
 
@@ -91,8 +103,10 @@ class DataConfig(_Strict):
     classes: list[str] = Field(min_length=2)
     ignore_label: int | None = Field(default=None, ge=0, le=65535)
     background: int | None = Field(default=0, ge=0)
+    #: Unlabelled images for training.semi_supervised (issue 18); may overlap the labelled slices.
+    unlabelled: list[UnlabelledSource] = []
 
-    @field_validator("train", "val", mode="before")
+    @field_validator("train", "val", "unlabelled", mode="before")
     @classmethod
     def _as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
@@ -117,14 +131,25 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = "unet2d"
     context_slices: int = Field(default=1, ge=1)
+    #: Start training from the matching weights of a model.pt, a run directory or an `emseg pretrain` output.
+    init: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _resolve_weights(cls, data: Any, info: ValidationInfo) -> Any:
-        # model.encoder_weights (a file) resolves against the config's folder like the data paths
-        if isinstance(data, dict) and isinstance(data.get("encoder_weights"), str):
-            data = {**data, "encoder_weights": resolve_config_path(data["encoder_weights"], info)}
+        # model.encoder_weights and model.init (files) resolve against the config's folder like the data paths
+        for key in ("encoder_weights", "init"):
+            if isinstance(data, dict) and isinstance(data.get(key), str):
+                data = {**data, key: resolve_config_path(data[key], info)}
         return data
+
+    @field_validator("init")
+    @classmethod
+    def _init_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"model.init: {value} not found; give a model.pt, a run directory of `emseg train` "
+                             f"or an output folder of `emseg pretrain`")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -238,6 +263,32 @@ class AbandonConfig(_Strict):
     score: float = Field(ge=0.0, le=1.0)
 
 
+class SemiSupervisedConfig(_Strict):
+    """Learning from ``data.unlabelled`` next to the labels (issue 18).
+
+    ``mean_teacher``: consistency between the student's prediction of a strongly augmented unlabelled
+    patch and an EMA teacher's prediction of the weakly augmented one.  ``pseudo_label``: the teacher's
+    confident pixels (probability of its class >= that class's threshold) become cross-entropy targets of
+    the student's strong view; the rest is ignored.  Pixels with real labels keep them, always.  The term
+    is weighted by ``weight`` ramped up as ``exp(-5 (1 - t / ramp_up)^2)`` over the budget fraction ``t``.
+    """
+
+    method: Literal["mean_teacher", "pseudo_label"]
+    weight: float = Field(default=1.0, ge=0.0)
+    threshold: float | list[float] = Field(default=0.9, description="pseudo_label: one value or one per class")
+    ramp_up: float = Field(default=0.25, ge=0.0, le=1.0, description="fraction of the budget to reach full weight")
+    teacher_decay: float = Field(default=0.99, gt=0.0, lt=1.0, description="EMA decay of the teacher per step")
+    batch_size: int | None = Field(default=None, ge=1, description="unlabelled patches per step (default batch_size)")
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not values or any(not 0.0 < v <= 1.0 for v in values):
+            raise ValueError(f"threshold must be in (0, 1] (one value or one per class), got {value}")
+        return value
+
+
 class TrainingConfig(_Strict):
     """Optimisation settings. Training stops at ``max_minutes`` or ``epochs``."""
 
@@ -292,6 +343,8 @@ class TrainingConfig(_Strict):
         default=None, gt=0.0, lt=1.0,
         description="keep an exponential moving average of the weights (decay per step, e.g. 0.99; warmed up as "
                     "min(decay, (1 + n) / (10 + n))); validation and the saved model use the average. Off by default")
+    semi_supervised: SemiSupervisedConfig | None = Field(
+        default=None, description="learn from data.unlabelled too: {method: mean_teacher | pseudo_label, ...}")
     calibrate: bool = Field(
         default=False,
         description="after training, fit per-class logit offsets on the validation slices (coordinate ascent on "
@@ -378,6 +431,15 @@ class Config(_Strict):
         if spatial_dims == 3 and self.model.context_slices != 1:
             raise ValueError(f"model.context_slices must be 1 for the 3-D model {self.model.name!r} "
                              f"(it sees neighbouring sections through its window), got {self.model.context_slices}")
+        semi = self.training.semi_supervised
+        if semi is not None and not self.data.unlabelled:
+            raise ValueError("training.semi_supervised needs unlabelled images: add data.unlabelled: "
+                             "[{image: PATH, slices: ...}]")
+        if semi is not None and self.preprocess.grain_filter:
+            raise ValueError("training.semi_supervised does not work with preprocess.grain_filter yet; remove one of them")
+        if semi is not None and isinstance(semi.threshold, list) and len(semi.threshold) != len(self.data.classes):
+            raise ValueError(f"training.semi_supervised.threshold has {len(semi.threshold)} values but data.classes "
+                             f"has {len(self.data.classes)} classes: give one value, or one per class")
         from emseg.config._checks import check_training_config  # lazy: it builds the loss (torch)
 
         check_training_config(self)

@@ -12,6 +12,7 @@ from emseg.data._load import (
 )
 from emseg.data._normalize import Normalizer
 from emseg.data._sampling import PatchSampler
+from emseg.data._unlabelled import UnlabelledVolumes
 from emseg.data._slices import parse_slices
 from emseg.data._volume_sampling import (
     LabelledVolumes,
@@ -28,6 +29,7 @@ __all__ = [
     "LabelledVolumes",
     "Normalizer",
     "PatchSampler",
+    "UnlabelledVolumes",
     "VolumePatchSampler",
     "add_grain_channels",
     "augment_batch",

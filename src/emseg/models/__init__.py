@@ -38,9 +38,22 @@ _CHECKPOINT_NAMES = (
 #: Networks composed around registry networks (emseg.models._composite, imports torch).
 _COMPOSITE_NAMES = ("EnsembleNetwork", "SingleNetwork", "network_from_metadata", "skeleton")
 
+#: Starting a network from another checkpoint's weights (model.init) and the pretraining checkpoint format.
+_INIT_NAMES = (
+    "PRETRAINED_FILENAME",
+    "PRETRAINED_FORMAT",
+    "InitReport",
+    "check_initialisation",
+    "class_dependent_keys",
+    "initialise_network",
+    "load_init_checkpoint",
+    "save_pretrained_checkpoint",
+)
+
 __all__ = [
     *_CHECKPOINT_NAMES,
     *_COMPOSITE_NAMES,
+    *_INIT_NAMES,
     "MODELS",
     "ModelOptions",
     "ModelSpec",
@@ -80,6 +93,10 @@ def __getattr__(name: str):  # lazy heavy imports
         from emseg.models import _composite
 
         return getattr(_composite, name)
+    if name in _INIT_NAMES:
+        from emseg.models import _init
+
+        return getattr(_init, name)
     if name == "UNet":
         from emseg.models._unet import UNet
 

@@ -49,11 +49,11 @@ WEIGHT_CACHE_FILENAME = "weight_maps.npz"
 #: Every file ``emseg train`` writes in a run directory.
 RUN_FILES = (MODEL_FILENAME, LAST_FILENAME, METRICS_FILENAME, SUMMARY_FILENAME, CONFIG_FILENAME, WEIGHT_CACHE_FILENAME)
 #: Keys ``last.pt`` holds beyond ``model.pt``'s: without them, ``last.pt`` of a best epoch *is* that epoch's model.
-RESUME_KEYS = ("optimizer", "train_state", "ema", "rng")
+RESUME_KEYS = ("optimizer", "train_state", "ema", "rng", "semi")
 #: The configuration keys that fix the network's shape and meaning; a resume must not change them.
 NETWORK_KEYS = ("model", "data.classes", "preprocess")
-#: ... except the file of pretrained encoder weights, which only seeds a new run.
-_IGNORED_NETWORK_KEYS = ("model.encoder_weights",)
+#: ... except the files of pretrained weights (encoder weights, model.init), which only seed a new run.
+_IGNORED_NETWORK_KEYS = ("model.encoder_weights", "model.init")
 
 
 class RunWriteError(OSError):

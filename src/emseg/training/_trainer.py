@@ -34,6 +34,7 @@ from emseg.evaluation import EvaluationResult, confusion_matrix
 from emseg.inference import Predictor
 from emseg.models import MODELS, build_model, count_parameters, model_divisor
 from emseg.models import MODEL_FILENAME, CheckpointError, inference_defaults, load_checkpoint, save_checkpoint
+from emseg.models import check_initialisation, initialise_network
 from emseg.training._run_dir import (
     CONFIG_FILENAME,
     LAST_FILENAME,
@@ -63,6 +64,7 @@ from emseg.losses import build_criterion, multi_head
 from emseg.training._ema import WeightAverage
 from emseg.training._inputs import weight_maps, with_grain_channels
 from emseg.training._optim import build_optimizer
+from emseg.training._semi import SemiSupervised
 from emseg.training._schedules import learning_rate, plateau_scale
 from emseg.training._validation import METRIC_MODES, validate
 
@@ -293,6 +295,10 @@ def train(
         resume_state = _resume_state(config, out_dir)
     if resume and resume_state is None:  # nothing to resume (or a forest, fitted in one go): start again
         resume, overwrite = False, True
+    if config.model.init and resume_state is None:  # model.init of another architecture: refused before any write
+        check_initialisation(config.model.init, name=config.model.name, options=config.model.options,
+                             in_channels=config.model.context_slices + len(config.preprocess.grain_filter),
+                             num_classes=len(config.data.classes))
     _prepare_run_dir(out_dir, overwrite=overwrite, resume=resume)
     replace_text(out_dir / CONFIG_FILENAME, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if spec.backend == "random-forest":
@@ -461,9 +467,14 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     criterion = None  # wrapped for multi-head models once the first output is seen
     model = build_model(config.model.name, in_channels=in_channels, num_classes=num_classes,
                         options=config.model.options).to(device)
+    if config.model.init and resume_state is None:  # model.init: matching weights of a checkpoint (last.pt wins on resume)
+        logger.info(initialise_network(model, config.model.init, name=config.model.name, options=config.model.options,
+                                       in_channels=in_channels, num_classes=num_classes).describe())
     optimizer = build_optimizer(model, name=tc.optimizer, learning_rate=tc.learning_rate, weight_decay=tc.weight_decay,
                                 weight_decay_groups=tc.weight_decay_groups, momentum=tc.momentum, nesterov=tc.nesterov)
     ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
+    semi = (SemiSupervised(config, model, normalizer=normalizer, patch_size=tuple(patch_size), device=device,
+                           dtype=dtype) if tc.semi_supervised is not None else None)  # data.unlabelled (issue 18)
     scored = model if ema is None else ema.model  # the weights validated and saved
     predictor = Predictor(scored, classes=config.data.classes, normalizer=normalizer,
                           context_slices=config.model.context_slices, grain_filter=grain,
@@ -494,6 +505,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                              f"{out_dir / CONFIG_FILENAME} or train into a new --out") from None
         if ema is not None:
             ema.load(state["state"], state["ema"])
+        if semi is not None and "semi" in state:  # else the teacher starts again from the resumed weights
+            semi.load_state_dict(state["semi"])
         optimizer.load_state_dict(state["optimizer"])
         info = state["training"]
         epoch, iteration, elapsed_before = info["epoch"], info["iteration"], info["elapsed_s"]
@@ -554,11 +567,15 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                                      if isinstance(logits, dict) else base_criterion)
                     loss = criterion(logits, match_target(logits, y),
                                      weight_map=None if wmap is None else match_target(logits, wmap))
+                    if semi is not None:
+                        loss = loss + semi.loss(model, fraction=fraction_done())
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     if ema is not None:
                         ema.update(model)
+                    if semi is not None:
+                        semi.update(model)
                     losses.append(loss.item())
                     iteration += 1
                     advance(completed=100 * fraction_done(), status=f"epoch {epoch + 1} loss {np.mean(losses):.3f}")
@@ -567,7 +584,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                 epoch += 1
                 record: dict[str, Any] = {"epoch": epoch, "iteration": iteration,
                                           "elapsed_s": round(time.perf_counter() - start, 2),
-                                          "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses))}
+                                          "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
+                                          **(semi.metrics() if semi is not None else {})}
                 val_iou = float("nan")
                 if len(val):
                     t0 = time.perf_counter()
@@ -603,6 +621,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                 resumable = {"optimizer": optimizer.state_dict(), "rng": _random_states(rng, sampler, device)}
                 if ema is not None:  # "state" holds the average; the optimiser goes on from the raw weights
                     resumable.update(train_state=model.state_dict(), ema=ema.state_dict())
+                if semi is not None:
+                    resumable["semi"] = semi.state_dict()
                 # Order of writes: last.pt first, then model.pt. last.pt is the record of the run: an epoch
                 # counts once its last.pt is written (its metrics line before it is dropped on resume
                 # otherwise). A kill between the two writes leaves model.pt one best behind, and last.pt then

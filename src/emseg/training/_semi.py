@@ -1,0 +1,198 @@
+"""Semi-supervised loss term: mean teacher or confidence-thresholded pseudo-labels on ``data.unlabelled``.
+
+Attached to the training loop by a small hook (:class:`SemiSupervised`): every step draws a batch of
+unlabelled patches, adds ``weight * ramp(t) * term`` to the supervised loss and, after the optimiser
+step, moves the EMA teacher.  Pixels of an unlabelled patch that carry a real label (the unlabelled
+volume may contain the labelled slices) keep their label: they never get a pseudo-label and are left
+out of the consistency term (the supervised loss already sees them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from emseg._device import autocast
+from emseg.config import Config
+from emseg.constants import IGNORE_INDEX
+from emseg.data import Normalizer, UnlabelledVolumes, parse_slices
+from emseg.io import open_image
+from emseg.training._ema import WeightAverage
+from emseg.training._spatial import match_target
+
+__all__ = ["SemiSupervised", "pseudo_labels", "ramp_weight"]
+
+
+def pseudo_labels(probabilities: torch.Tensor, thresholds: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Confident predictions as labels; real labels kept; the rest ignored.
+
+    Args:
+        probabilities: ``(N, K, *S)`` class probabilities (the teacher's).
+        thresholds: ``(K,)``: a pixel predicted as class ``k`` is kept when its probability is at least
+            ``thresholds[k]``.
+        known: ``(N, *S)`` real labels, :data:`~emseg.constants.IGNORE_INDEX` where there are none.
+
+    Returns:
+        ``(N, *S)`` int64: ``known`` where it is a label, else the predicted class where confident,
+        else ``IGNORE_INDEX``.
+    """
+    confidence, cls = probabilities.max(dim=1)
+    keep = confidence >= thresholds.to(probabilities.device)[cls]
+    out = torch.where(keep, cls, torch.full_like(cls, IGNORE_INDEX))
+    known = known.to(out.device, torch.long)
+    return torch.where(known != IGNORE_INDEX, known, out)
+
+
+def ramp_weight(weight: float, fraction: float, ramp_up: float) -> float:
+    """``weight * exp(-5 (1 - t / ramp_up)^2)`` (Laine & Aila's sigmoid ramp-up), ``weight`` after ``ramp_up``."""
+    if ramp_up <= 0 or fraction >= ramp_up:
+        return float(weight)
+    return float(weight) * math.exp(-5.0 * (1.0 - fraction / ramp_up) ** 2)
+
+
+def _weak(x: np.ndarray, known: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flips and 90 degree rotations in (y, x), the same for the patch ``(C, *S)`` and its labels ``(*S)``."""
+    if rng.random() < 0.5:
+        x, known = x[..., ::-1], known[..., ::-1]
+    if rng.random() < 0.5:
+        x, known = x[..., ::-1, :], known[..., ::-1, :]
+    if x.shape[-1] == x.shape[-2]:
+        k = int(rng.integers(0, 4))
+        x, known = np.rot90(x, k, axes=(-2, -1)), np.rot90(known, k, axes=(-2, -1))
+    return np.ascontiguousarray(x), np.ascontiguousarray(known)
+
+
+def _strong(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Photometric changes only (pixels stay aligned with the weak view): contrast, brightness, blur, noise."""
+    x = x * rng.uniform(0.75, 1.25) + rng.uniform(-0.25, 0.25)
+    if rng.random() < 0.3:
+        sigma = [0.0] * (x.ndim - 2) + [float(rng.uniform(0.3, 1.2))] * 2
+        x = ndimage.gaussian_filter(x, sigma)
+    if rng.random() < 0.5:
+        x = x + rng.uniform(0.0, 0.15) * rng.standard_normal(x.shape)
+    return x.astype(np.float32)
+
+
+class SemiSupervised:
+    """The semi-supervised term of ``training.semi_supervised`` and its EMA teacher.
+
+    Args:
+        config: the run's configuration (``data.unlabelled``, ``training.semi_supervised``).
+        model: the student network (the teacher starts as its copy).
+        normalizer: the run's intensity normaliser.
+        patch_size: the training patch ``(Y, X)`` or ``(Z, Y, X)``.
+        device, dtype: where and in which autocast precision to run.
+    """
+
+    def __init__(self, config: Config, model: torch.nn.Module, *, normalizer: Normalizer, patch_size: tuple[int, ...],
+                 device: torch.device, dtype: torch.dtype | None) -> None:
+        sc = config.training.semi_supervised
+        if sc is None:
+            raise ValueError("training.semi_supervised is not set")
+        self.config, self.normalizer, self.device, self.dtype = sc, normalizer, device, dtype
+        num_classes = len(config.data.classes)
+        values = sc.threshold if isinstance(sc.threshold, list) else [sc.threshold] * num_classes
+        self.thresholds = torch.tensor(values, dtype=torch.float32)
+        self.batch_size = sc.batch_size or config.training.batch_size
+        self.data = UnlabelledVolumes([(s.image, s.slices) for s in config.data.unlabelled],
+                                      patch_size=patch_size, context=config.model.context_slices)
+        self.known = self._known_labels(config)
+        self.teacher = WeightAverage(model, sc.teacher_decay)
+        self.rng = np.random.default_rng([config.training.seed, 18])  # apart from the supervised stream
+        self._log: dict[str, list[float]] = {"semi_loss": [], "semi_weight": [], "semi_confident_fraction": []}
+
+    def _known_labels(self, config: Config) -> dict[tuple[int, int], np.ndarray]:
+        """``(source, z) -> (Y, X)`` real labels of unlabelled slices that are also training slices."""
+        known: dict[tuple[int, int], np.ndarray] = {}
+        for v, path in enumerate(self.data.paths):
+            for source in config.data.train:
+                if os.path.realpath(source.image) != os.path.realpath(path):
+                    continue
+                with open_image(source.labels) as labels:
+                    zs = parse_slices(source.slices, labels.array.shape[0])
+                    for z in zs:
+                        lab = np.asarray(labels.array[z]).astype(np.int64)
+                        if config.data.ignore_label is not None:
+                            lab[lab == config.data.ignore_label] = IGNORE_INDEX
+                        known[(v, z)] = lab
+        return known
+
+    def _known_patch(self, where: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+        v, z, y, x = where
+        py, px = shape[-2:]
+        depth = shape[0] if len(shape) == 3 else 1
+        out = np.full((depth, py, px), IGNORE_INDEX, dtype=np.int64)
+        for k in range(depth):
+            lab = self.known.get((v, z + k))
+            if lab is not None:
+                out[k] = lab[y:y + py, x:x + px]
+        return out if len(shape) == 3 else out[0]
+
+    def weight(self, fraction: float) -> float:
+        return ramp_weight(self.config.weight, fraction, self.config.ramp_up)
+
+    def loss(self, model: torch.nn.Module, *, fraction: float) -> torch.Tensor:
+        """``weight * ramp(fraction) * term`` for one batch of unlabelled patches (a scalar with gradient)."""
+        raw, where = self.data.sample_with_positions(self.batch_size, self.rng)
+        patch = tuple(raw.shape[2:])
+        weak, strong, known = [], [], []
+        for image, at in zip(self.normalizer(raw), where):
+            w, k = _weak(image, self._known_patch(at, patch), self.rng)
+            weak.append(w), known.append(k), strong.append(_strong(w, self.rng))
+        weak_t = torch.from_numpy(np.stack(weak)).to(self.device)
+        strong_t = torch.from_numpy(np.stack(strong)).to(self.device)
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            teacher = self.teacher.model(weak_t)
+        with autocast(self.device, self.dtype):
+            student = model(strong_t)
+        teacher = teacher["main"] if isinstance(teacher, dict) else teacher
+        student = student["main"] if isinstance(student, dict) else student
+        known_t = match_target(student, torch.from_numpy(np.stack(known)).to(self.device))
+        probs = torch.softmax(teacher.float(), dim=1)
+        if self.config.method == "pseudo_label":
+            target = pseudo_labels(probs, self.thresholds, known_t)
+            confident = (target != IGNORE_INDEX) & (known_t == IGNORE_INDEX)
+            ce = F.cross_entropy(student.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+            term = ce.sum() / ce.numel()  # as FixMatch: ignored pixels count as 0, the mean is over all pixels
+            share = float(confident.sum()) / max(1, int((known_t == IGNORE_INDEX).sum()))
+        else:  # mean teacher: squared distance of the class probabilities on the pixels without a real label
+            free = (known_t == IGNORE_INDEX).to(torch.float32)
+            distance = ((torch.softmax(student.float(), dim=1) - probs) ** 2).sum(dim=1)
+            term = (distance * free).sum() / free.sum().clamp_min(1.0)
+            share = float("nan")
+        w = self.weight(fraction)
+        self._log["semi_loss"].append(float(term.item()))
+        self._log["semi_weight"].append(w)
+        self._log["semi_confident_fraction"].append(share)
+        return w * term
+
+    def update(self, model: torch.nn.Module) -> None:
+        """After the optimiser step: the teacher follows the student."""
+        self.teacher.update(model)
+
+    def metrics(self) -> dict[str, float | None]:
+        """Means over the steps since the last call (for the epoch's metrics line)."""
+        out: dict[str, float | None] = {}
+        for key, values in self._log.items():
+            finite = [v for v in values if not math.isnan(v)]
+            out[key] = float(np.mean(finite)) if finite else None
+            values.clear()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.model.state_dict(), "teacher_info": self.teacher.state_dict(),
+                "rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teacher.load(state["teacher"], state["teacher_info"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+    def close(self) -> None:
+        self.data.close()

@@ -1,0 +1,121 @@
+"""training.semi_supervised: pseudo-labels and mean teacher on data.unlabelled (real ISBI crops)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from emseg.cli import app
+from emseg.config import load_config
+from emseg.constants import IGNORE_INDEX
+from emseg.data import Normalizer
+from emseg.models import build_model, load_checkpoint
+from emseg.training import TrainingInterrupted
+from emseg.training._semi import SemiSupervised, pseudo_labels, ramp_weight
+
+I = IGNORE_INDEX
+
+
+def test_pseudo_labels_keep_real_labels_and_respect_per_class_thresholds():
+    # 1 image, 3 classes, 4 pixels: predicted class / confidence 0:0.95, 1:0.75, 2:0.85, 1:0.65
+    probs = torch.tensor([[0.95, 0.20, 0.10, 0.30],
+                          [0.03, 0.75, 0.05, 0.65],
+                          [0.02, 0.05, 0.85, 0.05]]).reshape(1, 3, 1, 4)
+    thresholds = torch.tensor([0.9, 0.7, 0.9])
+    none = torch.full((1, 1, 4), I)
+    assert pseudo_labels(probs, thresholds, none).tolist() == [[[0, 1, I, I]]]  # 0.85 < 0.9 for class 2
+    known = torch.tensor([[[2, I, 0, I]]])
+    out = pseudo_labels(probs, thresholds, known)
+    assert out.tolist() == [[[2, 1, 0, I]]]  # real labels win, even over confident predictions
+    assert pseudo_labels(probs, torch.tensor([1.0, 1.0, 1.0]), known).tolist() == [[[2, I, 0, I]]]
+
+
+def test_ramp_weight():
+    assert ramp_weight(2.0, 0.0, 0.5) == pytest.approx(2.0 * np.exp(-5.0))
+    assert ramp_weight(2.0, 0.25, 0.5) == pytest.approx(2.0 * np.exp(-5.0 * 0.25))
+    assert ramp_weight(2.0, 0.5, 0.5) == ramp_weight(2.0, 0.9, 0.5) == 2.0
+    assert ramp_weight(2.0, 0.0, 0.0) == 2.0
+
+
+def _config(tmp_path, isbi_crop, *, method: str, extra: str = "", name: str = "c.yaml"):
+    path = tmp_path / name
+    path.write_text(f"""
+data:
+  train: {{image: {isbi_crop['raw']}, labels: {isbi_crop['labels']}, slices: "0,1"}}
+  val: {{image: {isbi_crop['raw']}, labels: {isbi_crop['labels']}, slices: "7"}}
+  unlabelled: [{{image: {isbi_crop['raw']}, slices: "0:7"}}]
+  classes: [interior, membrane]
+model: {{name: unet2d, features: [4, 8]}}
+training: {{max_minutes: 2, epochs: 2, iterations_per_epoch: 2, batch_size: 2, patch_size: 64,
+           semi_supervised: {{method: {method}, weight: 1.0, threshold: [0.6, 0.7], ramp_up: 0.5{extra}}}}}
+""")
+    return path
+
+
+def test_unlabelled_patches_of_labelled_slices_keep_their_labels(tmp_path, isbi_crop):
+    """The unlabelled volume holds the labelled sections 0, 1: their pixels keep the real labels; sections
+    2-6 get pseudo-labels only where the teacher is confident enough (the rest ignored)."""
+    import tifffile
+
+    config = load_config(_config(tmp_path, isbi_crop, method="pseudo_label"))
+    labels = tifffile.imread(isbi_crop["labels"])
+    model = build_model("unet2d", in_channels=1, num_classes=2, options={"features": [4, 8]})
+    semi = SemiSupervised(config, model, normalizer=Normalizer(127.0, 50.0), patch_size=(64, 64),
+                          device=torch.device("cpu"), dtype=None)
+    assert sorted(semi.known) == [(0, 0), (0, 1)]
+    np.testing.assert_array_equal(semi.known[(0, 1)], labels[1])
+    patch = semi._known_patch((0, 1, 5, 7), (64, 64))
+    np.testing.assert_array_equal(patch, labels[1, 5:69, 7:71])
+    assert (semi._known_patch((0, 3, 0, 0), (64, 64)) == I).all()
+    loss = semi.loss(model, fraction=1.0)
+    assert loss.requires_grad and torch.isfinite(loss)
+    logged = semi.metrics()
+    assert 0.0 <= logged["semi_confident_fraction"] <= 1.0 and logged["semi_weight"] == 1.0
+    semi.close()
+
+
+@pytest.mark.parametrize("method", ["pseudo_label", "mean_teacher"])
+def test_semi_supervised_training_runs_and_resumes(tmp_path, isbi_crop, method, cpu_bf16, monkeypatch):
+    import emseg
+
+    cfg = _config(tmp_path, isbi_crop, method=method)
+    whole = emseg.train(cfg, tmp_path / "whole", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(r["semi_loss"] is not None and r["semi_loss"] >= 0 for r in lines)
+    assert lines[0]["semi_weight"] < lines[1]["semi_weight"] <= 1.0  # ramped up
+    # an interrupted run (1 epoch) resumed to 2 epochs gives the same weights as the uninterrupted one
+    real, calls = SemiSupervised.loss, {"n": 0}
+
+    def interrupted(self, model, *, fraction):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first step of epoch 2
+            raise KeyboardInterrupt
+        return real(self, model, fraction=fraction)
+
+    monkeypatch.setattr(SemiSupervised, "loss", interrupted)
+    with pytest.raises(TrainingInterrupted):
+        emseg.train(cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(SemiSupervised, "loss", real)
+    resumed = emseg.train(load_config(cfg), tmp_path / "cut", resume=True, progress=False)
+    last_a = load_checkpoint(tmp_path / "whole" / "last.pt")
+    last_b = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert resumed.epochs == 2 and "semi" in last_b and "semi" not in load_checkpoint(resumed.model_path)
+    for key, value in last_a["state"].items():
+        torch.testing.assert_close(last_b["state"][key], value, rtol=0, atol=0)
+    for key, value in last_a["semi"]["teacher"].items():
+        torch.testing.assert_close(last_b["semi"]["teacher"][key], value, rtol=0, atol=0)
+
+
+def test_semi_supervised_without_unlabelled_data_is_refused(tmp_path, isbi_crop):
+    cfg = _config(tmp_path, isbi_crop, method="pseudo_label")
+    cfg.write_text(cfg.read_text().replace("  unlabelled:", "  #"))
+    result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp_path / "r"), "-q"])
+    assert result.exit_code == 2 and "data.unlabelled" in result.output and "Traceback" not in result.output
+    cfg2 = _config(tmp_path, isbi_crop, method="pseudo_label", name="c2.yaml")
+    cfg2.write_text(cfg2.read_text().replace("threshold: [0.6, 0.7]", "threshold: [0.6, 0.7, 0.8]"))
+    result = CliRunner().invoke(app, ["train", str(cfg2), "--out", str(tmp_path / "r2"), "-q"])
+    assert result.exit_code == 2 and "threshold has 3 values" in result.output
