@@ -9,6 +9,7 @@ from emseg.data._load import (
     load_training_data,
 )
 from emseg.data._normalize import Normalizer
+from emseg.data._prefetch import BatchStream
 from emseg.data._sampling import PatchSampler
 from emseg.data._slices import parse_slices
 from emseg.data._volume_sampling import (
@@ -21,6 +22,7 @@ from emseg.data._weights import guay_weight_map, unet_border_weight_map
 
 __all__ = [
     "IGNORE_INDEX",
+    "BatchStream",
     "DataError",
     "LabelledSlices",
     "LabelledVolumes",
