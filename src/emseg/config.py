@@ -323,6 +323,10 @@ class TrainingConfig(_Strict):
         default="auto",
         description="training route: 'auto' (a few timed steps at the start pick precision, channels-last, "
                     "torch.compile and torch threads) or a name PRECISION[-cl][-compile][-tN], e.g. 'bf16-cl-t2'")
+    adapt_to_budget: bool = Field(
+        default=True,
+        description="with max_minutes given, choose the batch_size / patch_size left unset from the measured step "
+                    "time, the budget and the data (README: Budget-aware defaults); false keeps the defaults")
     prefetch: int = Field(
         default=2, ge=0, le=16,
         description="batches drawn and augmented ahead by a background thread (0: inline, in the training loop)")

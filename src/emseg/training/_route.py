@@ -52,10 +52,12 @@ __all__ = ["COMPILE_MIN_MINUTES", "Route", "RouteChoice", "choose_route"]
 COMPILE_MIN_MINUTES = 60.0
 #: Timed steps per route (after one warm-up step); the fastest of them counts (others' load adds noise).
 PROBE_STEPS = 2
-#: Share of the budget the probe may take (at most :data:`PROBE_MAX_SECONDS`), compile set-up aside; the
-#: precisions are always compared, channels-last and threads as long as the probe is within it.
+#: Share of the budget the probe may take (at most :data:`PROBE_MAX_SECONDS`), compile set-up aside: a
+#: candidate is only timed while the probe is within it (the first, ``precision: auto``, always is).
 PROBE_FRACTION = 0.03
 PROBE_MAX_SECONDS = 60.0
+#: A warm-up step slower than this is followed by one timed step only.
+SLOW_STEP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,11 @@ class RouteChoice:
 
 
 def _candidate_precisions(precision: str, device: torch.device) -> list[str]:
+    """The precisions to time, what ``precision: auto`` means here first (the fallback of a short probe)."""
     if precision in ("fp32", "bf16"):
         return [precision]
     native = resolve_precision("auto", device) == torch.bfloat16
-    return ["fp32", "bf16"] if native else ["fp32"]
+    return ["bf16", "fp32"] if native else ["fp32"]
 
 
 def _candidate_threads(num_threads: int | None, device: torch.device) -> list[int]:
@@ -153,8 +156,10 @@ def _time_steps(model: nn.Module, route: Route, x: torch.Tensor, device: torch.d
     xr = route.prepare_input(x)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-12)
     dtype = route.dtype(device)
-    times = []
-    for _ in range(steps + 1):
+    times: list[float] = []
+    while len(times) < steps + 1:
+        if len(times) == 1 and times[0] > SLOW_STEP_S:  # slow steps: one timed step after the warm-up
+            steps = 1
         t0 = time.perf_counter()
         with autocast(device, dtype):
             out = model(xr)
@@ -203,13 +208,17 @@ def choose_route(model: nn.Module, *, input_shape: tuple[int, ...], device: torc
     timings: dict[str, float] = {}
     compile_setup = None
 
+    cost = [0.0]  # seconds the first route's measurement took: what one more is expected to take
+
     def measure(route: Route) -> float:
         if route.name not in timings:
+            t0 = time.perf_counter()
             timings[route.name] = _time_steps(model, route, x, device, steps)[1]
+            cost[0] = cost[0] or time.perf_counter() - t0
         return timings[route.name]
 
     def over_budget() -> bool:
-        return time.perf_counter() - start > probe_budget
+        return time.perf_counter() - start + cost[0] > probe_budget
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         precisions = _candidate_precisions(precision, device)
@@ -219,9 +228,9 @@ def choose_route(model: nn.Module, *, input_shape: tuple[int, ...], device: torc
         stages = [lambda b: [replace(b, precision=p) for p in precisions if p != b.precision],
                   lambda b: [replace(b, channels_last=True)],
                   lambda b: [replace(b, threads=t) for t in threads if t != b.threads]]
-        for k, stage in enumerate(stages):  # greedy: each choice on the best route so far
+        for stage in stages:  # greedy: each choice on the best route so far
             for option in stage(best):
-                if k and over_budget():  # precision is always compared; the rest as the budget allows
+                if over_budget():  # the rest as the budget allows: else what `precision: auto` means
                     break
                 if measure(option) < timings[best.name]:
                     best = option

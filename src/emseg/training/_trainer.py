@@ -60,6 +60,7 @@ from emseg.training._spatial import (
     warn_absent_classes,
 )
 from emseg.losses import build_criterion, multi_head
+from emseg.training._budget import adapt_to_budget
 from emseg.training._ema import WeightAverage
 from emseg.training._inputs import weight_maps, with_grain_channels
 from emseg.training._optim import build_optimizer
@@ -290,6 +291,7 @@ def train(
     # every check before anything is written: data (3-D: sub-stacks), patch size, the run to resume
     train_data, val_data = load_data(config)
     spec = MODELS.get(config.model.name)
+    user_set = set(config.training.model_fields_set)  # before the patch is fitted to the data
     if spec.backend != "random-forest":
         config = fit_patch_to_data(config, train_data)
     warn_absent_classes(config, train_data, val_data)
@@ -298,11 +300,16 @@ def train(
         resume_state = _resume_state(config, out_dir)
     if resume and resume_state is None:  # nothing to resume (or a forest, fitted in one go): start again
         resume, overwrite = False, True
+    budget = None
+    if spec.backend != "random-forest":  # batch / patch size for max_minutes on this machine (resume: as recorded)
+        config, budget = adapt_to_budget(config, train_data, user_set=user_set,
+                                         resumed=None if resume_state is None else resume_state.get("training", {}))
     _prepare_run_dir(out_dir, overwrite=overwrite, resume=resume)
     replace_text(out_dir / CONFIG_FILENAME, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if spec.backend == "random-forest":
         return _train_forest(config, out_dir, train_data, val_data)
-    return _train_torch(config, out_dir, train_data, val_data, resume_state=resume_state, progress=progress)
+    return _train_torch(config, out_dir, train_data, val_data, resume_state=resume_state, progress=progress,
+                        budget_choice=budget)
 
 
 def _train_forest(config: Config, out_dir: Path, train_data: LabelledSlices, val_data: LabelledSlices) -> TrainResult:
@@ -413,7 +420,8 @@ def _finish(out_dir: Path, *, best_epoch: int, best: float, epochs: int, elapsed
 
 
 def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_data: LabelledSlices, *,
-                 resume_state: dict[str, Any] | None, progress: bool) -> TrainResult:
+                 resume_state: dict[str, Any] | None, progress: bool,
+                 budget_choice: dict[str, Any] | None = None) -> TrainResult:
     from emseg._progress import progress_bar
 
     tc = config.training
@@ -612,7 +620,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                             "best_epoch": best_epoch, "best_val_mean_iou": _nan_to_none(best_iou if len(val) else float("nan")),
                             "val_mean_iou": _nan_to_none(val_iou), "checkpoint_metric": metric,
                             "best_score": _nan_to_none(best), "history": history,
-                            "config": config.model_dump(mode="json"), "route": route_choice.to_dict()}
+                            "config": config.model_dump(mode="json"), "route": route_choice.to_dict(),
+                            **({"budget": budget_choice} if budget_choice else {})}
                 ckpt = _checkpoint(config, backend="torch", state=scored.state_dict(), normalizer=normalizer,
                                    in_channels=in_channels, training=training, divisor=model_divisor(model))
                 resumable = {"optimizer": optimizer.state_dict(), "rng": _random_states(batches, device)}
@@ -665,7 +674,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     return _finish(out_dir, best_epoch=best_epoch, best=best_iou if len(val) else float("nan"), epochs=epoch,
                    elapsed=time.perf_counter() - start, reason=stop_reason, metric=metric,
                    best_metric=best_value if len(val) else float("nan"), calibration=calibration,
-                   run_info={"route": route_choice.to_dict()})
+                   run_info={"route": route_choice.to_dict(), **({"budget": budget_choice} if budget_choice else {})})
 
 
 def _early_stop(tc: Any, *, epoch: int, best_epoch: int, val_iou: float | None) -> str | None:
