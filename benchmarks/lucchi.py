@@ -176,7 +176,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", default="default,default+post,basicunet")
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--min-size", type=int, default=1000, help="post-processing: smallest kept component (voxels)")
+    parser.add_argument("--min-size", type=int, default=1000,
+                        help="post-processing: smallest kept component (voxels; a tenth of it in pixels per slice "
+                             "with --test-slices)")
     parser.add_argument("--test-slices", default=None,
                         help="predict and score only these test slices (start:stop:step, e.g. 0:165:8); V_Rand/V_Info "
                              "then per slice (2-D components)")
@@ -228,9 +230,9 @@ def main() -> None:
             if labels is None:
                 raise SystemExit("row default+post needs the row default before it")
             t1 = time.perf_counter()
-            post = postprocess(labels, min_size=args.min_size // 10 if per_slice else args.min_size,
-                               per_slice=per_slice)
-            record(name, post, postprocess_s=round(time.perf_counter() - t1, 1), min_size=args.min_size)
+            min_size = args.min_size // 10 if per_slice else args.min_size  # pixels of a 2-D component
+            post = postprocess(labels, min_size=min_size, per_slice=per_slice)
+            record(name, post, postprocess_s=round(time.perf_counter() - t1, 1), min_size=min_size)
         elif name == "default+tta":
             run = args.out / f"default-{tag}"
             labels, pred_s = predict_volume(run / "model.pt", args.data, args.out / f"default-tta-{tag}.zarr",
@@ -257,7 +259,7 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown row {name!r}: default, default+post, default+tta, 2.5d, ensemble, basicunet")
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"\n| row | minutes | foreground IoU | Dice | V_Rand | V_Info |")
+    print("\n| row | minutes | foreground IoU | Dice | V_Rand | V_Info |")
     print("|---|---|---|---|---|---|")
     for row in results["rows"]:
         print(f"| {row['row']} | {row['minutes']:g} | {row['iou']:.3f} | {row['dice']:.3f} | "

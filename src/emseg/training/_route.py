@@ -50,6 +50,8 @@ __all__ = ["COMPILE_MIN_MINUTES", "Route", "RouteChoice", "choose_route"]
 #: development machine, against 4.9 s per eager step (docs/BENCHMARKS.md): it only pays off, if at all,
 #: over long budgets.
 COMPILE_MIN_MINUTES = 60.0
+#: On a GPU (set-up of a minute or two, not measured here: no GPU was lent to issue 22).
+COMPILE_MIN_MINUTES_GPU = 10.0
 #: Timed steps per route (after one warm-up step); the fastest of them counts (others' load adds noise).
 PROBE_STEPS = 2
 #: Share of the budget the probe may take (at most :data:`PROBE_MAX_SECONDS`), compile set-up aside: a
@@ -202,7 +204,6 @@ def choose_route(model: nn.Module, *, input_shape: tuple[int, ...], device: torc
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(input_shape, generator=generator).to(device)
     saved = copy.deepcopy(model.state_dict())
-    threads0 = torch.get_num_threads()
     was_training = model.training
     model.train()
     timings: dict[str, float] = {}
@@ -234,7 +235,7 @@ def choose_route(model: nn.Module, *, input_shape: tuple[int, ...], device: torc
                     break
                 if measure(option) < timings[best.name]:
                     best = option
-        if budget_s >= COMPILE_MIN_MINUTES * 60 or device.type == "cuda":
+        if budget_s >= (COMPILE_MIN_MINUTES_GPU if device.type == "cuda" else COMPILE_MIN_MINUTES) * 60:
             compiled = replace(best, compile=True)
             try:
                 first, step = _time_steps(model, compiled, x, device, steps)
@@ -249,7 +250,5 @@ def choose_route(model: nn.Module, *, input_shape: tuple[int, ...], device: torc
         best.apply(model, ndim)
         model.load_state_dict(saved)
     model.train(was_training)
-    if best.threads != threads0:
-        logger.debug("torch threads %d -> %d", threads0, best.threads)
     return RouteChoice(best, "probe", timings, compile_setup, time.perf_counter() - start)
 
