@@ -28,6 +28,12 @@ from emseg._device import NATIVE_BF16_ENV  # noqa: E402
 
 os.environ.setdefault(NATIVE_BF16_ENV, "0")
 
+# ``training.route: auto`` times candidate routes at the start of a run and takes the fastest: which one wins
+# depends on the machine's load, and two routes (channels-last, threads) need not give the same bits. Tests
+# compare runs bit for bit (resume = uninterrupted, kill and rerun), so the suite trains on the route
+# ``precision: auto`` means, without the probe; tests/training/test_route.py turns the probe on.
+os.environ.setdefault("EMSEG_TRAINING_PROBE", "0")
+
 
 @pytest.fixture(params=[False, True], ids=["cpu-fp32", "cpu-bf16"])
 def cpu_bf16(request, monkeypatch) -> bool:

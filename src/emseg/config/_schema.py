@@ -7,6 +7,7 @@ configuration file's folder (the validation context's ``base_dir``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ __all__ = [
     "TrainingConfig",
     "UnlabelledSource",
     "VolumeSource",
+    "parse_route",
     "resolve_config_path",
 ]
 
@@ -55,6 +57,23 @@ def resolve_config_path(value: str, info: ValidationInfo) -> str:
     if base is not None and not os.path.isabs(text):
         text = os.path.join(base, text)
     return text
+
+
+_ROUTE_RE = re.compile(r"(fp32|bf16)(-cl)?(-compile)?(-t([1-9][0-9]*))?")
+
+
+def parse_route(name: str) -> dict[str, Any]:
+    """A training route name ``PRECISION[-cl][-compile][-tN]`` (e.g. ``bf16-cl-t2``) as its parts.
+
+    ``threads`` is ``None`` when the name has no ``-tN``. Raises ``ValueError`` with the grammar otherwise.
+    """
+    match = _ROUTE_RE.fullmatch(str(name))
+    if match is None:
+        raise ValueError(f"unknown training route {name!r}; use 'auto' (timing probe, the default) or a "
+                         f"name PRECISION[-cl][-compile][-tN]: precision fp32 or bf16, -cl channels-last, "
+                         f"-compile torch.compile, -tN N torch threads, e.g. 'bf16-cl-t2' or 'fp32'")
+    return {"precision": match[1], "channels_last": bool(match[2]), "compile": bool(match[3]),
+            "threads": int(match[5]) if match[5] else None}
 
 
 class VolumeSource(_Strict):
@@ -338,6 +357,17 @@ class TrainingConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)
+    route: str = Field(
+        default="auto",
+        description="training route: 'auto' (a few timed steps at the start pick precision, channels-last, "
+                    "torch.compile and torch threads) or a name PRECISION[-cl][-compile][-tN], e.g. 'bf16-cl-t2'")
+    adapt_to_budget: bool = Field(
+        default=True,
+        description="with max_minutes given, choose the batch_size / patch_size left unset from the measured step "
+                    "time, the budget and the data (README: Budget-aware defaults); false keeps the defaults")
+    prefetch: int = Field(
+        default=2, ge=0, le=16,
+        description="batches drawn and augmented ahead by a background thread (0: inline, in the training loop)")
     val_max_slices: int | None = Field(default=None, ge=1, description="cap on validation slices scored per epoch")
     ema_decay: float | None = Field(
         default=None, gt=0.0, lt=1.0,
@@ -350,6 +380,13 @@ class TrainingConfig(_Strict):
         description="after training, fit per-class logit offsets on the validation slices (coordinate ascent on "
                     "validation mean IoU; stored in the checkpoint, applied by `emseg predict`; neural networks "
                     "only). Off by default: on EPFL it raised validation but lowered test IoU (docs/BENCHMARKS.md)")
+
+    @field_validator("route")
+    @classmethod
+    def _route(cls, value: str) -> str:
+        if value != "auto":
+            parse_route(value)
+        return value
 
     @field_validator("patch_size", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from emseg.data._load import (
     load_training_data,
 )
 from emseg.data._normalize import Normalizer
+from emseg.data._prefetch import BatchStream
 from emseg.data._sampling import PatchSampler
 from emseg.data._unlabelled import UnlabelledVolumes
 from emseg.data._slices import parse_slices
@@ -24,6 +25,7 @@ from emseg.data._weights import guay_weight_map, unet_border_weight_map, weight_
 
 __all__ = [
     "IGNORE_INDEX",
+    "BatchStream",
     "DataError",
     "LabelledSlices",
     "LabelledVolumes",

@@ -21,6 +21,7 @@ from emseg._device import autocast, default_device, resolve_precision
 from emseg.config import Config, load_config
 from emseg.data import (
     IGNORE_INDEX,
+    BatchStream,
     LabelledSlices,
     LabelledVolumes,
     Normalizer,
@@ -28,7 +29,6 @@ from emseg.data import (
     augment_batch,
     augment_volume_batch,
     class_frequencies,
-    epoch_elastic_field,
 )
 from emseg.evaluation import EvaluationResult, confusion_matrix
 from emseg.inference import Predictor
@@ -61,10 +61,12 @@ from emseg.training._spatial import (
     warn_absent_classes,
 )
 from emseg.losses import build_criterion, multi_head
+from emseg.training._budget import adapt_to_budget
 from emseg.training._ema import WeightAverage
 from emseg.training._inputs import weight_maps, with_grain_channels
 from emseg.training._optim import build_optimizer
 from emseg.training._semi import SemiSupervised
+from emseg.training._route import choose_route
 from emseg.training._schedules import learning_rate, plateau_scale
 from emseg.training._validation import METRIC_MODES, validate
 
@@ -186,13 +188,17 @@ def _resume_state(config: Config, out_dir: Path) -> dict[str, Any] | None:
     return state
 
 
-def _random_states(rng: np.random.Generator, sampler: Any, device: torch.device) -> dict[str, Any]:
-    """Every random state the next epoch draws from, for ``last.pt`` (numbers as JSON text: safe to load)."""
+def _random_states(batches: BatchStream, device: torch.device) -> dict[str, Any]:
+    """Every random state the next epoch draws from, for ``last.pt`` (numbers as JSON text: safe to load).
+
+    The generator and sampler states are those right after the last batch used (the batch worker may
+    have drawn further ahead)."""
+    numpy_state, sampler_state = batches.random_state()
     states: dict[str, Any] = {
-        "numpy": json.dumps(rng.bit_generator.state),
+        "numpy": json.dumps(numpy_state),
         "python": json.dumps(random.getstate()),
         "torch": torch.get_rng_state(),
-        "sampler": json.dumps(sampler.state_dict()),
+        "sampler": json.dumps(sampler_state),
     }
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
@@ -287,6 +293,7 @@ def train(
     # every check before anything is written: data (3-D: sub-stacks), patch size, the run to resume
     train_data, val_data = load_data(config)
     spec = MODELS.get(config.model.name)
+    user_set = set(config.training.model_fields_set)  # before the patch is fitted to the data
     if spec.backend != "random-forest":
         config = fit_patch_to_data(config, train_data)
     warn_absent_classes(config, train_data, val_data)
@@ -299,11 +306,16 @@ def train(
         check_initialisation(config.model.init, name=config.model.name, options=config.model.options,
                              in_channels=config.model.context_slices + len(config.preprocess.grain_filter),
                              num_classes=len(config.data.classes))
+    budget = None
+    if spec.backend != "random-forest":  # batch / patch size for max_minutes on this machine (resume: as recorded)
+        config, budget = adapt_to_budget(config, train_data, user_set=user_set,
+                                         resumed=None if resume_state is None else resume_state.get("training", {}))
     _prepare_run_dir(out_dir, overwrite=overwrite, resume=resume)
     replace_text(out_dir / CONFIG_FILENAME, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if spec.backend == "random-forest":
         return _train_forest(config, out_dir, train_data, val_data)
-    return _train_torch(config, out_dir, train_data, val_data, resume_state=resume_state, progress=progress)
+    return _train_torch(config, out_dir, train_data, val_data, resume_state=resume_state, progress=progress,
+                        budget_choice=budget)
 
 
 def _train_forest(config: Config, out_dir: Path, train_data: LabelledSlices, val_data: LabelledSlices) -> TrainResult:
@@ -398,7 +410,7 @@ def _calibrate(out_dir: Path, val: Any, scores: list[np.ndarray] | None, *, pred
 
 def _finish(out_dir: Path, *, best_epoch: int, best: float, epochs: int, elapsed: float, reason: str,
             metric: str = "val_mean_iou", best_metric: float | None = None,
-            calibration: dict[str, Any] | None = None) -> TrainResult:
+            calibration: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None) -> TrainResult:
     best_metric = best if best_metric is None else best_metric
     result = TrainResult(out_dir, out_dir / MODEL_FILENAME, best_epoch, best, epochs, elapsed, reason, metric, best_metric)
     summary = {"model": str(result.model_path), "best_epoch": best_epoch, "best_val_mean_iou": _nan_to_none(best),
@@ -406,6 +418,7 @@ def _finish(out_dir: Path, *, best_epoch: int, best: float, epochs: int, elapsed
                "epochs": epochs, "elapsed_s": round(elapsed, 1), "stop_reason": reason}
     if calibration is not None:
         summary["calibration"] = calibration
+    summary.update(run_info or {})  # how the run trained: route, budget-aware choices
     replace_text(out_dir / SUMMARY_FILENAME, json.dumps(summary, indent=2))
     logger.info("training stopped (%s) after %d epochs, %.0f s; best epoch %d, val mean IoU %s -> %s",
                 reason, epochs, elapsed, best_epoch, f"{best:.3f}" if not math.isnan(best) else "n/a", result.model_path)
@@ -413,7 +426,8 @@ def _finish(out_dir: Path, *, best_epoch: int, best: float, epochs: int, elapsed
 
 
 def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_data: LabelledSlices, *,
-                 resume_state: dict[str, Any] | None, progress: bool) -> TrainResult:
+                 resume_state: dict[str, Any] | None, progress: bool,
+                 budget_choice: dict[str, Any] | None = None) -> TrainResult:
     from emseg._progress import progress_bar
 
     tc = config.training
@@ -470,6 +484,14 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     if config.model.init and resume_state is None:  # model.init: matching weights of a checkpoint (last.pt wins on resume)
         logger.info(initialise_network(model, config.model.init, name=config.model.name, options=config.model.options,
                                        in_channels=in_channels, num_classes=num_classes).describe())
+    # the fastest way to run a step here (precision, memory format, compile, threads): before the optimiser
+    # is built, on the model in place; a resumed run keeps the route it recorded
+    route_choice = choose_route(model, input_shape=(tc.batch_size, in_channels, *patch_size), device=device,
+                                configured=tc.route, precision=tc.precision, num_threads=tc.num_threads,
+                                budget_s=tc.max_minutes * 60.0,
+                                recorded=(resume_state or {}).get("training", {}).get("route"))
+    route, dtype = route_choice.route, route_choice.route.dtype(device)
+    logger.info("%s", route_choice.describe())
     optimizer = build_optimizer(model, name=tc.optimizer, learning_rate=tc.learning_rate, weight_decay=tc.weight_decay,
                                 weight_decay_groups=tc.weight_decay_groups, momentum=tc.momentum, nesterov=tc.nesterov)
     ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
@@ -524,6 +546,10 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
         restore_best(out_dir, state)
         logger.info("resuming %s at epoch %d", out_dir, epoch)
 
+    # patches drawn and augmented by a background thread (training.prefetch), same batches as inline
+    batches = BatchStream(sampler, augment=augment_volume_batch if volumes else augment_batch, config=tc.augment,
+                          rng=rng, batch_size=tc.batch_size, iterations_per_epoch=tc.iterations_per_epoch,
+                          patch_shape=tuple(patch_size), weights=bool(wmaps), prefetch=tc.prefetch)
     start = time.perf_counter() - elapsed_before
     val_seconds = 0.0
     best_scores: list[np.ndarray] | None = None  # validation log-probabilities of the best epoch (calibration)
@@ -543,7 +569,6 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                 losses = []
                 plateau = plateau_scale(history, factor=tc.plateau_factor, patience=tc.plateau_patience,
                                         mode=mode if len(val) else "min")
-                epoch_field = epoch_elastic_field(tc.augment, tuple(patch_size)[-2:], rng)
                 for _ in range(tc.iterations_per_epoch):
                     # keep time for the last validation (and about half as much again for the calibration)
                     if time.perf_counter() - start + val_seconds * (1.5 if tc.calibrate else 1.0) >= budget:
@@ -554,12 +579,9 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                                        decay_steps=tc.lr_decay_steps, plateau=plateau)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    batch = sampler.sample(tc.batch_size)
-                    augment = augment_volume_batch if volumes else augment_batch
-                    x, y, *w = augment(*batch[:2], tc.augment, rng, weights=batch[2] if wmaps else None,
-                                       epoch_field=epoch_field)
-                    x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-                    wmap = torch.from_numpy(w[0]).to(device) if w else None
+                    x, y, w = batches.next()
+                    x, y = route.prepare_input(torch.from_numpy(x).to(device)), torch.from_numpy(y).to(device)
+                    wmap = torch.from_numpy(w).to(device) if w is not None else None
                     with autocast(device, dtype):
                         logits = model(x)
                     if criterion is None:
@@ -585,7 +607,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                 record: dict[str, Any] = {"epoch": epoch, "iteration": iteration,
                                           "elapsed_s": round(time.perf_counter() - start, 2),
                                           "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
-                                          **(semi.metrics() if semi is not None else {})}
+                                          "route": route.name, **(semi.metrics() if semi is not None else {})}
                 val_iou = float("nan")
                 if len(val):
                     t0 = time.perf_counter()
@@ -615,10 +637,11 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                             "best_epoch": best_epoch, "best_val_mean_iou": _nan_to_none(best_iou if len(val) else float("nan")),
                             "val_mean_iou": _nan_to_none(val_iou), "checkpoint_metric": metric,
                             "best_score": _nan_to_none(best), "history": history,
-                            "config": config.model_dump(mode="json")}
+                            "config": config.model_dump(mode="json"), "route": route_choice.to_dict(),
+                            **({"budget": budget_choice} if budget_choice else {})}
                 ckpt = _checkpoint(config, backend="torch", state=scored.state_dict(), normalizer=normalizer,
                                    in_channels=in_channels, training=training, divisor=model_divisor(model))
-                resumable = {"optimizer": optimizer.state_dict(), "rng": _random_states(rng, sampler, device)}
+                resumable = {"optimizer": optimizer.state_dict(), "rng": _random_states(batches, device)}
                 if ema is not None:  # "state" holds the average; the optimiser goes on from the raw weights
                     resumable.update(train_state=model.state_dict(), ema=ema.state_dict())
                 if semi is not None:
@@ -655,6 +678,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                        "from is %s", done["epoch"], done["best_epoch"], out_dir / MODEL_FILENAME,
                        out_dir / LAST_FILENAME)
         raise TrainingInterrupted(out_dir, epochs=done["epoch"], best_epoch=done["best_epoch"]) from None
+    finally:
+        batches.close()
     if best_epoch == 0:
         raise RuntimeError(
             f"training stopped before the first epoch finished (max_minutes={tc.max_minutes}); "
@@ -667,7 +692,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     best_value = best if mode == "max" else -best
     return _finish(out_dir, best_epoch=best_epoch, best=best_iou if len(val) else float("nan"), epochs=epoch,
                    elapsed=time.perf_counter() - start, reason=stop_reason, metric=metric,
-                   best_metric=best_value if len(val) else float("nan"), calibration=calibration)
+                   best_metric=best_value if len(val) else float("nan"), calibration=calibration,
+                   run_info={"route": route_choice.to_dict(), **({"budget": budget_choice} if budget_choice else {})})
 
 
 def _early_stop(tc: Any, *, epoch: int, best_epoch: int, val_iou: float | None) -> str | None:
