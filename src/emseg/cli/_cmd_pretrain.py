@@ -26,7 +26,7 @@ def pretrain(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
 ) -> None:
     """Self-supervised pretraining on unlabelled images; start training from it with `emseg train --init OUT`."""
-    from emseg.cli._main import _escape, _fail, _setup, _user_errors, console, err_console
+    from emseg.cli._app import _escape, _fail, _setup, _user_errors, console, err_console
     from emseg.pretraining import load_pretrain_config
     from emseg.pretraining import pretrain as _pretrain
 
@@ -68,7 +68,7 @@ def propagate(
 
     Running the same command again resumes: finished rounds are kept, an interrupted round's training resumes.
     """
-    from emseg.cli._main import _escape, _fail, _setup, _user_errors, console, err_console
+    from emseg.cli._app import _escape, _fail, _setup, _user_errors, console, err_console
     from emseg.config import load_config
     from emseg.training import TrainingInterrupted
     from emseg.training import propagate as _propagate
