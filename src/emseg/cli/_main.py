@@ -332,6 +332,9 @@ def _register_subcommands() -> None:
     for module in (_cmd_objects, _cmd_index, _cmd_explain, _cmd_benchmark, _cmd_ensemble, _cmd_recipes,
                    _cmd_weights, _cmd_export):
         module.register(app)
+    from emseg.cli import _cmd_suggest  # issue 20: active learning
+
+    _cmd_suggest.register(app)
 
 
 def main() -> None:
