@@ -128,14 +128,25 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = "unet2d"
     context_slices: int = Field(default=1, ge=1)
+    #: Start training from the matching weights of a model.pt, a run directory or an `emseg pretrain` output.
+    init: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _resolve_weights(cls, data: Any, info: ValidationInfo) -> Any:
-        # model.encoder_weights (a file) resolves against the config's folder like the data paths
-        if isinstance(data, dict) and isinstance(data.get("encoder_weights"), str):
-            data = {**data, "encoder_weights": _resolve(data["encoder_weights"], info)}
+        # model.encoder_weights and model.init (files) resolve against the config's folder like the data paths
+        for key in ("encoder_weights", "init"):
+            if isinstance(data, dict) and isinstance(data.get(key), str):
+                data = {**data, key: _resolve(data[key], info)}
         return data
+
+    @field_validator("init")
+    @classmethod
+    def _init_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"model.init: {value} not found; give a model.pt, a run directory of `emseg train` "
+                             f"or an output folder of `emseg pretrain`")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

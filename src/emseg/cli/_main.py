@@ -75,6 +75,8 @@ def train(
                                                       "OUT/fold-<i>/; table in OUT/folds.json.")] = None,
     fold_split: Annotated[str, typer.Option(help="--folds: contiguous or interleaved slice blocks.")] = "contiguous",
     recipe: Annotated[Optional[str], typer.Option(help="Training preset (see 'emseg recipes'); CONFIG's keys override it.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Start from the matching weights of a model.pt, run directory "
+                                                      "or `emseg pretrain` output (overrides model.init).")] = None,
     quiet: _QUIET = False,
 ) -> None:
     """Train a model; the best checkpoint (by training.checkpoint_metric, default validation mean IoU) is OUT/model.pt."""
@@ -87,8 +89,10 @@ def train(
         if max_minutes is not None and not max_minutes > 0:  # the option, not the YAML file, is at fault
             raise ValueError(f"--max-minutes must be a number of minutes above 0, got {max_minutes:g}; "
                              f"leave it out to use training.max_minutes of {config}")
-        overrides = {"training": {"max_minutes": max_minutes}} if max_minutes is not None else None
-        cfg = load_config(config, overrides=overrides, recipe=recipe)
+        overrides = {"training": {"max_minutes": max_minutes}} if max_minutes is not None else {}
+        if init is not None:  # relative to the working directory, not to CONFIG's folder
+            overrides["model"] = {"init": str(init.expanduser().resolve())}
+        cfg = load_config(config, overrides=overrides or None, recipe=recipe)
         if seeds is not None or folds is not None:  # several runs: emseg.ensemble (resumable, skips finished runs)
             from emseg.cli._cmd_ensemble import train_many
 

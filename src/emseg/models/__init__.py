@@ -38,9 +38,21 @@ _CHECKPOINT_NAMES = (
     "resolve_model_path",
     "save_checkpoint",
 )
+#: Starting a network from another checkpoint's weights (model.init) and the pretraining checkpoint format.
+_INIT_NAMES = (
+    "PRETRAINED_FILENAME",
+    "PRETRAINED_FORMAT",
+    "InitReport",
+    "check_initialisation",
+    "class_dependent_keys",
+    "initialise_network",
+    "load_init_checkpoint",
+    "save_pretrained_checkpoint",
+)
 
 __all__ = [
     *_CHECKPOINT_NAMES,
+    *_INIT_NAMES,
     "MODELS",
     "ModelOptions",
     "ModelSpec",
@@ -425,6 +437,10 @@ def __getattr__(name: str):  # lazy heavy imports
         from emseg.models import _checkpoint
 
         return getattr(_checkpoint, name)
+    if name in _INIT_NAMES:
+        from emseg.models import _init
+
+        return getattr(_init, name)
     if name == "UNet":
         from emseg.models._unet import UNet
 

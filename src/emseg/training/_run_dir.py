@@ -52,8 +52,8 @@ RUN_FILES = (MODEL_FILENAME, LAST_FILENAME, METRICS_FILENAME, SUMMARY_FILENAME, 
 RESUME_KEYS = ("optimizer", "train_state", "ema", "rng")
 #: The configuration keys that fix the network's shape and meaning; a resume must not change them.
 NETWORK_KEYS = ("model", "data.classes", "preprocess")
-#: ... except the file of pretrained encoder weights, which only seeds a new run.
-_IGNORED_NETWORK_KEYS = ("model.encoder_weights",)
+#: ... except the files of pretrained weights (encoder weights, model.init), which only seed a new run.
+_IGNORED_NETWORK_KEYS = ("model.encoder_weights", "model.init")
 
 
 class RunWriteError(OSError):

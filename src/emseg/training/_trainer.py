@@ -34,6 +34,7 @@ from emseg.evaluation import EvaluationResult, confusion_matrix
 from emseg.inference import Predictor
 from emseg.models import MODELS, build_model, count_parameters, model_divisor
 from emseg.models import MODEL_FILENAME, CheckpointError, inference_defaults, load_checkpoint, save_checkpoint
+from emseg.models import check_initialisation, initialise_network
 from emseg.training._run_dir import (
     CONFIG_FILENAME,
     LAST_FILENAME,
@@ -293,6 +294,10 @@ def train(
         resume_state = _resume_state(config, out_dir)
     if resume and resume_state is None:  # nothing to resume (or a forest, fitted in one go): start again
         resume, overwrite = False, True
+    if config.model.init and resume_state is None:  # model.init of another architecture: refused before any write
+        check_initialisation(config.model.init, name=config.model.name, options=config.model.options,
+                             in_channels=config.model.context_slices + len(config.preprocess.grain_filter),
+                             num_classes=len(config.data.classes))
     _prepare_run_dir(out_dir, overwrite=overwrite, resume=resume)
     replace_text(out_dir / CONFIG_FILENAME, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if spec.backend == "random-forest":
@@ -461,6 +466,9 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
     criterion = None  # wrapped for multi-head models once the first output is seen
     model = build_model(config.model.name, in_channels=in_channels, num_classes=num_classes,
                         options=config.model.options).to(device)
+    if config.model.init and resume_state is None:  # model.init: matching weights of a checkpoint (last.pt wins on resume)
+        logger.info(initialise_network(model, config.model.init, name=config.model.name, options=config.model.options,
+                                       in_channels=in_channels, num_classes=num_classes).describe())
     optimizer = build_optimizer(model, name=tc.optimizer, learning_rate=tc.learning_rate, weight_decay=tc.weight_decay,
                                 weight_decay_groups=tc.weight_decay_groups, momentum=tc.momentum, nesterov=tc.nesterov)
     ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
