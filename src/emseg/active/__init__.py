@@ -8,6 +8,7 @@
 The napari plugin (:mod:`emseg.napari`) and ``emseg suggest`` are thin layers over this package.
 """
 
+from emseg.active._session import DEFAULT_IGNORE_LABEL, ActiveSession
 from emseg.active._suggest import (
     SUGGEST_METHODS,
     Suggestion,
@@ -19,6 +20,8 @@ from emseg.active._suggest import (
 )
 
 __all__ = [
+    "DEFAULT_IGNORE_LABEL",
+    "ActiveSession",
     "SUGGEST_METHODS",
     "Suggestion",
     "iter_uncertainty",
