@@ -84,6 +84,7 @@ def main() -> None:
                      "classes": CLASSES},
             "model": {"name": "unet2d", "features": args.features},
             "training": {"max_minutes": args.base_minutes, "batch_size": 4, "patch_size": 128, "seed": seed,
+                         "iterations_per_epoch": 10,
                          "num_threads": args.threads},
         }
         base_dir.parent.mkdir(parents=True, exist_ok=True)

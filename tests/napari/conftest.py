@@ -38,3 +38,8 @@ def emseg_plugin():
     except KeyError:
         pm.register(PluginManifest.from_file(ours))
     return pm.get_manifest("emseg")
+
+
+def pytest_configure(config):
+    # napari on a Qt5 binding: theme detection needs Qt6 (harmless here)
+    config.addinivalue_line("filterwarnings", "ignore:System theme detection requires a Qt6 backend:UserWarning")
