@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--crop", type=int, nargs=2, default=[384, 512], help="centre crop Y X of every slice")
     ap.add_argument("--base-minutes", type=float, default=2.0)
     ap.add_argument("--round-minutes", type=float, default=1.0)
+    ap.add_argument("--round-epochs", type=int, default=None,
+                    help="fixed epochs (of 10 steps) per round instead of a time budget: equal training in both arms "
+                         "on a shared machine (--round-minutes is then only a cap)")
     ap.add_argument("--features", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--method", default="tta", help="suggest method: tta, entropy (one model)")
     ap.add_argument("--threads", type=int, default=2)
@@ -108,7 +111,10 @@ def main() -> None:
                     z, chosen_score = arm_rng.choice(pool), None
                 pick_s = time.perf_counter() - t0
                 session.add_corrections(raw, lab, [z], image_name="epfl_train")  # the true labels as the correction
-                result = session.fine_tune(minutes=args.round_minutes, overrides={"training": {"seed": seed * 100 + r}})
+                overrides = {"training": {"seed": seed * 100 + r}}
+                if args.round_epochs is not None:
+                    overrides["training"]["epochs"] = args.round_epochs
+                result = session.fine_tune(minutes=args.round_minutes, overrides=overrides)
                 labelled.add(z)
                 history.append({"round": r, "picked": z, "pick_score": chosen_score, "pick_s": round(pick_s, 1),
                                 "val_mean_iou": result.best_val_mean_iou, "test_fg_iou": score(result.run_dir)})
