@@ -314,6 +314,10 @@ def _register_subcommands() -> None:
 
     _cmd_pretrain.register(app)
 
+    from emseg.cli import _cmd_suggest  # issue 20: active learning
+
+    _cmd_suggest.register(app)
+
 
 def main() -> None:
     app()
