@@ -31,7 +31,7 @@ os.environ.setdefault(NATIVE_BF16_ENV, "0")
 # ``training.route: auto`` times candidate routes at the start of a run and takes the fastest: which one wins
 # depends on the machine's load, and two routes (channels-last, threads) need not give the same bits. Tests
 # compare runs bit for bit (resume = uninterrupted, kill and rerun), so the suite trains on the route
-# ``precision: auto`` means, without the probe; tests/training/test_route.py turns the probe on.
+# ``precision: auto`` means, without the probe; tests/training/test_train_route.py turns the probe on.
 os.environ.setdefault("EMSEG_TRAINING_PROBE", "0")
 
 
@@ -248,3 +248,96 @@ def sigkill_when(proc, ready, *, timeout: float = 120.0) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+# --- tests/napari: headless napari --------------------------------------------------------------------
+# Qt's offscreen platform (set for these tests only) on an X display for OpenGL: napari draws with OpenGL;
+# Qt's offscreen platform gets an OpenGL context from the X display pytest-xvfb starts (Debian's ``xvfb``,
+# installed by scripts/test-system-deps with the Qt libraries). The plugin's manifest is registered from
+# the source tree when the installed emseg does not provide it (a checkout run with PYTHONPATH=src).
+# (Here, not in tests/napari/conftest.py: pytest imports every conftest.py as the module ``conftest``,
+# and the suite's test modules import their constants from this one.)
+
+_GL_CHECK = """
+import os
+from qtpy.QtWidgets import QApplication
+app = QApplication([])
+from vispy.app import Canvas
+from vispy.gloo import gl
+canvas = Canvas(show=False)
+print('GL-OK' if gl.glGetParameter(gl.GL_EXTENSIONS) else 'GL-NONE')
+"""
+
+
+def _opengl_works() -> bool:
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run([sys.executable, "-c", _GL_CHECK], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return False
+    return "GL-OK" in out.stdout
+
+
+_CHECKED: list[bool] = []
+_DISPLAYS: list = []
+
+
+def pytest_collection_modifyitems(config, items):
+    """Before the first napari test: an X display whose GLX gives napari an OpenGL context.
+
+    Rarely, on this shared machine, pytest-xvfb's display gave no GL context for a whole session (every
+    viewer failed); then a private Xvfb (24-bit) is started for these tests instead.
+    """
+    if _CHECKED or not any(_is_napari_test(item.path) for item in items):
+        return
+    _CHECKED.append(True)
+    # Qt's offscreen platform, for these tests only, before pytest-qt / napari create the QApplication
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    if os.environ.get("DISPLAY") and _opengl_works():
+        return
+    try:
+        from pyvirtualdisplay import Display
+
+        display = Display(backend="xvfb", size=(1280, 1024), color_depth=24, extra_args=["-nolisten", "tcp"])
+        display.start()
+        _DISPLAYS.append(display)
+        os.environ["DISPLAY"] = display.new_display_var
+    except Exception:  # noqa: BLE001 - reported below
+        pass
+    if not (os.environ.get("DISPLAY") and _opengl_works()):
+        raise pytest.UsageError("tests/napari need an X display with OpenGL (Qt runs offscreen on it): install "
+                                "Debian's xvfb and Mesa (bash scripts/test-system-deps) so pytest-xvfb can start one")
+
+
+def pytest_unconfigure(config):
+    for display in _DISPLAYS:
+        display.stop()
+
+
+def _is_napari_test(path) -> bool:
+    return "napari" in Path(path).parts
+
+
+@pytest.fixture(autouse=True)
+def emseg_plugin(request):
+    """tests/napari: the emseg npe2 manifest, registered with napari's plugin manager (once)."""
+    if not _is_napari_test(request.node.path):
+        return None
+    from npe2 import PluginManager, PluginManifest
+
+    import emseg.napari
+
+    pm = PluginManager.instance()
+    ours = Path(emseg.napari.__file__).parent / "napari.yaml"
+    try:
+        pm.get_manifest("emseg")
+    except KeyError:
+        pm.register(PluginManifest.from_file(ours))
+    return pm.get_manifest("emseg")
+
+
+def pytest_configure(config):
+    # napari on a Qt5 binding: theme detection needs Qt6 (harmless here)
+    config.addinivalue_line("filterwarnings", "ignore:System theme detection requires a Qt6 backend:UserWarning")

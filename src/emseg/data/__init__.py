@@ -1,7 +1,7 @@
 """Loading labelled slices, normalisation, patch sampling and augmentation."""
 
 from emseg.data._augment import augment_batch, epoch_elastic_field
-from emseg.data._grain import add_grain_channels, centre_slice
+from emseg.data._grain import GrainFilterCache, add_grain_channels, centre_slice
 from emseg.data._load import (
     IGNORE_INDEX,
     DataError,
@@ -24,6 +24,7 @@ from emseg.data._volume_sampling import (
 from emseg.data._weights import guay_weight_map, unet_border_weight_map, weight_maps_for_slices
 
 __all__ = [
+    "GrainFilterCache",
     "IGNORE_INDEX",
     "BatchStream",
     "DataError",

@@ -11,6 +11,7 @@ import numpy as np
 from emseg.data._load import DataError
 from emseg.data._normalize import Normalizer
 from emseg.data._slices import parse_slices
+from emseg.io import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ class UnlabelledVolumes:
 
     def __init__(self, sources: Sequence[tuple[str, str | None]], *, patch_size: Sequence[int],
                  context: int = 1, key: str = "data.unlabelled") -> None:
-        from emseg.io import open_image
-
         if not sources:
             raise DataError(f"{key}: no unlabelled images given; list at least one {{image: PATH}}")
         self.patch_size = tuple(int(p) for p in patch_size)

@@ -12,7 +12,7 @@ import torch
 
 from emseg._device import default_device, resolve_precision
 from emseg.constants import EXPORTED_SUFFIXES  # files written by ``emseg export``: read by inference._exported
-from emseg.data import Normalizer
+from emseg.data import GrainFilterCache, Normalizer, add_grain_channels, centre_slice
 from emseg.inference._ensemble import EnsemblePredictor
 from emseg.inference._network import NETWORKS, ConstantNetwork, NetworkRunner, probe_receptive_radius, quantize_int8
 from emseg.inference._outputs import check_options
@@ -123,8 +123,6 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         channels_last: bool = False,
         network: str = "model",
     ) -> None:
-        from emseg.data._grain import GrainFilterCache
-
         self.model = model
         self.grain_filter = [int(a) for a in grain_filter]
         self._grains = GrainFilterCache(self.grain_filter, max_entries=grain_cache) if self.grain_filter else None
@@ -288,8 +286,6 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
     def _input(self, image: np.ndarray) -> np.ndarray:
         """Normalised ``(C, Y, X)`` network input of a raw slice (grain-filter channels added)."""
         if self._grains is not None:
-            from emseg.data._grain import add_grain_channels, centre_slice
-
             image = add_grain_channels(np.asarray(image), self.grain_filter, self._grains(centre_slice(np.asarray(image))))
         x = self.normalizer(image)
         return x[None] if x.ndim == 2 else x

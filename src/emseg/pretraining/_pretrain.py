@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,9 @@ import numpy as np
 import torch
 import yaml
 
-from emseg._version import __version__
 from emseg._device import autocast, default_device, resolve_precision
+from emseg._progress import progress_bar
+from emseg._version import __version__
 from emseg.data import Normalizer, UnlabelledVolumes
 from emseg.io import atomic_output, remove_stale_temporaries
 from emseg.models import (
@@ -148,7 +148,6 @@ def pretrain(config: PretrainConfig | str | os.PathLike, out_dir: str | os.PathL
     if not isinstance(config, PretrainConfig):
         config = load_pretrain_config(config)
     out_dir = Path(out_dir)
-    pc = config.pretraining
     spec = MODELS.get(config.model.name)
     patch = _patch_size(config)
     sources = [(s.image, s.slices) for s in config.data.unlabelled]
@@ -167,8 +166,6 @@ def pretrain(config: PretrainConfig | str | os.PathLike, out_dir: str | os.PathL
 
 def _run(config: PretrainConfig, out_dir: Path, data: UnlabelledVolumes, *, spec: Any, patch: tuple[int, ...],
          state: dict[str, Any] | None, progress: bool) -> PretrainResult:
-    from emseg._progress import progress_bar
-
     pc = config.pretraining
     if pc.num_threads:
         torch.set_num_threads(pc.num_threads)

@@ -203,7 +203,7 @@ def propagate(config: Config | str | os.PathLike, out_dir: str | os.PathLike, *,
     with progress_bar("Propagating", total=len(span), unit="sections", enabled=progress) as advance:
         advance(0, completed=len(covered & set(span)), status=f"round {len(rounds)}")
         if not rounds:
-            run = train_round(0, Path(config.model.init) if config.model.init else None)
+            train_round(0, Path(config.model.init) if config.model.init else None)
             rounds.append({"round": 0, "dir": "round-00", "added": [], "covered": sorted(covered)})
             _save_rounds(progress_file, record)
         while not set(span) <= covered and (max_rounds is None or len(rounds) - 1 < max_rounds):

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import yaml
 
-from emseg._version import __version__
 from emseg._device import autocast, default_device, resolve_precision
+from emseg._progress import progress_bar
+from emseg._version import __version__
 from emseg.config import Config, load_config
 from emseg.data import (
     IGNORE_INDEX,
@@ -428,8 +429,6 @@ def _finish(out_dir: Path, *, best_epoch: int, best: float, epochs: int, elapsed
 def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_data: LabelledSlices, *,
                  resume_state: dict[str, Any] | None, progress: bool,
                  budget_choice: dict[str, Any] | None = None) -> TrainResult:
-    from emseg._progress import progress_bar
-
     tc = config.training
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
