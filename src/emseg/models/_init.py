@@ -30,18 +30,11 @@ from emseg.models._checkpoint import (
 )
 from emseg.models._registry import MODELS, build_model
 
+from emseg.models import _INIT_NAMES  # the names emseg.models exports from here, listed once
+
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "PRETRAINED_FILENAME",
-    "PRETRAINED_FORMAT",
-    "InitReport",
-    "check_initialisation",
-    "class_dependent_keys",
-    "initialise_network",
-    "load_init_checkpoint",
-    "save_pretrained_checkpoint",
-]
+__all__ = list(_INIT_NAMES)
 
 PRETRAINED_FORMAT = "emseg-pretrained"
 PRETRAINED_VERSION = 1

@@ -10,7 +10,7 @@ import numpy as np
 
 from emseg.napari._colors import class_colors
 
-__all__ = ["BLOCKWISE_VOXELS", "CHUNKED_FORMATS", "LayerImage", "labels_layer_kwargs", "layer_image", "model_name", "source_path"]
+__all__ = ["BLOCKWISE_VOXELS", "CHUNKED_FORMATS", "LayerImage", "WorkerButtons", "labels_layer_kwargs", "layer_image", "model_name", "source_path"]
 
 #: Images with more voxels than this (or chunked ones opened from a file) are segmented blockwise
 #: into a zarr store beside the input and shown lazily.
@@ -100,3 +100,14 @@ def labels_layer_kwargs(name: str, classes: list[str], **metadata: Any) -> dict[
     """``add_labels`` keyword arguments: the class names as features, the fixed class colours, emseg metadata."""
     return {"name": name, "features": {"class": list(classes)}, "colormap": class_colors(list(classes)),
             "metadata": {"emseg": {"classes": list(classes), **metadata}}}
+
+
+class WorkerButtons:
+    """The Run/Cancel buttons and progress bar of a widget that runs one background worker at a time."""
+
+    def _on_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False

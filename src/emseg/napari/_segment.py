@@ -31,7 +31,7 @@ from napari.utils.notifications import show_error, show_info
 
 from emseg.inference import load_predictor, predict_blockwise
 from emseg.napari._colors import class_colors
-from emseg.napari._common import LayerImage, labels_layer_kwargs, layer_image, model_name
+from emseg.napari._common import WorkerButtons, LayerImage, labels_layer_kwargs, layer_image, model_name
 from emseg.napari._reader import emseg_labels_metadata, read_layers
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _blockwise_steps(model: str, image_path: str, output: Path, options: dict[st
             return output
 
 
-class SegmentWidget(Container):
+class SegmentWidget(WorkerButtons, Container):
     """Dock widget: pick a model, an image layer and options; Segment / Cancel."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -223,13 +223,6 @@ class SegmentWidget(Container):
         if self._output is not None and self._output.exists():
             shutil.rmtree(self._output, ignore_errors=True)  # unfinished: remove it, nothing half-written stays
         self.status.value = "cancelled: nothing was added or kept"
-
-    def _on_finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
 
     def _fail(self, err: BaseException) -> None:
         message = str(err) or type(err).__name__

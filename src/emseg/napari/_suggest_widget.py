@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error
 
 from emseg.active import SUGGEST_METHODS, Suggestion, iter_uncertainty, rank_blocks, resolve_method
 from emseg.inference import load_predictor
-from emseg.napari._common import layer_image
+from emseg.napari._common import WorkerButtons, layer_image
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _rank(model: str, volume: Any, method: str, k: int, block: tuple[int, int] |
     return rank_blocks(maps, method=used, k=k, block=block)
 
 
-class SuggestWidget(Container):
+class SuggestWidget(WorkerButtons, Container):
     """Dock widget: rank the open image's slices by the model's uncertainty; jump to the top ones."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -140,13 +140,6 @@ class SuggestWidget(Container):
         chosen = value
         if isinstance(chosen, int) and 0 <= chosen < len(self.suggestions):
             self.jump(chosen)
-
-    def _on_finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
 
     def _fail(self, err: BaseException) -> None:
         message = str(err) or type(err).__name__

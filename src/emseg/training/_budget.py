@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from emseg._device import autocast, default_device, resolve_precision
+from emseg._device import default_device, resolve_precision
 from emseg.config import Config
 from emseg.data import IGNORE_INDEX
 from emseg.models import MODELS, build_model
+from emseg.training._route import synthetic_step
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +94,7 @@ def _step_seconds(config: Config, batch: int, patch: int) -> float:
     times = []
     with torch.random.fork_rng(devices=[]):
         for _ in range(3):
-            t0 = time.perf_counter()
-            with autocast(device, dtype):
-                out = model(x)
-            outs = list(out.values()) if isinstance(out, dict) else [out]
-            loss = sum(o.float().square().mean() for o in outs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - t0)
+            times.append(synthetic_step(model, x, optimizer, device, dtype))
     return min(times[1:])
 
 
