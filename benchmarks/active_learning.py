@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--crop", type=int, nargs=2, default=[384, 512], help="centre crop Y X of every slice")
     ap.add_argument("--base-minutes", type=float, default=2.0)
     ap.add_argument("--round-minutes", type=float, default=1.0)
+    ap.add_argument("--base-epochs", type=int, default=None,
+                    help="fixed epochs (of 10 steps) for the start model instead of --base-minutes (which is then "
+                         "only a cap): the same start model whatever the machine's load")
     ap.add_argument("--round-epochs", type=int, default=None,
                     help="fixed epochs (of 10 steps) per round instead of a time budget: equal training in both arms "
                          "on a shared machine (--round-minutes is then only a cap)")
@@ -90,6 +93,8 @@ def main() -> None:
                          "iterations_per_epoch": 10,
                          "num_threads": args.threads},
         }
+        if args.base_epochs is not None:
+            cfg["training"]["epochs"] = args.base_epochs
         base_dir.parent.mkdir(parents=True, exist_ok=True)
         (base_dir.parent / "base.yaml").write_text(yaml.safe_dump(cfg))
         if not (base_dir / "summary.json").is_file():
