@@ -8,27 +8,19 @@
 
 from __future__ import annotations
 
+import importlib
+
 from emseg._version import __version__
 
 __all__ = ["__version__", "evaluate", "load_config", "predict", "train"]
 
+#: The facade's names and the package each comes from, resolved on first use (PEP 562): `import emseg`
+#: and `emseg --help` stay free of torch and MONAI, which `training`/`inference` import.
+_FACADE = {"train": "emseg.training", "predict": "emseg.inference", "evaluate": "emseg.evaluation",
+           "load_config": "emseg.config"}
+
 
 def __getattr__(name: str):
-    # Lazy: `import emseg` stays cheap (no torch import) for the CLI's --help.
-    if name == "train":
-        from emseg.training import train
-
-        return train
-    if name == "predict":
-        from emseg.inference import predict
-
-        return predict
-    if name == "evaluate":
-        from emseg.evaluation import evaluate
-
-        return evaluate
-    if name == "load_config":
-        from emseg.config import load_config
-
-        return load_config
+    if name in _FACADE:
+        return getattr(importlib.import_module(_FACADE[name]), name)
     raise AttributeError(f"module 'emseg' has no attribute {name!r}")

@@ -327,7 +327,7 @@ def test_ome_zarr_pyramid_metadata(data, tmp_path):
 def test_progress_reports_voxels_per_second(data, tmp_path, monkeypatch, capsys):
     import contextlib
 
-    import emseg._progress as progress_module
+    import emseg.inference._blockwise as blockwise_module
 
     calls = []
 
@@ -336,7 +336,7 @@ def test_progress_reports_voxels_per_second(data, tmp_path, monkeypatch, capsys)
         calls.append(("open", total, unit, enabled))
         yield lambda n=1, **kw: calls.append(("advance", n, kw.get("status", "")))
 
-    monkeypatch.setattr(progress_module, "progress_bar", fake_bar)
+    monkeypatch.setattr(blockwise_module, "progress_bar", fake_bar)  # the name the engine calls
     predict_blockwise(data["model"], data["dir"] / "raw3.zarr", tmp_path / "p.zarr", block=(3, 150, 200))
     assert calls[0] == ("open", 6 * 150 * 200, "voxels", True)
     advances = [c for c in calls if c[0] == "advance"]

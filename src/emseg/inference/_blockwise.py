@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from emseg._progress import progress_bar
+from emseg._version import __version__
 from emseg.inference._block_layout import (
     BlockLayout,
     VolumeBlockAdapter,
@@ -152,9 +154,6 @@ def predict_blockwise(
         ResumeError: the output is an unfinished run of a different model, input or layout.
         FileExistsError: the output exists (complete, or not an emseg run) and ``overwrite`` is False.
     """
-    from emseg._version import __version__
-    from emseg._progress import progress_bar
-
     output = Path(output)
     if not str(output).lower().endswith(".zarr"):
         raise ValueError(f"blockwise output must be a .zarr store, got {output}")
