@@ -19,12 +19,11 @@ import emseg
 from emseg.inference import Predictor, ResumeError, predict_blockwise
 from emseg.inference._blockwise import (
     BlockLayout,
-    downsample_mode,
     finished_blocks,
     read_run_metadata,
 )
 from emseg.inference._tiling import axis_windows, input_box, window_batches
-from emseg.io import read_image, write_image
+from emseg.io import downsample_mode, read_image, write_image
 
 EPFL_RAW = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "epfl-multiclass" / "train_raw.tif"
 SRC = str(Path(__file__).resolve().parents[2] / "src")

@@ -15,6 +15,7 @@ import numpy as np
 
 from emseg.config import AugmentConfig, Config, VolumeSource
 from emseg.data._load import IGNORE_INDEX, DataError, _load_source
+from emseg.data._sampling import WindowSampler
 from emseg.data._slices import parse_slices
 from emseg.io import open_image
 
@@ -114,7 +115,7 @@ def load_training_volumes(config: Config) -> tuple[LabelledVolumes, LabelledVolu
     return train, val
 
 
-class VolumePatchSampler:
+class VolumePatchSampler(WindowSampler):
     """Draw ``(image, label[, weight])`` 3-D patches from sub-stacks.
 
     The three modes of :class:`~emseg.data.PatchSampler` (``training.patch_sampling``), in 3-D:
@@ -149,142 +150,13 @@ class VolumePatchSampler:
         ``training.patch_sampling``.
     """
 
-    def __init__(
-        self,
-        images: list[np.ndarray],
-        labels: list[np.ndarray],
-        *,
-        patch_size: tuple[int, int, int],
-        num_classes: int,
-        background: int | None = 0,
-        foreground_oversampling: float = 0.5,
-        rng: np.random.Generator,
-        weights: list[np.ndarray] | None = None,
-        mode: str = "foreground",
-        labelled_fraction: float = 0.8,
-        spacing: tuple[int, int] | None = None,
-    ) -> None:
-        if len(patch_size) != 3:
-            raise ValueError(f"patch_size must be (z, y, x), got {tuple(patch_size)}")
-        if mode not in ("foreground", "labelled", "grid"):
-            raise ValueError(f"patch sampling mode must be 'foreground', 'labelled' or 'grid', got {mode!r}")
-        self.patch_size = tuple(int(p) for p in patch_size)
-        self.rng = rng
-        self.foreground_oversampling = foreground_oversampling
-        self.mode = mode
-        self.labelled_fraction = labelled_fraction
-        self.images, self.labels = [], []
-        self.weights: list[np.ndarray] | None = None if weights is None else []
-        for k, (im, lab) in enumerate(zip(images, labels)):
-            pads = [max(0, p - s) for p, s in zip(self.patch_size, lab.shape)]
-            w = None
-            if weights is not None:
-                w = np.asarray(weights[k], np.float32)
-                if w.shape != lab.shape:
-                    raise ValueError(f"weight map {k} has shape {w.shape} but its label sub-stack has {lab.shape}")
-            if any(pads):
-                modes = ["reflect" if s > 1 and pad < s else "edge" for s, pad in zip(lab.shape, pads)]
-                for axis, (pad, pad_mode) in enumerate(zip(pads, modes)):
-                    if pad:
-                        width = [(0, 0)] * im.ndim
-                        width[axis + 1] = (0, pad)
-                        im = np.pad(im, width, mode=pad_mode)
-                lab = np.pad(lab, [(0, p) for p in pads], constant_values=IGNORE_INDEX)
-                w = None if w is None else np.pad(w, [(0, p) for p in pads])
-            self.images.append(im)
-            self.labels.append(lab)
-            if self.weights is not None:
-                self.weights.append(w)
+    axes = ("z", "y", "x")
+    unit = "label sub-stack"
+
+    def _grid_spacing(self, spacing: tuple[int, int] | None) -> tuple[int, int, int]:
+        """``spacing`` is in-plane ``(sy, sx)``; along z the grid steps by the patch depth."""
         sy, sx = (int(v) for v in (spacing or self.patch_size[1:]))
-        self.spacing = (self.patch_size[0], sy, sx)
-        self.grid = self._grid_positions() if mode == "grid" else None
-        self._queue: list[int] = []
-        self.class_voxels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for c in range(num_classes):
-            if c == background:
-                continue
-            where = [(i, np.flatnonzero(lab == c)) for i, lab in enumerate(self.labels)]
-            where = [(i, f) for i, f in where if f.size]
-            if where:
-                self.class_voxels[c] = (np.concatenate([np.full(f.size, i, np.int32) for i, f in where]),
-                                        np.concatenate([f for _, f in where]))
-        self.fg_voxels = None
-        if self.class_voxels:  # all foreground voxels together, for the "labelled" mode
-            self.fg_voxels = (np.concatenate([v for v, _ in self.class_voxels.values()]),
-                              np.concatenate([f for _, f in self.class_voxels.values()]))
-        sizes = np.array([lab.size for lab in self.labels], float)
-        self.volume_p = sizes / sizes.sum()
-
-    def _grid_positions(self) -> np.ndarray:
-        """``(N, 4)`` (stack, z0, y0, x0) of every grid window, in stack / z / row / column order."""
-        out = []
-        for i, lab in enumerate(self.labels):
-            axes = [range(0, s - p + 1, sp) for s, p, sp in zip(lab.shape, self.patch_size, self.spacing)]
-            out.extend((i, z0, y0, x0) for z0 in axes[0] for y0 in axes[1] for x0 in axes[2])
-        return np.asarray(out, np.int64).reshape(-1, 4)
-
-    def _corner(self, shape: tuple[int, ...], center: tuple[int, ...] | None) -> tuple[int, ...]:
-        if center is None:
-            return tuple(int(self.rng.integers(0, s - p + 1)) for s, p in zip(shape, self.patch_size))
-        corner = []
-        for c, s, p in zip(center, shape, self.patch_size):
-            jitter = int(self.rng.integers(-(p // 4), p // 4 + 1))
-            corner.append(int(np.clip(c - p // 2 + jitter, 0, s - p)))
-        return tuple(corner)
-
-    def _window(self) -> tuple[int, int, int, int]:
-        """One window ``(stack, z0, y0, x0)`` drawn by the configured mode."""
-        if self.mode == "grid":
-            if not self._queue:
-                self._queue = self.rng.permutation(len(self.grid)).tolist()
-            return tuple(int(v) for v in self.grid[self._queue.pop()])
-        if self.mode == "labelled":
-            if self.fg_voxels is not None and self.rng.random() < self.labelled_fraction:
-                volumes, flat = self.fg_voxels
-                k = self.rng.integers(flat.size)
-                i = int(volumes[k])
-                shape = self.labels[i].shape
-                point = np.unravel_index(int(flat[k]), shape)
-                # uniform among the windows that contain the voxel
-                corner = [int(self.rng.integers(max(0, c - p + 1), min(c, s - p) + 1))
-                          for c, s, p in zip(point, shape, self.patch_size)]
-                return (i, *corner)
-            i = int(self.rng.choice(len(self.labels), p=self.volume_p))
-            return (i, *self._corner(self.labels[i].shape, None))
-        center = None
-        classes = list(self.class_voxels)
-        if classes and self.rng.random() < self.foreground_oversampling:
-            volumes, flat = self.class_voxels[classes[self.rng.integers(len(classes))]]
-            k = self.rng.integers(flat.size)
-            i = int(volumes[k])
-            center = tuple(int(v) for v in np.unravel_index(int(flat[k]), self.labels[i].shape))
-        else:
-            i = int(self.rng.choice(len(self.labels), p=self.volume_p))
-        return (i, *self._corner(self.labels[i].shape, center))
-
-    def state_dict(self) -> dict:
-        """What a resumed run needs besides the random generator (saved by the trainer): the grid
-        mode's windows still to visit in this pass."""
-        return {"queue": [int(k) for k in self._queue]}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`."""
-        self._queue = [int(k) for k in state.get("queue", [])]
-
-    def sample(self, batch_size: int):
-        """Return images ``(B, C, pz, py, px)`` float32 and labels ``(B, pz, py, px)`` int64,
-        plus weights ``(B, pz, py, px)`` float32 when the sampler was given weight maps."""
-        xs, ys, ws = [], [], []
-        pz, py, px = self.patch_size
-        for _ in range(batch_size):
-            i, z0, y0, x0 = self._window()
-            box = (slice(z0, z0 + pz), slice(y0, y0 + py), slice(x0, x0 + px))
-            xs.append(self.images[i][(slice(None), *box)])
-            ys.append(self.labels[i][box])
-            if self.weights is not None:
-                ws.append(self.weights[i][box])
-        out = np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64)
-        return out if self.weights is None else (*out, np.stack(ws).astype(np.float32))
+        return (self.patch_size[0], sy, sx)
 
 
 def augment_volume_batch(

@@ -16,7 +16,7 @@ import numpy as np
 from emseg._device import cpu_has_native_bf16
 from emseg.inference._block_layout import BlockLayout, as_block_predictor, predict_labels_block
 from emseg.inference._predictor import load_predictor
-from emseg.io import open_image
+from emseg.io import open_image, open_store_array
 
 __all__ = ["BlockJob", "run_block", "write_block"]
 
@@ -71,9 +71,7 @@ def _open_input(path: str) -> Any:
 def _open_output(store: str, labels_path: str) -> Any:
     key = (store, labels_path)
     if key not in _OUTPUTS:
-        import zarr
-
-        _OUTPUTS[key] = zarr.open_array(store=store, path=labels_path or None, mode="r+")
+        _OUTPUTS[key] = open_store_array(store, labels_path)
     return _OUTPUTS[key]
 
 

@@ -25,9 +25,10 @@ probabilities fit a memory budget (the common case); in-plane blocks otherwise.
 Either way the labels equal those of in-memory prediction exactly, because the
 sliding windows sit on a grid fixed by the whole slice's shape.
 
-The engine is this module (jobs, caches, the serial and parallel runs, pyramids); the block layout is in
+The engine is this module (jobs, caches, the serial and parallel runs); the block layout is in
 :mod:`emseg.inference._block_layout` and the run state (metadata, markers, resume checks) in
-:mod:`emseg.inference._run_state`.
+:mod:`emseg.inference._run_state`. The store itself (creating it, its attributes, the OME-Zarr pyramid) is
+written by :mod:`emseg.io` (``create_label_store``, ``write_label_pyramid``).
 
 Predictor interface used (any object offering it plugs in: 3-D models, ensembles):
 ``classes``; ``block_input(region, shape) -> input box``;
@@ -59,7 +60,6 @@ from emseg.inference._block_layout import (
 )
 from emseg.inference._block_jobs import BlockJob, _cached_predictor, run_block, write_block
 from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
-from emseg.inference._pyramid import downsample_mode, pyramid_factors, write_pyramid
 from emseg.inference._route import AGREEMENT_THRESHOLD, Route, calibrate_recorded, describe, engine_route
 from emseg.inference._run_state import (
     ResumeError,
@@ -71,13 +71,13 @@ from emseg.inference._run_state import (
     finished_blocks,
     read_run_metadata,
 )
-from emseg.io import discard, open_image, remove_path
+from emseg.io import discard, open_image, open_store_array, remove_path, write_label_pyramid
 from emseg.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BlockJob", "BlockLayout", "ResumeError", "VolumeBlockAdapter", "as_block_predictor", "downsample_mode",
-           "file_sha256", "predict_blockwise", "run_block", "write_block", "pyramid_factors", "write_pyramid"]
+__all__ = ["BlockJob", "BlockLayout", "ResumeError", "VolumeBlockAdapter", "as_block_predictor", "file_sha256",
+           "predict_blockwise", "run_block", "write_block"]
 
 
 # ----------------------------------------------------------------- the engine
@@ -289,7 +289,7 @@ def predict_blockwise(
     if finished_blocks(output) >= set(layout.indices()):
         try:
             if ome_zarr:
-                write_pyramid(output, voxel_size=voxel_size, is_2d=is_2d, chunks=out_chunks)
+                write_label_pyramid(output, voxel_size=voxel_size, is_2d=is_2d, chunks=out_chunks)
             _update_meta(output, status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         except OSError as err:
             raise write_failure(err, output, "labels output", kept="Every block is written: rerun the same "
@@ -338,11 +338,9 @@ def _run_serial(predictor: Any, volume: Any, output: Path, labels_path: str, lay
                 todo: list[tuple[int, int, int]], dtype: Any, is_2d: bool,
                 on_done: Callable[[tuple[int, int, int], int], None]) -> None:
     """This process: the next block is read and the previous one written while one is computed."""
-    import zarr
-
     if not todo:
         return
-    array = zarr.open_array(store=str(output), path=labels_path or None, mode="r+")
+    array = open_store_array(output, labels_path)
     shape = layout.shape
 
     def read(index):

@@ -22,7 +22,15 @@ from emseg.inference._outputs import (
 )
 from emseg.inference._predictor import Predictor
 from emseg.inference._route import AGREEMENT_THRESHOLD, calibrate_recorded, describe, engine_route
-from emseg.io import atomic_output, discard, open_image, remove_stale_temporaries, write_image
+from emseg.io import (
+    atomic_output,
+    discard,
+    open_image,
+    probabilities_format,
+    remove_stale_temporaries,
+    write_image,
+    write_probabilities,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,45 +39,6 @@ __all__ = ["predict", "write_probabilities"]
 #: Inputs larger than this (voxels) must go to a .zarr output (blockwise): labels and probabilities of a
 #: whole volume held in memory would not fit.
 IN_MEMORY_LIMIT = 2**31
-
-
-def write_probabilities(path: str | os.PathLike, probs: np.ndarray, classes: list[str], *, is_2d: bool, overwrite: bool) -> None:
-    """Write ``(K, Z, Y, X)`` probabilities atomically, one channel per class.
-
-    ``.tif``: an ImageJ hyperstack ``(Z, C, Y, X)`` (Fiji shows one channel per
-    class); ``.zarr`` / ``.h5``: one array per class name inside the container.
-    """
-    import tifffile
-
-    path = Path(path)
-    kind = probabilities_format(path)
-    if kind == "tiff":
-        with atomic_output(path, overwrite=overwrite) as tmp:
-            tifffile.imwrite(
-                tmp, np.ascontiguousarray(probs.transpose(1, 0, 2, 3)), imagej=True,
-                metadata={"axes": "ZCYX", "Labels": list(classes)}, compression="zlib",
-            )
-        return
-    inner = "{tmp}/{name}" if kind == "zarr" else "{tmp}:{name}"
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        for k, name in enumerate(classes):
-            write_image(inner.format(tmp=tmp, name=name), probs[k, 0] if is_2d else probs[k])
-
-
-def probabilities_format(path: str | os.PathLike) -> str:
-    """``"tiff"``, ``"zarr"`` or ``"hdf5"``: the container of a probabilities path, from its suffix.
-
-    Raises:
-        ValueError: any other suffix.
-    """
-    text = os.fspath(path).lower()
-    if text.endswith((".tif", ".tiff")):
-        return "tiff"
-    if text.endswith(".zarr"):
-        return "zarr"
-    if text.endswith((".h5", ".hdf5", ".hdf")):
-        return "hdf5"
-    raise ValueError(f"--probabilities {os.fspath(path)}: use a .tif, .zarr or .h5 path (one channel/array per class)")
 
 
 def predict(
@@ -93,7 +62,7 @@ def predict(
             gives a 2-D output. Written under a temporary name and renamed when
             complete.
         probabilities: optional path for class probabilities (see
-            :func:`write_probabilities`).
+            :func:`emseg.io.write_probabilities`).
         overwrite: replace existing outputs.
         progress: show a progress bar (only on a terminal).
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emseg.io import file_sha256
+from emseg.io import create_label_store, file_sha256, read_store_attrs, update_store_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +56,7 @@ def _mark(output: Path, index: tuple[int, int, int]) -> None:
 
 def read_run_metadata(output: str | os.PathLike) -> dict[str, Any] | None:
     """The ``emseg`` attributes of a blockwise output store, or None if it is not one."""
-    output = Path(output)
-    for name in ("zarr.json", ".zattrs"):
-        meta = output / name
-        if meta.is_file():
-            try:
-                data = json.loads(meta.read_text())
-            except ValueError:
-                return None
-            attrs = data.get("attributes", {}) if name == "zarr.json" else data
-            found = attrs.get("emseg")
-            return found if isinstance(found, dict) else None
-    return None
+    return read_store_attrs(output, "emseg")
 
 
 _IDENTITY_KEYS = ("model_sha256", "input", "input_shape", "input_dtype", "block_shape", "predictor_options",
@@ -96,31 +85,15 @@ def _jsonable(value: Any) -> Any:
 
 def _create_output(output: Path, *, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any, meta: dict,
                    ome: bool, zarr_format: int) -> str:
-    """Create the store; returns the path of the full-resolution labels array inside it."""
-    import zarr
-
-    if ome:
-        root = zarr.open_group(store=str(output), mode="w", zarr_format=2)
-        root.attrs["emseg"] = meta
-        zarr.create_array(store=str(output), name="0", shape=shape, chunks=chunks, dtype=dtype, zarr_format=2,
-                          fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"},
-                          dimension_names=None)
-        path = "0"
-    else:
-        zarr.create_array(store=str(output), shape=shape, chunks=chunks, dtype=dtype, zarr_format=zarr_format,
-                          fill_value=0, attributes={"emseg": meta})
-        path = ""
+    """Create the store and its marker folder; returns the path of the full-resolution labels array inside it."""
+    path = create_label_store(output, shape=shape, chunks=chunks, dtype=dtype, attrs={"emseg": meta}, ome=ome,
+                              zarr_format=zarr_format)
     (output / MARKER_DIR).mkdir(parents=True, exist_ok=True)
     return path
 
 
 def _update_meta(output: Path, **changes: Any) -> None:
-    import zarr
-
-    node = zarr.open(store=str(output), mode="r+")
-    meta = dict(node.attrs.get("emseg", {}))
-    meta.update(changes)
-    node.attrs["emseg"] = meta
+    update_store_attrs(output, "emseg", **changes)
 
 
 def _tree_sha256(folder: Path) -> str:

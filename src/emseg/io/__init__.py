@@ -16,6 +16,18 @@ See :func:`supported_formats` for the formats understood.
 from ._atomic import TMP_MARKER, atomic_output, discard, remove_path, remove_stale_temporaries, temporary_sibling
 from ._hash import file_sha256
 from ._base import ImageData, ImageFormatError, ImageReaderWriter, normalize_voxel_size
+from ._ome_zarr import (
+    create_label_store,
+    downsample_mode,
+    multiscale_paths,
+    multiscales,
+    open_store_array,
+    pyramid_factors,
+    read_store_attrs,
+    update_store_attrs,
+    write_label_pyramid,
+)
+from ._probabilities import probabilities_format, read_probabilities, write_probabilities
 from ._registry import open_image, read_image, supported_formats, write_image
 from ._registry import resolve as resolve_location
 from ._tables import read_table, write_table
@@ -26,17 +38,29 @@ __all__ = [
     "ImageFormatError",
     "ImageReaderWriter",
     "atomic_output",
+    "create_label_store",
     "discard",
+    "downsample_mode",
     "file_sha256",
+    "multiscale_paths",
+    "multiscales",
     "normalize_voxel_size",
     "open_image",
+    "open_store_array",
+    "probabilities_format",
+    "pyramid_factors",
     "read_image",
+    "read_probabilities",
+    "read_store_attrs",
     "read_table",
     "remove_path",
     "remove_stale_temporaries",
     "resolve_location",
     "supported_formats",
     "temporary_sibling",
+    "update_store_attrs",
     "write_image",
+    "write_label_pyramid",
+    "write_probabilities",
     "write_table",
 ]

@@ -21,6 +21,7 @@ from ._base import (
     voxel_size_from_attrs,
 )
 from ._chunks import default_chunks, iter_blocks
+from ._ome_zarr import multiscales as _multiscales
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def list_arrays(store: Path) -> list[str]:
 
 def _ome_dataset(attrs: dict) -> tuple[str, tuple[float, float, float] | None] | None:
     """Highest-resolution dataset path and voxel size (nm) of an OME-Zarr multiscales group."""
-    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    multiscales = _multiscales(attrs)
     if not multiscales:
         return None
     try:

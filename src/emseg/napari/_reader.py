@@ -16,7 +16,6 @@ Everything returns napari layer-data tuples, so this module needs neither napari
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from emseg.io import ImageFormatError, open_image
+from emseg.io import ImageFormatError, multiscale_paths, open_image, read_probabilities, read_store_attrs
 from emseg.napari._colors import class_colors
 
 logger = logging.getLogger(__name__)
@@ -33,8 +32,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["emseg_labels_metadata", "napari_get_reader", "read_layers"]
 
 LayerData = tuple[Any, dict[str, Any], str]
-
-_PROBABILITY_CONTAINERS = (".zarr", ".h5", ".hdf5", ".hdf")
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
@@ -109,18 +106,8 @@ def emseg_labels_metadata(path: str) -> dict[str, Any] | None:
     store = Path(path)
     if not store.is_dir() or not path.rstrip("/\\").lower().endswith(".zarr"):
         return None
-    for name in ("zarr.json", ".zattrs"):
-        file = store / name
-        if file.is_file():
-            try:
-                data = json.loads(file.read_text())
-            except (OSError, ValueError):
-                return None
-            attrs = data.get("attributes", {}) if name == "zarr.json" else data
-            found = attrs.get("emseg") if isinstance(attrs, dict) else None
-            if isinstance(found, dict) and isinstance(found.get("classes"), list):
-                return found
-    return None
+    found = read_store_attrs(store, "emseg")
+    return found if found is not None and isinstance(found.get("classes"), list) else None
 
 
 def _labels_layer(path: str, meta: dict[str, Any], name: str) -> LayerData:
@@ -131,9 +118,7 @@ def _labels_layer(path: str, meta: dict[str, Any], name: str) -> LayerData:
     if isinstance(root, zarr.Array):
         data: Any = _lazy(root)
     else:  # an OME-Zarr labels pyramid: every level, lazily, as napari multiscale data
-        attrs = root.attrs.asdict()
-        multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-        paths = [d["path"] for d in multiscales[0]["datasets"]] if multiscales else sorted(root.array_keys())
+        paths = multiscale_paths(root.attrs.asdict()) or sorted(root.array_keys())
         data = [_lazy(root[p]) for p in paths]
     if meta.get("status") not in (None, "complete"):
         logger.warning("%s is an unfinished prediction (status %r): unpredicted blocks show as class %s",
@@ -161,56 +146,8 @@ def _colormap_name(color: str | None) -> str:
 
 
 def _probability_arrays(path: str) -> dict[str, Any] | None:
-    """``{class: (Z, Y, X) or (Y, X) array}`` of a probabilities file, or None if ``path`` is not one."""
-    low = path.rstrip("/\\").lower()
-    p = Path(path)
-    if low.endswith((".tif", ".tiff")) and p.is_file():
-        return _tiff_probabilities(p)
-    if not low.endswith(_PROBABILITY_CONTAINERS) or not p.exists():
-        return None
-    try:
-        arrays = _container_arrays(p)
-    except Exception:  # noqa: BLE001 - not a container we understand: another reader's turn
-        return None
-    if len(arrays) < 2 or not all(np.issubdtype(a.dtype, np.floating) for a in arrays.values()):
-        return None
-    if len({tuple(a.shape) for a in arrays.values()}) != 1:
+    """``{class: array}`` of a probabilities file (:func:`emseg.io.read_probabilities`), 3-D ones lazily."""
+    arrays = read_probabilities(path)
+    if arrays is None:
         return None
     return {k: _lazy(a) if a.ndim == 3 else a for k, a in arrays.items()}
-
-
-def _container_arrays(path: Path) -> dict[str, Any]:
-    """Top-level arrays of a zarr store or an HDF5 file, by name (kept open, read lazily)."""
-    if path.suffix.lower() == ".zarr":
-        import zarr
-
-        root = zarr.open(str(path), mode="r")
-        if isinstance(root, zarr.Array) or root.attrs.get("multiscales") or root.attrs.get("ome"):
-            return {}
-        return {k: root[k] for k in sorted(root.array_keys())}
-    import h5py
-
-    f = h5py.File(path, "r")
-    return {k: f[k] for k in sorted(f.keys()) if isinstance(f[k], h5py.Dataset)}
-
-
-def _tiff_probabilities(path: Path) -> dict[str, Any] | None:
-    """The channels of an ImageJ ``ZCYX`` float TIFF with class ``Labels`` (``emseg predict --probabilities``)."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        meta = tif.imagej_metadata or {}
-        series = tif.series[0]
-        labels = meta.get("Labels")
-        if not labels or "C" not in series.axes or not np.issubdtype(series.dtype, np.floating):
-            return None
-        data = series.asarray()
-        axes = series.axes
-    channels = int(data.shape[axes.index("C")])
-    if isinstance(labels, str):
-        labels = [labels]
-    names = [str(n) for n in labels[:channels]]
-    if len(names) != channels:
-        return None
-    moved = np.moveaxis(data, axes.index("C"), 0)
-    return {n: moved[k] for k, n in enumerate(names)}
