@@ -63,7 +63,7 @@ from emseg.analysis._components import (
     _values,
 )
 from emseg.analysis._morphometry import _crop, _distance, _own_mask, _rows_from_moments, _split, _surface
-from emseg.io import normalize_voxel_size, open_image
+from emseg.io import normalize_voxel_size, open_image, positive_tuple
 
 logger = logging.getLogger(__name__)
 
@@ -132,15 +132,7 @@ def _column_suffix(name: str) -> str:
 
 
 def _check_block_shape(block_shape: Any) -> tuple[int, int, int] | None:
-    if block_shape is None:
-        return None
-    try:
-        out = tuple(int(b) for b in block_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"block_shape must be None or three positive ints (z, y, x); got {block_shape!r}") from None
-    if len(out) != 3 or any(b < 1 for b in out):
-        raise ValueError(f"block_shape must be None or three positive ints (z, y, x); got {block_shape!r}")
-    return out  # type: ignore[return-value]
+    return positive_tuple(block_shape, name="block_shape", count=3)  # type: ignore[return-value]
 
 
 _COLUMN_ORDER = (

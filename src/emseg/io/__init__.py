@@ -16,6 +16,7 @@ See :func:`supported_formats` for the formats understood.
 from ._atomic import TMP_MARKER, atomic_output, discard, remove_path, remove_stale_temporaries, temporary_sibling
 from ._hash import file_sha256
 from ._base import ImageData, ImageFormatError, ImageReaderWriter, normalize_voxel_size
+from ._chunks import positive_tuple
 from ._ome_zarr import (
     create_label_store,
     downsample_mode,
@@ -47,6 +48,7 @@ __all__ = [
     "normalize_voxel_size",
     "open_image",
     "open_store_array",
+    "positive_tuple",
     "probabilities_format",
     "pyramid_factors",
     "read_image",

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ._chunks import positive_tuple
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -85,19 +87,7 @@ def normalize_voxel_size(value: Any, *, name: str = "voxel_size") -> tuple[float
     Raises:
         ValueError: naming ``name``, the value received and the value expected.
     """
-    if value is None:
-        return None
-    try:
-        values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be None or three numbers (z, y, x) in nm, got {value!r}"
-        ) from None
-    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(
-            f"{name} must be None or three positive numbers (z, y, x) in nm, got {value!r}"
-        )
-    return values  # type: ignore[return-value]
+    return positive_tuple(value, name=name, count=3, kind=float, meaning="(z, y, x) in nm")
 
 
 def voxel_size_from_attrs(attrs: Any) -> tuple[float, float, float] | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 # (Z, Y, X) chunks suit blockwise 2-D/2.5-D/3-D patches on anisotropic EM; (Y, X) for 2-D.
 _DEFAULT_3D = (32, 256, 256)
@@ -15,24 +17,38 @@ def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(max(1, min(int(c), int(s))) for c, s in zip(base, shape))
 
 
+_COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+
+
+def positive_tuple(value: Any, *, name: str, count: int, kind: type = int, meaning: str = "(z, y, x)") -> tuple | None:
+    """``None``, or ``value`` as ``count`` positive finite numbers of ``kind`` (``int`` or ``float``).
+
+    The one check behind chunk shapes, block shapes and voxel sizes given by a user.
+
+    Raises:
+        ValueError: naming ``name``, what is expected (``meaning`` says what the values are) and the value received.
+    """
+    if value is None:
+        return None
+    noun = "ints" if kind is int else "numbers"
+    expected = f"{name} must be None or {_COUNT_WORDS.get(count, count)} positive {noun} {meaning}, got {value!r}"
+    try:
+        values = tuple(kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(expected) from None
+    if len(values) != count or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(expected)
+    return values
+
+
 def validate_chunks(chunks: Sequence[int] | None, shape: Sequence[int]) -> tuple[int, ...] | None:
     """Check ``chunks`` has one positive int per axis of ``shape``.
 
     Raises:
         ValueError: naming ``chunks``, the value received and the value expected.
     """
-    if chunks is None:
-        return None
-    try:
-        out = tuple(int(c) for c in chunks)
-    except (TypeError, ValueError):
-        raise ValueError(f"chunks must be None or a tuple of {len(shape)} positive ints, got {chunks!r}") from None
-    if len(out) != len(shape) or any(c < 1 for c in out):
-        raise ValueError(
-            f"chunks must be None or a tuple of {len(shape)} positive ints (one per axis of an array "
-            f"of shape {tuple(shape)}), got {chunks!r}"
-        )
-    return out
+    return positive_tuple(chunks, name="chunks", count=len(shape),
+                          meaning=f"(one per axis of an array of shape {tuple(int(s) for s in shape)})")
 
 
 def iter_blocks(shape: Sequence[int], chunks: Sequence[int] | None) -> Iterator[tuple[slice, ...]]:
@@ -51,4 +67,4 @@ def iter_blocks(shape: Sequence[int], chunks: Sequence[int] | None) -> Iterator[
         yield tuple(slice(None) for _ in shape)
 
 
-__all__ = ["default_chunks", "iter_blocks", "validate_chunks"]
+__all__ = ["default_chunks", "iter_blocks", "positive_tuple", "validate_chunks"]
