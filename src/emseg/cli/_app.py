@@ -7,7 +7,8 @@ command modules never import ``_main`` (no cycle inside the CLI).
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -16,7 +17,7 @@ from rich.markup import escape
 
 from emseg._progress import set_quiet
 
-__all__ = ["app", "console", "err_console"]
+__all__ = ["CLASSES_FROM_MODEL", "CLASS_NAMES", "QUIET", "QUIET_LOGS", "TABLE_OUT", "app", "console", "err_console"]
 
 app = typer.Typer(
     name="emseg",
@@ -30,7 +31,16 @@ app = typer.Typer(
 console = Console(emoji=False, markup=False)
 err_console = Console(stderr=True, emoji=False)
 
-_QUIET = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
+# Options several commands share, declared once (``quiet: QUIET = False``).
+QUIET = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
+_QUIET = QUIET
+#: ``--quiet`` of a command without progress bars.
+QUIET_LOGS = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
+#: ``--out``/``-o`` of a command writing a table.
+TABLE_OUT = Annotated[list[Path], typer.Option("--out", "-o", help="Table to write: .parquet or .csv (repeat for both).")]
+#: ``--classes`` / ``--model``: where class names come from.
+CLASS_NAMES = Annotated[Optional[str], typer.Option(help="Comma-separated class names (label i = name i).")]
+CLASSES_FROM_MODEL = Annotated[Optional[Path], typer.Option(help="Take class names from this model instead.")]
 
 
 def _setup(quiet: bool) -> None:

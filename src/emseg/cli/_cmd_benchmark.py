@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from emseg.cli._app import QUIET, _fail, _setup, _user_errors, console
+
 __all__ = ["register"]
 
 
@@ -22,11 +24,9 @@ def benchmark(
     only: Annotated[Optional[list[str]], typer.Option(help="Run only runs whose name contains this (repeatable).")] = None,
     report_only: Annotated[bool, typer.Option(help="Only rewrite report.html from OUT/results.json.")] = False,
     no_report: Annotated[bool, typer.Option(help="Skip the HTML report (no matplotlib needed).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    quiet: QUIET = False,
 ) -> None:
     """Train and score every run of BENCH.yaml (finished runs are not retrained), then write the report."""
-    from emseg.cli._app import _fail, _setup, _user_errors, console
-
     _setup(quiet)
     try:
         if report_only:

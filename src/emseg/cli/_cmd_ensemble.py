@@ -7,6 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from emseg.cli._app import QUIET, _fail, _setup, _user_errors, console
+
 __all__ = ["parse_seeds", "register", "train_many"]
 
 
@@ -35,7 +37,6 @@ def train_many(config, out: Path, *, seeds: str | None, folds: int | None, fold_
     """``emseg train --seeds`` / ``--folds``: train the runs and print the ranking or the fold table."""
     from rich.table import Table
 
-    from emseg.cli._app import console
     from emseg.ensemble import train_folds, train_seeds
 
     if seeds is not None and folds is not None:
@@ -77,11 +78,9 @@ def ensemble(
         metavar="IMAGE LABELS")] = None,
     val_slices: Annotated[Optional[str], typer.Option(help="z slices of --val to use, e.g. '24:30'.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing ensemble in --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    quiet: QUIET = False,
 ) -> None:
     """Combine trained models into one model.pt that predict / evaluate / explain take like a single model."""
-    from emseg.cli._app import _fail, _setup, _user_errors, console
-
     _setup(quiet)
     from rich.table import Table
 

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from emseg.cli._app import QUIET_LOGS, _fail, _setup, _user_errors, console
+
 __all__ = ["register"]
 
 
@@ -32,11 +34,9 @@ def explain(
         help="Target mask image (non-zero = target); default: pixels predicted as the class.")] = None,
     array_format: Annotated[str, typer.Option("--format", help="Map file format: npy or tif.")] = "npy",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    quiet: QUIET_LOGS = False,
 ) -> None:
     """Grad-CAM: where in IMAGE the network found evidence for each --class (heat map over the slice)."""
-    from emseg.cli._app import _fail, _setup, _user_errors, console
-
     _setup(quiet)
     from emseg.analysis import explain as _explain
 

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from emseg.cli._app import QUIET_LOGS, _fail, _setup, _user_errors, console
+
 __all__ = ["register"]
 
 
@@ -26,7 +28,7 @@ def export(
     name: Annotated[Optional[str], typer.Option(help="bioimage.io: model name.")] = None,
     author: Annotated[Optional[list[str]], typer.Option(help="bioimage.io: an author (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    quiet: QUIET_LOGS = False,
 ) -> None:
     """Export MODEL so other tools run it; the written file is checked against torch on a real EM tile.
 
@@ -34,8 +36,6 @@ def export(
     the bioimage.io zip in ilastik, deepImageJ, Fiji, QuPath and bioimageio.core. `emseg predict` takes
     the .onnx and .zip files directly.
     """
-    from emseg.cli._app import _fail, _setup, _user_errors, console
-
     _setup(quiet)
     from emseg.export import export_model
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from emseg.cli._app import _QUIET, _fail, _setup, _user_errors, console
+from emseg.cli._app import QUIET, _fail, _setup, _user_errors, console
+from emseg.io import open_image, read_image, write_image, write_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,7 +31,7 @@ def index(
         help="'auto' (table columns emb_0..emb_k if present, else shape/intensity descriptors), "
              "'descriptors', or comma-separated table columns.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index.")] = False,
-    quiet: _QUIET = False,
+    quiet: QUIET = False,
 ) -> None:
     """Index the objects of TABLE in SQLite: R*Tree on bounding boxes plus an appearance embedding."""
     _setup(quiet)
@@ -73,12 +74,11 @@ def query(
     crops: Annotated[Optional[tuple[Path, Path]], typer.Option(
         help="DIR RAW_IMAGE: write each result's raw crop (box + --margin voxels) as DIR/object_ID.tif.")] = None,
     margin: Annotated[int, typer.Option(help="Voxels added around each box by --crops.")] = 8,
-    quiet: _QUIET = False,
+    quiet: QUIET = False,
 ) -> None:
     """Ask an object index: label/range, box, proximity (--near) or similarity (--like, --like-crop) queries."""
     _setup(quiet)
     from emseg.analysis import ObjectIndex
-    from emseg.io import write_table
 
     try:
         kinds = [name for name, given in (("--near", near), ("--like", like), ("--like-crop", like_crop))
@@ -135,8 +135,6 @@ def _ranges(min_volume, max_volume, min_elongation, max_elongation, texts: list[
 
 
 def _crop_descriptors(idx, raw_path: Path, mask_path: Path):
-    from emseg.io import read_image
-
     raw, mask = read_image(raw_path), read_image(mask_path)
     if raw.shape != mask.shape:
         raise ValueError(f"{raw_path} has shape {raw.shape} but {mask_path} has {mask.shape}")
@@ -148,8 +146,6 @@ def _crop_descriptors(idx, raw_path: Path, mask_path: Path):
 def _write_crops(idx, ids: list[int], folder: Path, raw_path: Path, margin: int) -> int:
     """Raw crops (voxel box + ``margin``, clipped to the image) of objects ``ids`` as TIFF."""
     import numpy as np
-
-    from emseg.io import open_image, write_image
 
     if margin < 0:
         raise ValueError(f"--margin must be >= 0, got {margin}")

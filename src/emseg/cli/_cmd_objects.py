@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from emseg.cli._app import _QUIET, _fail, _setup, _user_errors, console
+from emseg.cli._app import CLASSES_FROM_MODEL, CLASS_NAMES, QUIET, TABLE_OUT, _fail, _setup, _user_errors, console
+from emseg.io import open_image
 
 __all__ = ["register"]
 
@@ -57,12 +58,12 @@ def _summary(df, title: str):
 
 def objects(
     labels: Annotated[str, typer.Argument(help="Label image (one value per class): .tif, .zarr, file.h5:dataset, ...")],
-    out: Annotated[list[Path], typer.Option("--out", "-o", help="Table to write: .parquet or .csv (repeat for both).")],
+    out: TABLE_OUT,
     image: Annotated[Optional[str], typer.Option(help="Raw image for mean/std intensity per object.")] = None,
     voxel_size: Annotated[Optional[tuple[float, float, float]], typer.Option(
         help="Voxel size Z Y X in nm (default: from the file, else 1 1 1).")] = None,
-    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names (label i = name i).")] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Take class names from this model instead.")] = None,
+    classes: CLASS_NAMES = None,
+    model: CLASSES_FROM_MODEL = None,
     class_id: Annotated[Optional[list[int]], typer.Option(
         "--class-id", help="Label value to measure (repeatable); default every non-zero class.")] = None,
     mode: Annotated[str, typer.Option(help="3d: 3-D components; 2d: components per z-slice.")] = "3d",
@@ -73,7 +74,7 @@ def objects(
         help="CLASS=OTHER: distance from each CLASS object to the nearest OTHER voxel (repeatable).")] = None,
     block_shape: Annotated[Optional[tuple[int, int, int]], typer.Option(
         help="Process blockwise with blocks of Z Y X voxels.")] = None,
-    quiet: _QUIET = False,
+    quiet: QUIET = False,
 ) -> None:
     """One row per object: size, surface, bounding box, centroid, axes, intensity, distances."""
     _setup(quiet)
@@ -82,8 +83,6 @@ def objects(
     try:
         names = _class_names(classes, model)
         if voxel_size is None:
-            from emseg.io import open_image
-
             with open_image(labels) as opened:
                 voxel_size = opened.voxel_size
             if voxel_size is None:
@@ -102,14 +101,14 @@ def objects(
 
 def fractions(
     labels: Annotated[str, typer.Argument(help="Label image (one value per class).")],
-    out: Annotated[list[Path], typer.Option("--out", "-o", help="Table to write: .parquet or .csv (repeat for both).")],
-    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names (label i = name i).")] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Take class names from this model instead.")] = None,
+    out: TABLE_OUT,
+    classes: CLASS_NAMES = None,
+    model: CLASSES_FROM_MODEL = None,
     cells: Annotated[Optional[str], typer.Option(help="Cell instance mask: 0 outside, 1..N cell ids.")] = None,
     mask: Annotated[Optional[str], typer.Option(help="Region mask: only non-zero voxels are counted.")] = None,
     compare: Annotated[Optional[str], typer.Option(
         help="Second label image (e.g. a prediction); report both fractions and OTHER - LABELS.")] = None,
-    quiet: _QUIET = False,
+    quiet: QUIET = False,
 ) -> None:
     """Fraction of each cell's (or the region's) volume occupied by each class."""
     _setup(quiet)

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from emseg.cli._app import QUIET, _escape, _fail, _setup, _user_errors, console, err_console
+
 __all__ = ["register"]
 
 
@@ -23,10 +25,9 @@ def pretrain(
     max_minutes: Annotated[Optional[float], typer.Option(help="Override pretraining.max_minutes.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start again in a non-empty output folder.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from last.pt in the output folder.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    quiet: QUIET = False,
 ) -> None:
     """Self-supervised pretraining on unlabelled images; start training from it with `emseg train --init OUT`."""
-    from emseg.cli._app import _escape, _fail, _setup, _user_errors, console, err_console
     from emseg.pretraining import load_pretrain_config
     from emseg.pretraining import pretrain as _pretrain
 
@@ -62,13 +63,12 @@ def propagate(
                                                 "e.g. 0.9 or 0.8,0.95.")] = "0.9",
     max_rounds: Annotated[Optional[int], typer.Option(help="Stop after this many propagation rounds.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty OUT that holds another propagation.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    quiet: QUIET = False,
 ) -> None:
     """Propagate a few labelled sections through the stack (4S): train, pseudo-label the next sections, retrain.
 
     Running the same command again resumes: finished rounds are kept, an interrupted round's training resumes.
     """
-    from emseg.cli._app import _escape, _fail, _setup, _user_errors, console, err_console
     from emseg.config import load_config
     from emseg.training import TrainingInterrupted
     from emseg.training import propagate as _propagate

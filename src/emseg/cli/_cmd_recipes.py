@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from emseg.cli._app import _fail, console
+
 __all__ = ["register"]
 
 
@@ -20,7 +22,6 @@ def recipes(
     """List the training presets (use with 'emseg train CONFIG --recipe NAME'; CONFIG's keys win)."""
     from rich.table import Table
 
-    from emseg.cli._app import _fail, console
     from emseg.config import list_recipes, load_recipe, recipe_files
 
     if show:

@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from emseg._progress import progress_bar
+from emseg.cli._app import QUIET, _fail, _setup, _user_errors, console
+from emseg.io import open_image
+
 __all__ = ["register"]
 
 
@@ -27,16 +31,12 @@ def suggest(
     exclude: Annotated[Optional[str], typer.Option(help="Slices not to suggest (already labelled), e.g. '0:3,7'.")] = None,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    quiet: QUIET = False,
 ) -> None:
     """Rank IMAGE's slices by MODEL's uncertainty and print the top K with their scores (label those next)."""
-    from emseg.cli._app import _fail, _setup, _user_errors, console
-
     _setup(quiet or as_json)
-    from emseg._progress import progress_bar
     from emseg.active import resolve_method, suggest_slices
     from emseg.inference import load_predictor
-    from emseg.io import open_image
 
     try:
         if k < 1:

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from emseg.cli._app import QUIET_LOGS, _fail, _setup, _user_errors, console
+
 __all__ = ["register"]
 
 
@@ -21,11 +23,9 @@ def weights(
     every_entry: Annotated[bool, typer.Option("--all", help="One file per data.train entry: OUT_<i>.tif.")] = False,
     recipe: Annotated[Optional[str], typer.Option(help="Training preset merged under CONFIG.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    quiet: QUIET_LOGS = False,
 ) -> None:
     """Compute training.weight_map (Guay or U-Net border) of the training labels and write it as TIFF."""
-    from emseg.cli._app import _fail, _setup, _user_errors, console
-
     _setup(quiet)
     from emseg.config import load_config
     from emseg.training import write_weight_maps

@@ -9,36 +9,7 @@ from typing import Any
 
 import numpy as np
 
-
-def read_probabilities(path: str, classes: list[str]) -> np.ndarray:
-    """Read ``(K, Z, Y, X)`` probabilities written by ``emseg predict --probabilities``.
-
-    ``.tif``: the ImageJ ``(Z, C, Y, X)`` hyperstack (or ``(C, Y, X)`` for one
-    slice); ``.zarr`` / ``.h5``: one array per class name inside the container.
-    """
-    from emseg.io import open_image
-
-    k = len(classes)
-    text = str(path)
-    if text.lower().endswith((".tif", ".tiff")):
-        import tifffile
-
-        data = np.asarray(tifffile.imread(text), dtype=np.float32)
-        if data.ndim == 4 and data.shape[1] == k:
-            data = data.transpose(1, 0, 2, 3)
-        elif data.ndim == 3 and data.shape[0] == k:
-            data = data[:, None]
-    else:
-        sep = "/" if text.lower().endswith(".zarr") else ":"
-        arrays = []
-        for name in classes:
-            with open_image(f"{text}{sep}{name}") as image:
-                arrays.append(np.asarray(image.array, dtype=np.float32))
-        data = np.stack(arrays)
-    if data.ndim != 4 or data.shape[0] != k:
-        raise ValueError(f"--probabilities {path}: expected {k} class channels (K, Z, Y, X) for classes {classes}; "
-                         f"got shape {data.shape}")
-    return data
+from emseg.io import open_image, read_class_probabilities
 
 
 def _fmt(value: Any) -> str:
@@ -105,8 +76,6 @@ def evaluate_groups(pred_in, truth_in, result, *, metrics, probabilities, subset
     """The --metrics groups (emseg.evaluation.score_segmentation) on the same inputs."""
     from emseg.data import parse_slices
     from emseg.evaluation import score_segmentation
-    from emseg.io import open_image
-
     def load(x):
         if isinstance(x, np.ndarray):
             return x
@@ -116,7 +85,7 @@ def evaluate_groups(pred_in, truth_in, result, *, metrics, probabilities, subset
     pred, truth = load(pred_in), load(truth_in)
     probs = None
     if probabilities is not None:
-        probs = read_probabilities(probabilities, result.classes)
+        probs = read_class_probabilities(probabilities, result.classes)
         if slices is not None:
             probs = probs[:, parse_slices(slices, probs.shape[1])]
         if probs.shape[1:] != truth.shape:
@@ -152,8 +121,6 @@ def class_names(classes: str | None, model: Path | None) -> tuple[list[str] | No
 
 def check_not_empty(pred_in: Any, truth_in: Any, prediction: str, ground_truth: str) -> None:
     """Refuse label images without pixels: their scores would all be n/a."""
-    from emseg.io import open_image
-
     def shape(x: Any) -> tuple[int, ...]:
         if isinstance(x, np.ndarray):
             return tuple(x.shape)

@@ -20,6 +20,7 @@ from emseg.cli._app import (  # noqa: F401 - _escape, err_console: used by the c
     console,
     err_console,
 )
+from emseg.io import open_image, supported_formats
 
 
 @app.command()
@@ -221,7 +222,6 @@ def evaluate(
 def _select_slices(prediction: str, ground_truth: str, slices: str):
     """Read only the selected z slices of both images (lazy readers)."""
     from emseg.data import parse_slices
-    from emseg.io import open_image
 
     with open_image(prediction) as p, open_image(ground_truth) as t:
         if p.array.shape != t.array.shape:
@@ -296,8 +296,6 @@ def models(quiet: _QUIET = False) -> None:
 @app.command()
 def formats() -> None:
     """List the image formats emseg reads and writes."""
-    from emseg.io import supported_formats
-
     for line in supported_formats():
         console.print(f"- {line}")
 

@@ -26,7 +26,7 @@ from emseg.config._load import config_from_dict, format_errors, load_config
 from emseg.config._recipes import apply_recipe, list_recipes, load_recipe, recipe_files
 from emseg.config._schema import AugmentConfig, Config, ConfigError, DataConfig, ModelConfig, PreprocessConfig
 from emseg.config._schema import SemiSupervisedConfig, TrainingConfig, UnlabelledSource, VolumeSource, parse_route
-from emseg.config._schema import resolve_config_path
+from emseg.config._schema import RootConfig, resolve_config_path
 from emseg.config._yaml import deep_merge, read_yaml
 
 __all__ = sorted([*_schema.__all__, *_load.__all__, *_recipes.__all__, *_yaml.__all__])

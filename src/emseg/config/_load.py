@@ -17,24 +17,27 @@ from emseg.config._yaml import deep_merge, read_yaml
 __all__ = ["config_from_dict", "format_errors", "load_config"]
 
 
-def format_errors(err: ValidationError, source: str) -> str:
+def format_errors(err: ValidationError, source: str, *, root: type[BaseModel] = Config,
+                  what: str = "configuration") -> str:
+    """The message of a failed validation of a ``root`` document: one line per error, naming the key,
+    with the allowed keys (and the nearest one) for an unknown key."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             key = str(e["loc"][-1])
-            parent = _model_at(e["loc"][:-1])
+            parent = _model_at(e["loc"][:-1], root)
             allowed = list(parent.model_fields) if parent else []
             msg = f"unknown key.{suggest(key, allowed)} Allowed here: {', '.join(allowed)}"
         elif e["type"] == "missing":
             msg = "required key is missing"
         lines.append(f"  {loc or '(top level)'}: {msg}")
-    return f"invalid configuration {source}:\n" + "\n".join(lines)
+    return f"invalid {what} {source}:\n" + "\n".join(lines)
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: Any = Config
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue

@@ -33,6 +33,7 @@ __all__ = [
     "ModelConfig",
     "SemiSupervisedConfig",
     "PreprocessConfig",
+    "RootConfig",
     "TrainingConfig",
     "UnlabelledSource",
     "VolumeSource",
@@ -436,20 +437,25 @@ class PreprocessConfig(_Strict):
         return value
 
 
-class Config(_Strict):
-    """A whole training configuration."""
+class RootConfig(_Strict):
+    """A whole YAML document (training, pretraining): unknown keys refused, the file it was read from kept."""
 
-    data: DataConfig
-    model: ModelConfig = ModelConfig()
-    training: TrainingConfig = TrainingConfig()
-    preprocess: PreprocessConfig = PreprocessConfig()
-    #: The YAML file it was read from (set by :func:`load_config`), for messages.
+    #: The YAML file it was read from (set by its loader), for messages.
     _source: str | None = PrivateAttr(default=None)
 
     @property
     def source(self) -> str | None:
         """The YAML file this configuration was read from, or ``None``."""
         return self._source
+
+
+class Config(RootConfig):
+    """A whole training configuration."""
+
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:

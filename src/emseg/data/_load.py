@@ -25,13 +25,9 @@ class DataError(ValueError):
 
 
 @dataclass
-class LabelledSlices:
-    """2-D labelled slices, possibly of different sizes.
-
-    ``images[i]`` is ``(Y, X)`` (raw dtype) or ``(C, Y, X)`` with ``C``
-    context slices; ``labels[i]`` is ``(Y, X)`` int16 with class indices and
-    :data:`IGNORE_INDEX` for unlabelled pixels.
-    """
+class LabelledArrays:
+    """Labelled images with their labels and where each came from (the shared part of
+    :class:`LabelledSlices` and :class:`~emseg.data.LabelledVolumes`)."""
 
     images: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
@@ -40,10 +36,21 @@ class LabelledSlices:
     def __len__(self) -> int:
         return len(self.images)
 
-    def take(self, indices: list[int]) -> LabelledSlices:
-        return LabelledSlices(
+    def take(self, indices: list[int]):
+        """The entries at ``indices``, as the same type."""
+        return type(self)(
             [self.images[i] for i in indices], [self.labels[i] for i in indices], [self.names[i] for i in indices]
         )
+
+
+@dataclass
+class LabelledSlices(LabelledArrays):
+    """2-D labelled slices, possibly of different sizes.
+
+    ``images[i]`` is ``(Y, X)`` (raw dtype) or ``(C, Y, X)`` with ``C``
+    context slices; ``labels[i]`` is ``(Y, X)`` int16 with class indices and
+    :data:`IGNORE_INDEX` for unlabelled pixels.
+    """
 
 
 def context_stack(volume, z: int, context: int) -> np.ndarray:

@@ -9,12 +9,12 @@ The 2-D path (:class:`~emseg.data.LabelledSlices`, :class:`~emseg.data.PatchSamp
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from emseg.config import AugmentConfig, Config, VolumeSource
-from emseg.data._load import IGNORE_INDEX, DataError, _load_source
+from emseg.data._load import IGNORE_INDEX, DataError, LabelledArrays, _load_source
 from emseg.data._sampling import WindowSampler
 from emseg.data._slices import parse_slices
 from emseg.io import open_image
@@ -25,26 +25,13 @@ __all__ = ["LabelledVolumes", "VolumePatchSampler", "augment_volume_batch", "loa
 
 
 @dataclass
-class LabelledVolumes:
+class LabelledVolumes(LabelledArrays):
     """Labelled ``(Z, Y, X)`` sub-stacks, possibly of different sizes.
 
     ``images[i]`` is ``(Z, Y, X)`` (raw dtype); ``labels[i]`` is ``(Z, Y, X)``
     int16 with class indices and :data:`~emseg.data.IGNORE_INDEX` for
     unlabelled voxels; ``names[i]`` says where it came from.
     """
-
-    images: list[np.ndarray] = field(default_factory=list)
-    labels: list[np.ndarray] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def take(self, indices: list[int]) -> LabelledVolumes:
-        """The sub-stacks at ``indices``."""
-        return LabelledVolumes(
-            [self.images[i] for i in indices], [self.labels[i] for i in indices], [self.names[i] for i in indices]
-        )
 
     @property
     def num_slices(self) -> int:

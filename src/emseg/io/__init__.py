@@ -28,7 +28,7 @@ from ._ome_zarr import (
     update_store_attrs,
     write_label_pyramid,
 )
-from ._probabilities import probabilities_format, read_probabilities, write_probabilities
+from ._probabilities import probabilities_format, read_class_probabilities, read_probabilities, write_probabilities
 from ._registry import open_image, read_image, supported_formats, write_image
 from ._registry import resolve as resolve_location
 from ._tables import read_table, write_table
@@ -51,6 +51,7 @@ __all__ = [
     "positive_tuple",
     "probabilities_format",
     "pyramid_factors",
+    "read_class_probabilities",
     "read_image",
     "read_probabilities",
     "read_store_attrs",

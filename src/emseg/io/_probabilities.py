@@ -14,9 +14,9 @@ import numpy as np
 
 from ._atomic import atomic_output
 from ._ome_zarr import multiscales
-from ._registry import write_image
+from ._registry import open_image, write_image
 
-__all__ = ["probabilities_format", "read_probabilities", "write_probabilities"]
+__all__ = ["probabilities_format", "read_class_probabilities", "read_probabilities", "write_probabilities"]
 
 _CONTAINERS = (".zarr", ".h5", ".hdf5", ".hdf")
 
@@ -83,6 +83,39 @@ def read_probabilities(path: str | os.PathLike) -> dict[str, Any] | None:
     if len({tuple(a.shape) for a in arrays.values()}) != 1:
         return None
     return arrays
+
+
+def read_class_probabilities(path: str | os.PathLike, classes: list[str]) -> np.ndarray:
+    """``(K, Z, Y, X)`` float32 probabilities of ``classes``, in that order, from a file written by
+    ``emseg predict --probabilities`` (:func:`write_probabilities`).
+
+    ``.tif``: the ImageJ ``(Z, C, Y, X)`` hyperstack (or ``(C, Y, X)`` for one
+    slice); ``.zarr`` / ``.h5``: one array per class name inside the container.
+
+    Raises:
+        ValueError: the file does not hold one channel per class.
+    """
+    k = len(classes)
+    text = str(path)
+    if text.lower().endswith((".tif", ".tiff")):
+        import tifffile
+
+        data = np.asarray(tifffile.imread(text), dtype=np.float32)
+        if data.ndim == 4 and data.shape[1] == k:
+            data = data.transpose(1, 0, 2, 3)
+        elif data.ndim == 3 and data.shape[0] == k:
+            data = data[:, None]
+    else:
+        sep = "/" if text.lower().endswith(".zarr") else ":"
+        arrays = []
+        for name in classes:
+            with open_image(f"{text}{sep}{name}") as image:
+                arrays.append(np.asarray(image.array, dtype=np.float32))
+        data = np.stack(arrays)
+    if data.ndim != 4 or data.shape[0] != k:
+        raise ValueError(f"--probabilities {path}: expected {k} class channels (K, Z, Y, X) for classes {classes}; "
+                         f"got shape {data.shape}")
+    return data
 
 
 def _container_arrays(path: Path) -> dict[str, Any]:

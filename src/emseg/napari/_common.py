@@ -10,7 +10,7 @@ import numpy as np
 
 from emseg.napari._colors import class_colors
 
-__all__ = ["BLOCKWISE_VOXELS", "CHUNKED_FORMATS", "LayerImage", "WorkerButtons", "labels_layer_kwargs", "layer_image", "model_name", "source_path"]
+__all__ = ["BLOCKWISE_VOXELS", "CHUNKED_FORMATS", "LayerImage", "WorkerButtons", "follow_layers", "labels_layer_kwargs", "layer_image", "model_name", "source_path"]
 
 #: Images with more voxels than this (or chunked ones opened from a file) are segmented blockwise
 #: into a zarr store beside the input and shown lazily.
@@ -100,6 +100,16 @@ def labels_layer_kwargs(name: str, classes: list[str], **metadata: Any) -> dict[
     """``add_labels`` keyword arguments: the class names as features, the fixed class colours, emseg metadata."""
     return {"name": name, "features": {"class": list(classes)}, "colormap": class_colors(list(classes)),
             "metadata": {"emseg": {"classes": list(classes), **metadata}}}
+
+
+def follow_layers(viewer: Any, *choices: Any) -> None:
+    """Keep the layer pickers ``choices`` up to date as layers are added to or removed from ``viewer``;
+    fill them now."""
+    for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+        for widget in choices:
+            event.connect(widget.reset_choices)
+    for widget in choices:
+        widget.reset_choices()
 
 
 class WorkerButtons:

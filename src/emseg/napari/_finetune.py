@@ -27,7 +27,7 @@ from emseg.active import ActiveSession
 from emseg.data import parse_slices
 from emseg.inference import load_predictor
 from emseg.napari._colors import class_colors
-from emseg.napari._common import labels_layer_kwargs, layer_image
+from emseg.napari._common import follow_layers, labels_layer_kwargs, layer_image
 from emseg.napari._segment import segment_slices
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,7 @@ class FineTuneWidget(Container):
         self.add_button.changed.connect(self.add_slices)
         self.tune_button.changed.connect(self.fine_tune)
         self.labels_layer.changed.connect(self._on_labels_changed)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self.labels_layer.reset_choices)
-            event.connect(self.image.reset_choices)
-        self.labels_layer.reset_choices()
-        self.image.reset_choices()
+        follow_layers(self.viewer, self.labels_layer, self.image)
         self._on_labels_changed(self.labels_layer.value)
 
     # ------------------------------------------------------------------ helpers

@@ -31,7 +31,7 @@ from napari.utils.notifications import show_error, show_info
 
 from emseg.inference import load_predictor, predict_blockwise
 from emseg.napari._colors import class_colors
-from emseg.napari._common import WorkerButtons, LayerImage, labels_layer_kwargs, layer_image, model_name
+from emseg.napari._common import WorkerButtons, LayerImage, follow_layers, labels_layer_kwargs, layer_image, model_name
 from emseg.napari._reader import emseg_labels_metadata, read_layers
 
 logger = logging.getLogger(__name__)
@@ -123,9 +123,7 @@ class SegmentWidget(WorkerButtons, Container):
                                   self.run_button, self.cancel_button, self.status])
         self.run_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
-        self.viewer.layers.events.inserted.connect(self.image.reset_choices)
-        self.viewer.layers.events.removed.connect(self.image.reset_choices)
-        self.image.reset_choices()
+        follow_layers(self.viewer, self.image)
 
     # ------------------------------------------------------------------ actions
     def segment(self) -> Any:

@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error
 
 from emseg.active import SUGGEST_METHODS, Suggestion, iter_uncertainty, rank_blocks, resolve_method
 from emseg.inference import load_predictor
-from emseg.napari._common import WorkerButtons, layer_image
+from emseg.napari._common import WorkerButtons, follow_layers, layer_image
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ class SuggestWidget(WorkerButtons, Container):
         self.run_button.changed.connect(self.suggest)
         self.cancel_button.changed.connect(self.cancel)
         self.results.changed.connect(self._on_select)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self.image.reset_choices)
-        self.image.reset_choices()
+        follow_layers(self.viewer, self.image)
 
     def suggest(self) -> Any:
         """Start ranking (returns the worker; None when refused, with a notification)."""

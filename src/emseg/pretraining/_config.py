@@ -18,8 +18,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emseg._registry import suggest
-from emseg.config import ConfigError, ModelConfig, UnlabelledSource, deep_merge, read_yaml
+from emseg.config import (
+    ConfigError,
+    ModelConfig,
+    RootConfig,
+    UnlabelledSource,
+    deep_merge,
+    format_errors,
+    read_yaml,
+)
 from emseg.models import MODELS
 
 __all__ = ["PretrainConfig", "PretrainingOptions", "load_pretrain_config"]
@@ -82,13 +89,12 @@ class PretrainingOptions(_Strict):
         return value
 
 
-class PretrainConfig(_Strict):
+class PretrainConfig(RootConfig):
     """A whole pretraining configuration."""
 
     data: PretrainData
     model: ModelConfig = ModelConfig()
     pretraining: PretrainingOptions = PretrainingOptions()
-    _source: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
@@ -107,27 +113,6 @@ class PretrainConfig(_Strict):
         return self
 
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            key, parent = str(e["loc"][-1]), e["loc"][:-1]
-            model: Any = PretrainConfig
-            for part in parent:
-                field = getattr(model, "model_fields", {}).get(str(part))
-                ann = getattr(field, "annotation", None)
-                inner = [a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)]
-                model = inner[0] if inner else model
-            allowed = list(getattr(model, "model_fields", {}))
-            msg = f"unknown key.{suggest(key, allowed)} Allowed here: {', '.join(allowed)}"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"  {loc or '(top level)'}: {msg}")
-    return f"invalid pretraining configuration {source}:\n" + "\n".join(lines)
-
-
 def load_pretrain_config(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> PretrainConfig:
     """Load and validate a pretraining YAML file; relative paths resolve against its folder.
 
@@ -144,6 +129,6 @@ def load_pretrain_config(path: str | os.PathLike, *, overrides: dict[str, Any] |
     try:
         config = PretrainConfig.model_validate(data, context={"base_dir": str(path.resolve().parent)})
     except ValidationError as err:
-        raise ConfigError(_format(err, f"in {path}")) from None
+        raise ConfigError(format_errors(err, f"in {path}", root=PretrainConfig, what="pretraining configuration")) from None
     config._source = str(path)
     return config
