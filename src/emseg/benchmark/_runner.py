@@ -13,7 +13,6 @@ checkpoint, or whose options changed since, starts again. Results go to
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -40,7 +39,7 @@ from emseg.benchmark._report import write_report
 from emseg.ensemble import ValidationSource, build_ensemble
 from emseg.evaluation import annotation_agreement, flatten_scores, model_complexity, score_segmentation
 from emseg.inference import Predictor
-from emseg.io import atomic_output, remove_stale_temporaries
+from emseg.io import atomic_output, remove_stale_temporaries, write_csv_rows
 from emseg.training import train
 
 logger = logging.getLogger(__name__)
@@ -280,13 +279,9 @@ def _write_csv(out: Path, records: list[dict]) -> None:
     metric_keys: list[str] = []
     for r in records:
         metric_keys += [k for k in r["metrics"] if k not in metric_keys]
-    with atomic_output(out / "results.csv", overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([*CSV_FIELDS, *metric_keys])
-            for r in records:
-                row = [r.get(k) for k in CSV_FIELDS] + [r["metrics"].get(k) for k in metric_keys]
-                writer.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in row])
+    rows = ([r.get(k) for k in CSV_FIELDS] + [r["metrics"].get(k) for k in metric_keys] for r in records)
+    write_csv_rows(out / "results.csv", [*CSV_FIELDS, *metric_keys],
+                   (["" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in row] for row in rows))
 
 
 def run_benchmark(

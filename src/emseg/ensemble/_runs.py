@@ -7,7 +7,6 @@ interrupted ``--seeds`` / ``--folds`` job resumes where it stopped.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -20,7 +19,7 @@ import yaml
 
 from emseg.config import Config, config_from_dict, load_config
 from emseg.ensemble._splits import fold_configs, freeze_validation_split
-from emseg.io import atomic_output
+from emseg.io import atomic_output, write_csv_rows
 from emseg.training import LAST_FILENAME, train
 
 logger = logging.getLogger(__name__)
@@ -229,10 +228,5 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], mean: dict[str, Any], classes: list[str]) -> None:
     header = ["fold", "val_mean_iou", "val_mean_iou_foreground", *[f"iou_{c}" for c in classes]]
-    with atomic_output(path, overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            for row in [*rows, {"fold": "mean", **mean}]:
-                writer.writerow([row["fold"], row["val_mean_iou"], row["val_mean_iou_foreground"],
-                                 *[row["val_iou"].get(c) for c in classes]])
+    write_csv_rows(path, header, ([row["fold"], row["val_mean_iou"], row["val_mean_iou_foreground"],
+                                   *[row["val_iou"].get(c) for c in classes]] for row in [*rows, {"fold": "mean", **mean}]))

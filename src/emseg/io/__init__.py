@@ -22,6 +22,7 @@ from ._ome_zarr import (
     downsample_mode,
     multiscale_paths,
     multiscales,
+    open_levels,
     open_store_array,
     pyramid_factors,
     read_store_attrs,
@@ -31,7 +32,7 @@ from ._ome_zarr import (
 from ._probabilities import probabilities_format, read_class_probabilities, read_probabilities, write_probabilities
 from ._registry import open_image, read_image, supported_formats, write_image
 from ._registry import resolve as resolve_location
-from ._tables import read_table, write_table
+from ._tables import read_table, write_csv_rows, write_table
 
 __all__ = [
     "TMP_MARKER",
@@ -47,6 +48,7 @@ __all__ = [
     "multiscales",
     "normalize_voxel_size",
     "open_image",
+    "open_levels",
     "open_store_array",
     "positive_tuple",
     "probabilities_format",
@@ -62,6 +64,7 @@ __all__ = [
     "supported_formats",
     "temporary_sibling",
     "update_store_attrs",
+    "write_csv_rows",
     "write_image",
     "write_label_pyramid",
     "write_probabilities",

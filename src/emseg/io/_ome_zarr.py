@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["create_label_store", "downsample_mode", "multiscale_paths", "multiscales", "open_store_array",
+__all__ = ["create_label_store", "downsample_mode", "multiscale_paths", "multiscales", "open_levels", "open_store_array",
            "pyramid_factors", "read_store_attrs", "update_store_attrs", "write_label_pyramid"]
 
 #: zarr v2 chunk keys with ``/`` (nested folders), as NGFF 0.4 asks.
@@ -32,6 +32,19 @@ def multiscale_paths(attrs: dict[str, Any]) -> list[str] | None:
     """Array paths of the first multiscale's levels, highest resolution first; None if not OME-Zarr."""
     found = multiscales(attrs)
     return [str(d["path"]) for d in found[0]["datasets"]] if found else None
+
+
+def open_levels(store: str | os.PathLike) -> tuple[list[Any], bool]:
+    """The arrays of a zarr store, read-only: ``([array], False)`` for an array at the root, else
+    ``(levels, True)``, the levels of an OME-Zarr group highest resolution first (a group without
+    ``multiscales``: its arrays by name)."""
+    import zarr
+
+    root = zarr.open(str(store), mode="r")
+    if isinstance(root, zarr.Array):
+        return [root], False
+    paths = multiscale_paths(root.attrs.asdict()) or sorted(root.array_keys())
+    return [root[p] for p in paths], True
 
 
 def read_store_attrs(store: str | os.PathLike, key: str) -> dict[str, Any] | None:

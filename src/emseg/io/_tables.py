@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._atomic import remove_path, temporary_sibling
+from ._atomic import atomic_output, remove_path, temporary_sibling
 
-__all__ = ["TABLE_SUFFIXES", "read_table", "write_table"]
+__all__ = ["TABLE_SUFFIXES", "read_table", "write_csv_rows", "write_table"]
 
 #: Suffixes of table files and the format each means.
 TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -31,6 +32,16 @@ def read_table(path: str | os.PathLike, *, what: str = "table") -> Any:
     if kind is None:
         raise ValueError(f"{what} {path}: unknown suffix {path.suffix.lower() or 'none'!r}; expected .parquet or .csv")
     return pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path)
+
+
+def write_csv_rows(path: str | os.PathLike, header: Sequence[str], rows: Any) -> None:
+    """Write a CSV file of ``header`` and ``rows`` (sequences of values; None is an empty cell) atomically,
+    replacing an existing file; no pandas needed (run summaries, reports)."""
+    with atomic_output(path, overwrite=True) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(list(header))
+            writer.writerows(rows)
 
 
 def write_table(df: Any, path: str | os.PathLike | Sequence[str | os.PathLike], *, overwrite: bool = True) -> list[str]:

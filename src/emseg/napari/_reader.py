@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from emseg.io import ImageFormatError, multiscale_paths, open_image, read_probabilities, read_store_attrs
+from emseg.io import ImageFormatError, open_image, open_levels, read_probabilities, read_store_attrs
 from emseg.napari._colors import class_colors
 
 logger = logging.getLogger(__name__)
@@ -111,15 +111,10 @@ def emseg_labels_metadata(path: str) -> dict[str, Any] | None:
 
 
 def _labels_layer(path: str, meta: dict[str, Any], name: str) -> LayerData:
-    import zarr
-
     classes = [str(c) for c in meta["classes"]]
-    root = zarr.open(path, mode="r")
-    if isinstance(root, zarr.Array):
-        data: Any = _lazy(root)
-    else:  # an OME-Zarr labels pyramid: every level, lazily, as napari multiscale data
-        paths = multiscale_paths(root.attrs.asdict()) or sorted(root.array_keys())
-        data = [_lazy(root[p]) for p in paths]
+    levels, multiscale = open_levels(path)
+    # an OME-Zarr labels pyramid: every level, lazily, as napari multiscale data
+    data: Any = [_lazy(level) for level in levels] if multiscale else _lazy(levels[0])
     if meta.get("status") not in (None, "complete"):
         logger.warning("%s is an unfinished prediction (status %r): unpredicted blocks show as class %s",
                        path, meta.get("status"), classes[0])
