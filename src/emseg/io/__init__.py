@@ -10,7 +10,9 @@ explicit list (``emseg.io._registry.BACKENDS``)::
         patch = image.array[0:8, 0:256, 0:256]          # reads only this patch
     write_image("pred.zarr/foreground", patch, voxel_size=(50.0, 4.0, 4.0))
 
-See :func:`supported_formats` for the formats understood.
+See :func:`supported_formats` for the formats understood.  Beyond single images, ``io`` reads and writes
+the other files emseg produces: the chunked label stores of blockwise prediction and their OME-Zarr
+pyramids (``_ome_zarr``), probability maps (``_probabilities``) and tables (``_tables``).
 """
 
 from ._atomic import TMP_MARKER, atomic_output, discard, remove_path, remove_stale_temporaries, temporary_sibling
