@@ -44,7 +44,6 @@ import torch
 
 import emseg
 from emseg.config import config_from_dict
-from emseg.data import Normalizer
 from emseg.evaluation import class_rand_info_scores, confusion_matrix
 from emseg.inference import Predictor, predict_blockwise
 
@@ -131,41 +130,12 @@ def predict_volume(model, data: Path, out: Path, *, threads: int, tta: bool = Fa
 
 
 def train_basicunet(data: Path, minutes: float, threads: int, seed: int = 0) -> tuple[Predictor, dict]:
-    """The plain reference: MONAI BasicUNet, Dice + CE, Adam 1e-3, random 256 x 256 patches with flips."""
-    from monai.losses import DiceCELoss
-    from monai.networks.nets import BasicUNet
+    """The plain reference (``_baseline.py``) on training slices 0-149, ``minutes`` of wall-clock time."""
+    from _baseline import train_basicunet as train_reference
 
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    rng = np.random.default_rng(seed)
     raw = tifffile.imread(data / "lucchipp_train_raw.tif")[:150]
-    lab = tifffile.imread(data / "lucchipp_train_mito.tif")[:150].astype(np.int64)
-    normalizer = Normalizer.fit([raw[k] for k in range(0, 150, 10)])
-    x_all = normalizer(raw).astype(np.float32)
-    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(32, 32, 64, 128, 256, 32))
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    start, steps, losses = time.perf_counter(), 0, []
-    net.train()
-    while time.perf_counter() - start < minutes * 60:
-        zs = rng.integers(0, 150, 8)
-        ys, xs = rng.integers(0, raw.shape[1] - 256 + 1, 8), rng.integers(0, raw.shape[2] - 256 + 1, 8)
-        xb = np.stack([x_all[z, y:y + 256, x:x + 256] for z, y, x in zip(zs, ys, xs)])[:, None]
-        yb = np.stack([lab[z, y:y + 256, x:x + 256] for z, y, x in zip(zs, ys, xs)])[:, None]
-        for axis in (2, 3):
-            if rng.random() < 0.5:
-                xb, yb = np.flip(xb, axis), np.flip(yb, axis)
-        out = net(torch.from_numpy(xb.copy()))
-        loss = loss_fn(out, torch.from_numpy(yb.copy()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
-        steps += 1
-    net.eval()
-    predictor = Predictor(net, classes=CLASSES, normalizer=normalizer, precision="fp32", divisor=16)
-    return predictor, {"steps": steps, "train_s": round(time.perf_counter() - start, 1),
-                       "final_loss": float(np.mean(losses[-20:])) if losses else None}
+    lab = tifffile.imread(data / "lucchipp_train_mito.tif")[:150]
+    return train_reference(raw, lab, classes=CLASSES, minutes=minutes, threads=threads, seed=seed)
 
 
 def main() -> None:
