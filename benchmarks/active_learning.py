@@ -9,6 +9,9 @@ scored on the EPFL test slices (mean foreground IoU). Several seeds.
 
     PYTHONPATH=src python benchmarks/active_learning.py --out /tmp/al --seeds 0 1 2 --rounds 3
 
+Run again with the same ``--out`` after an interruption: finished start models and rounds are scored again, not
+retrained (their picks are read from the rounds' ``round.json``).
+
 The machine here is shared: ``--crop`` and the minutes make a reduced run; docs/BENCHMARKS.md says which.
 Writes ``OUT/active_learning.json`` and prints a table.
 """
@@ -107,6 +110,17 @@ def main() -> None:
             history = [{"round": 0, "slices": sorted(labelled), "test_fg_iou": base_score}]
             for r in range(1, args.rounds + 1):
                 pool = [z for z in range(val_z) if z not in labelled]
+                done = out / f"seed-{seed}" / arm / f"round-{r}"
+                if (done / "summary.json").is_file() and (done / "round.json").is_file():
+                    # an earlier, interrupted run finished this round: score it again, do not retrain
+                    info = json.loads((done / "round.json").read_text())
+                    z = info["corrections"][-1]["slices"][0]
+                    if arm == "random" and arm_rng.choice(pool) != z:
+                        raise SystemExit(f"{done}: picked slice {z}, but seed {seed} picks another: not this run's")
+                    labelled.add(z)
+                    history.append({"round": r, "picked": z, "pick_score": None, "resumed": True,
+                                    "val_mean_iou": info["best_val_mean_iou"], "test_fg_iou": score(done)})
+                    continue
                 t0 = time.perf_counter()
                 if arm == "suggest":
                     predictor = load_predictor(session.current_model(), tta=False, overlap="auto")
