@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from emseg._device import autocast, default_device, resolve_precision
+from emseg._device import autocast
 from emseg._progress import progress_bar
 from emseg._version import __version__
 from emseg.data import Normalizer, UnlabelledVolumes
@@ -43,7 +43,7 @@ from emseg.models import (
 from emseg.pretraining._config import PretrainConfig, load_pretrain_config
 from emseg.pretraining._mim import mask_blocks, masked_input, mim_loss, mim_target
 from emseg.pretraining._moco import MoCo, em_augment
-from emseg.training import prepare_run_dir  # the run folder as `emseg train` prepares it
+from emseg.training import prepare_run_dir, start_run  # the run folder and seeds as `emseg train` sets them
 
 logger = logging.getLogger(__name__)
 
@@ -158,12 +158,7 @@ def pretrain(config: PretrainConfig | str | os.PathLike, out_dir: str | os.PathL
 def _run(config: PretrainConfig, out_dir: Path, data: UnlabelledVolumes, *, spec: Any, patch: tuple[int, ...],
          state: dict[str, Any] | None, progress: bool) -> PretrainResult:
     pc = config.pretraining
-    if pc.num_threads:
-        torch.set_num_threads(pc.num_threads)
-    torch.manual_seed(pc.seed)
-    rng = np.random.default_rng(pc.seed)
-    device = default_device()
-    dtype = resolve_precision(pc.precision, device)
+    rng, device, dtype = start_run(seed=pc.seed, num_threads=pc.num_threads, precision=pc.precision)
     in_channels = config.model.context_slices
     options = config.model.options
     normalizer = (Normalizer.from_dict(state["normalization"]) if state is not None

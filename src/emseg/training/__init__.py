@@ -10,7 +10,7 @@ from emseg.training._callbacks import StopOnEvent, StopWhen
 from emseg.training._loop import Callback, LoopState, TrainingLoop
 from emseg.training._result import TrainingInterrupted, TrainResult
 from emseg.training._run_dir import LAST_FILENAME, RunWriteError, prepare_run_dir
-from emseg.training._setup import class_weights_from_frequencies
+from emseg.training._setup import class_weights_from_frequencies, start_run
 from emseg.training._trainer import train
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "prepare_run_dir",
     "propagate",
     "save_checkpoint",
+    "start_run",
     "train",
     "write_weight_maps",
 ]

@@ -20,14 +20,8 @@ from emseg.data import BatchStream, Normalizer
 from emseg.models import MODEL_FILENAME, MODELS, CheckpointError, inference_defaults, load_checkpoint, save_checkpoint
 from emseg.training._callbacks import nan_to_none
 from emseg.training._loop import Callback, LoopState, TrainingLoop
-from emseg.training._run_dir import (
-    CONFIG_FILENAME,
-    LAST_FILENAME,
-    append_metrics,
-    describe_differences,
-    network_differences,
-    writing,
-)
+from emseg.training._run_dir import CONFIG_FILENAME, LAST_FILENAME, append_metrics, describe_differences
+from emseg.training._run_dir import network_differences, writing
 from emseg.training._spatial import inference_metadata
 
 logger = logging.getLogger(__name__)

@@ -9,13 +9,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from emseg._device import default_device, resolve_precision
 from emseg.config import Config
 from emseg.data import LabelledSlices, LabelledVolumes, Normalizer, PatchSampler, class_frequencies
 from emseg.losses import build_criterion
 from emseg.training._inputs import weight_maps, with_grain_channels
 from emseg.training._spatial import volume_sampler
 
-__all__ = ["build_sampler", "class_weights_from_frequencies", "training_criterion"]
+__all__ = ["build_sampler", "class_weights_from_frequencies", "start_run", "training_criterion"]
+
+
+def start_run(*, seed: int, num_threads: int | None, precision: str) -> tuple[np.random.Generator, torch.device, Any]:
+    """The start of a run (``emseg train``, ``emseg pretrain``): torch's threads and seed set, the run's
+    numpy generator, the device and the autocast dtype of ``precision`` there (``None``: fp32)."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = default_device()
+    return rng, device, resolve_precision(precision, device)
 
 
 def class_weights_from_frequencies(freqs: np.ndarray, mode: str = "auto") -> np.ndarray:

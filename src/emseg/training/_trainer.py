@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import yaml
 
-from emseg._device import default_device, resolve_precision
 from emseg.config import Config, load_config
 from emseg.data import LabelledSlices, LabelledVolumes, BatchStream, Normalizer, augment_batch, augment_volume_batch
 from emseg.inference import Predictor
@@ -27,43 +26,21 @@ from emseg.models import MODEL_FILENAME, MODELS, build_model, count_parameters, 
 from emseg.models import check_initialisation, initialise_network
 from emseg.training._budget import adapt_to_budget
 from emseg.training._calibrate import CalibrateAtEnd
-from emseg.training._callbacks import (
-    EarlyStopping,
-    ProgressBar,
-    SemiSupervisedTerm,
-    TimeBudget,
-    Validation,
-    WeightAveraging,
-    early_stop,
-)
-from emseg.training._checkpointing import (
-    CheckpointSaver,
-    MetricsLog,
-    checkpoint_dict,
-    loop_state,
-    restore_random_states,
-    resume_state as _resume_state,
-)
+from emseg.training._callbacks import EarlyStopping, ProgressBar, SemiSupervisedTerm, TimeBudget, Validation
+from emseg.training._callbacks import WeightAveraging, early_stop
+from emseg.training._checkpointing import CheckpointSaver, MetricsLog, checkpoint_dict, loop_state, restore_random_states
+from emseg.training._checkpointing import resume_state as _resume_state
 from emseg.training._ema import WeightAverage
 from emseg.training._forest import train_forest
 from emseg.training._loop import Callback, TrainingLoop
 from emseg.training._optim import build_optimizer
 from emseg.training._result import TrainingInterrupted, TrainResult, cancelled, finish
 from emseg.training._route import choose_route
-from emseg.training._run_dir import (
-    CONFIG_FILENAME,
-    LAST_FILENAME,
-    METRICS_FILENAME,
-    RUN_FILES,
-    SUMMARY_FILENAME,
-    prepare_run_dir,
-    replace_text,
-    restore_best,
-    truncate_metrics,
-)
+from emseg.training._run_dir import CONFIG_FILENAME, LAST_FILENAME, METRICS_FILENAME, RUN_FILES, SUMMARY_FILENAME
+from emseg.training._run_dir import prepare_run_dir, replace_text, restore_best, truncate_metrics
 from emseg.training._schedules import learning_rate, plateau_scale
 from emseg.training._semi import SemiSupervised
-from emseg.training._setup import build_sampler, class_weights_from_frequencies, training_criterion
+from emseg.training._setup import build_sampler, class_weights_from_frequencies, start_run, training_criterion
 from emseg.training._spatial import fit_patch_to_data, inference_metadata, load_data, match_target, resolve_patch_size
 from emseg.training._spatial import warn_absent_classes
 from emseg.training._validation import METRIC_MODES, validation_subset
@@ -152,12 +129,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                  resume_state: dict[str, Any] | None, progress: bool,
                  budget_choice: dict[str, Any] | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
     tc = config.training
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    torch.manual_seed(tc.seed)
-    rng = np.random.default_rng(tc.seed)
-    device = default_device()
-    dtype = resolve_precision(tc.precision, device)
+    rng, device, dtype = start_run(seed=tc.seed, num_threads=tc.num_threads, precision=tc.precision)
     num_classes = len(config.data.classes)
     grain = list(config.preprocess.grain_filter)
     in_channels = config.model.context_slices + len(grain)
