@@ -176,6 +176,10 @@ class TrainingLoop:
             self._call("on_exit")
         return self.stop_reason or "epochs"
 
+    def end(self) -> None:
+        """Call the ``on_train_end`` hooks (the trainer does, once the run is known to have ended normally)."""
+        self._call("on_train_end")
+
     def epoch(self) -> bool:
         """One epoch; ``False`` when no step was taken or the epoch was dropped (nothing recorded)."""
         self.model.train()

@@ -229,7 +229,7 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
             f"training stopped before the first epoch finished (max_minutes={tc.max_minutes}); "
             f"raise training.max_minutes or lower training.iterations_per_epoch"
         )
-    loop._call("on_train_end")
+    loop.end()
     return finish(out_dir, best_epoch=done.best_epoch, best=best_iou, epochs=done.epoch, elapsed=loop.elapsed(),
                   reason=reason, metric=metric, best_metric=best_value,
                   calibration=None if calibration is None else calibration.info, run_info=run_info)
