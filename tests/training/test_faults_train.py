@@ -212,9 +212,9 @@ def test_ctrl_c_keeps_model_and_last_resumable_and_exits_130(tmp_path, fault_con
 
 
 def test_ctrl_c_in_process_raises_training_interrupted(tmp_path, fault_config, monkeypatch):
-    import emseg.training._trainer as trainer
+    import emseg.training._checkpointing as checkpointing  # the metrics log callback writes through it
 
-    real, calls = trainer._metrics_line, []
+    real, calls = checkpointing.metrics_line, []
 
     def interrupt_in_epoch_3(path, record):
         real(path, record)
@@ -222,7 +222,7 @@ def test_ctrl_c_in_process_raises_training_interrupted(tmp_path, fault_config, m
         if record["epoch"] == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "_metrics_line", interrupt_in_epoch_3)
+    monkeypatch.setattr(checkpointing, "metrics_line", interrupt_in_epoch_3)
     with pytest.raises(TrainingInterrupted) as info:
         emseg.train(fault_config, tmp_path / "run", progress=False)
     stop = info.value

@@ -24,7 +24,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from emseg.config import Config, config_from_dict, deep_merge, load_config
 from emseg.io import atomic_output, write_image
-from emseg.training import TrainResult, train
+from emseg.training import Callback, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -239,18 +241,27 @@ class ActiveSession:
 
     def fine_tune(self, *, minutes: float, init: str | os.PathLike | None = None, repeat: int = 3,
                   seed: int | None = None, overrides: dict[str, Any] | None = None,
-                  progress: bool = False) -> TrainResult:
+                  progress: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
         """Train the next round from ``init`` (default: :meth:`current_model`) into ``round-<n>/``.
 
+        ``callbacks`` go to :func:`emseg.train` (e.g. :class:`~emseg.training.StopOnEvent` for a Cancel
+        button). A cancelled round is removed (``round-<n>/`` deleted, no ``round.json``): the session
+        goes on from the model it had.
+
         Returns:
-            The :class:`~emseg.training.TrainResult` of the round; ``round-<n>/round.json`` records it.
+            The :class:`~emseg.training.TrainResult` of the round (``stop_reason == "cancelled"`` when
+            cancelled); ``round-<n>/round.json`` records a finished one.
         """
         init = Path(init) if init is not None else self.current_model()
         number = 1 + max((int(r["round"]) for r in self.rounds()), default=0)
         config = self.round_config(init, minutes=minutes, repeat=repeat, seed=seed, overrides=overrides)
         out = self.folder / f"round-{number}"
         started = time.perf_counter()
-        result = train(config, out, overwrite=out.exists(), progress=progress)
+        result = train(config, out, overwrite=out.exists(), progress=progress, callbacks=callbacks)
+        if not result.complete:
+            shutil.rmtree(out, ignore_errors=True)
+            logger.warning("round %d cancelled: %s removed; the current model is still %s", number, out, init)
+            return result
         record = {"round": number, "init": str(init), "minutes": float(minutes),
                   "corrections": [{"image": e["image"], "slices": e["slices"], "folder": e["folder"]}
                                   for e in self.corrections()],

@@ -7,12 +7,15 @@
 3. "Fine-tune" trains a new round from the current model's weights for N minutes in the background on the
    original training data plus every correction, keeps it as ``round-<n>/`` (config, model, scores) and
    re-segments the image into a new labels layer, so rounds can be compared (and an earlier one reloaded
-   with the Segment widget).
+   with the Segment widget). "Cancel" stops the round at its next training step
+   (:class:`emseg.training.StopOnEvent`): the round is removed and the session keeps its current model;
+   cancelled while re-segmenting, the (finished) round is kept but not loaded as a layer.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,15 @@ from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, LineEdit,
 from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 
 from emseg.active import ActiveSession
 from emseg.data import parse_slices
 from emseg.inference import load_predictor
 from emseg.napari._colors import class_colors
-from emseg.napari._common import follow_layers, labels_layer_kwargs, layer_image
+from emseg.napari._common import WorkerButtons, follow_layers, labels_layer_kwargs, layer_image
 from emseg.napari._segment import segment_slices
+from emseg.training import StopOnEvent
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +48,29 @@ def painted_slices(labels: np.ndarray, prediction: np.ndarray) -> list[int]:
 
 
 def _fine_tune_round(session: ActiveSession, minutes: float, overrides: dict[str, Any] | None, volume: np.ndarray,
-                     threads: int):
-    """Worker: one round, then the image re-segmented with the round's model."""
+                     threads: int, stop: threading.Event):
+    """Worker: one round, then the image re-segmented with the round's model; ``stop`` set: cancelled
+    (``labels`` is None: the round was cancelled, or it finished and its re-segmentation was)."""
     import torch
 
     torch.set_num_threads(threads)
-    result = session.fine_tune(minutes=minutes, overrides=overrides)
+    result = session.fine_tune(minutes=minutes, overrides=overrides, callbacks=[StopOnEvent(stop)])
+    if not result.complete:
+        return result, None, None
     predictor = load_predictor(result.run_dir, overlap="auto")
     steps = segment_slices(predictor, volume)
     try:
         while True:
             next(steps)
-    except StopIteration as stop:
-        labels = stop.value
+            if stop.is_set():
+                return result, None, list(predictor.classes)
+    except StopIteration as done:
+        labels = done.value
     return result, labels, list(predictor.classes)
 
 
-class FineTuneWidget(Container):
-    """Dock widget: add corrected slices to training, fine-tune, re-segment."""
+class FineTuneWidget(WorkerButtons, Container):
+    """Dock widget: add corrected slices to training, fine-tune (or cancel the round), re-segment."""
 
     def __init__(self, napari_viewer: Any) -> None:
         self.viewer = napari_viewer
@@ -76,15 +85,19 @@ class FineTuneWidget(Container):
         self.minutes = FloatSpinBox(label="fine-tune minutes", value=5.0, min=0.05, max=600.0, step=0.5)
         self.add_button = PushButton(text="Add these slices to training")
         self.tune_button = PushButton(text="Fine-tune")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.run_button = self.tune_button  # WorkerButtons: Run / Cancel
         self.status = Label(value="")
         #: Extra configuration keys for the rounds (tests, benchmarks): e.g. ``{"training": {"epochs": 2}}``.
         self.overrides: dict[str, Any] | None = None
         self.worker: Any = None
         self._progress: Any = None
+        self._stop = threading.Event()
         super().__init__(widgets=[self.labels_layer, self.image, self.session_dir, self.slices, self.unsure, self.minutes,
-                                  self.add_button, self.tune_button, self.status])
+                                  self.add_button, self.tune_button, self.cancel_button, self.status])
         self.add_button.changed.connect(self.add_slices)
         self.tune_button.changed.connect(self.fine_tune)
+        self.cancel_button.changed.connect(self.cancel)
         self.labels_layer.changed.connect(self._on_labels_changed)
         follow_layers(self.viewer, self.labels_layer, self.image)
         self._on_labels_changed(self.labels_layer.value)
@@ -171,22 +184,38 @@ class FineTuneWidget(Container):
             return None
         import torch
 
+        self._stop = threading.Event()
         worker = thread_worker(_fine_tune_round, start_thread=False, ignore_errors=True)(
-            session, float(self.minutes.value), self.overrides, volume, torch.get_num_threads())
+            session, float(self.minutes.value), self.overrides, volume, torch.get_num_threads(), self._stop)
         worker.returned.connect(lambda result: self._on_done(result, session=session, image=image))
         worker.errored.connect(self._fail)
         worker.finished.connect(self._on_finished)
         self._progress = napari_progress(total=0, desc="emseg: fine-tuning")
         self.worker = worker
         self.tune_button.enabled = self.add_button.enabled = False
+        self.cancel_button.enabled = True
         self.status.value = f"fine-tuning for up to {self.minutes.value:g} min ..."
         worker.start()
         return worker
+
+    def cancel(self) -> None:
+        """Stop the running round at its next training step (or its re-segmentation at the next slice)."""
+        if self.worker is not None:
+            self.status.value = "cancelling ..."
+            self._stop.set()
 
     # ------------------------------------------------------------------ main thread
     def _on_done(self, result: Any, *, session: ActiveSession, image: Any) -> None:
         train_result, labels, classes = result
         round_name = Path(train_result.run_dir).name
+        if not train_result.complete:
+            self._notify(f"fine-tuning cancelled: {round_name} was removed; the current model is still "
+                         f"{session.current_model()}")
+            return
+        if labels is None:
+            self._notify(f"{round_name} finished (validation mean IoU {train_result.best_val_mean_iou:.3f}); its "
+                         f"re-segmentation was cancelled: load {train_result.run_dir} with the Segment widget")
+            return
         name = f"{session.base_run.name} {round_name}"
         data = labels[0] if image.is_2d else labels
         kwargs = labels_layer_kwargs(name, classes, model=str(train_result.model_path), base_run=str(session.base_run),
@@ -200,11 +229,13 @@ class FineTuneWidget(Container):
                              f"-> labels layer {name!r}")
 
     def _on_finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.worker = None
-        self.tune_button.enabled = self.add_button.enabled = True
+        WorkerButtons._on_finished(self)
+        self.add_button.enabled = True
+
+    def _notify(self, message: str) -> None:
+        self.status.value = message
+        logger.info("emseg fine-tune: %s", message)
+        show_info(f"emseg: {message}")
 
     def _fail(self, err: BaseException) -> None:
         message = str(err) or type(err).__name__

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import yaml
 
-from emseg._device import autocast, default_device, resolve_precision
+from emseg._device import autocast
 from emseg._progress import progress_bar
 from emseg._version import __version__
 from emseg.data import Normalizer, UnlabelledVolumes
-from emseg.io import atomic_output, remove_stale_temporaries
+from emseg.io import atomic_output
 from emseg.models import (
     MODELS,
     PRETRAINED_FILENAME,
@@ -43,6 +43,7 @@ from emseg.models import (
 from emseg.pretraining._config import PretrainConfig, load_pretrain_config
 from emseg.pretraining._mim import mask_blocks, masked_input, mim_loss, mim_target
 from emseg.pretraining._moco import MoCo, em_augment
+from emseg.training import prepare_run_dir, start_run  # the run folder and seeds as `emseg train` sets them
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +76,6 @@ def _patch_size(config: PretrainConfig) -> tuple[int, ...]:
     if spec.spatial_dims == 3:
         return tuple(spec.default_patch or (8, 128, 128))
     return (128, 128)
-
-
-def _prepare(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not (overwrite or resume):
-        raise FileExistsError(f"output folder {out_dir} is not empty; choose another --out, pass --overwrite to "
-                              f"start again or --resume to continue")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-    if overwrite and not resume:
-        for name in (PRETRAINED_FILENAME, LAST, METRICS, SUMMARY):
-            (out_dir / name).unlink(missing_ok=True)
 
 
 def _resume_state(config: PretrainConfig, out_dir: Path) -> dict[str, Any] | None:
@@ -156,7 +146,8 @@ def pretrain(config: PretrainConfig | str | os.PathLike, out_dir: str | os.PathL
         state = _resume_state(config, out_dir) if resume else None
         if resume and state is None:
             resume, overwrite = False, True
-        _prepare(out_dir, overwrite=overwrite, resume=resume)
+        prepare_run_dir(out_dir, overwrite=overwrite, resume=resume, what="output folder",
+                        files=(PRETRAINED_FILENAME, LAST, METRICS, SUMMARY))
         with atomic_output(out_dir / CONFIG) as tmp:
             tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         return _run(config, out_dir, data, spec=spec, patch=patch, state=state, progress=progress)
@@ -167,12 +158,7 @@ def pretrain(config: PretrainConfig | str | os.PathLike, out_dir: str | os.PathL
 def _run(config: PretrainConfig, out_dir: Path, data: UnlabelledVolumes, *, spec: Any, patch: tuple[int, ...],
          state: dict[str, Any] | None, progress: bool) -> PretrainResult:
     pc = config.pretraining
-    if pc.num_threads:
-        torch.set_num_threads(pc.num_threads)
-    torch.manual_seed(pc.seed)
-    rng = np.random.default_rng(pc.seed)
-    device = default_device()
-    dtype = resolve_precision(pc.precision, device)
+    rng, device, dtype = start_run(seed=pc.seed, num_threads=pc.num_threads, precision=pc.precision)
     in_channels = config.model.context_slices
     options = config.model.options
     normalizer = (Normalizer.from_dict(state["normalization"]) if state is not None

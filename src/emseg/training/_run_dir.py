@@ -35,6 +35,7 @@ __all__ = [
     "append_metrics",
     "never_finished",
     "network_differences",
+    "prepare_run_dir",
     "remove_stale_temporaries",
     "restore_best",
     "truncate_metrics",
@@ -122,6 +123,29 @@ def never_finished(out_dir: Path) -> bool:
     entries = [p.name for p in out_dir.iterdir()]
     names = {name for name in entries if not _is_temporary(name)}
     return bool(entries) and names <= {CONFIG_FILENAME, METRICS_FILENAME, WEIGHT_CACHE_FILENAME}
+
+
+def prepare_run_dir(out_dir: Path, *, overwrite: bool, resume: bool, files: tuple[str, ...],
+                    what: str = "run directory", restartable: bool = False,
+                    temporaries: tuple[str, ...] | None = None) -> None:
+    """Make ``out_dir`` ready for a run (``emseg train``, ``emseg pretrain``): refuse a non-empty folder
+    unless ``overwrite`` or ``resume``, create it, clean the temporaries a killed run left (only those of
+    ``temporaries``, default: all) and, when starting again (``overwrite`` without ``resume``), delete
+    ``files`` (the run's outputs). ``restartable``: a folder that holds only the start of a training run
+    that never finished an epoch (:func:`never_finished`) is started again without ``overwrite``.
+    """
+    if out_dir.exists() and any(out_dir.iterdir()) and not (overwrite or resume):
+        if not (restartable and never_finished(out_dir)):
+            raise FileExistsError(f"{what} {out_dir} is not empty; choose another --out, pass --overwrite to start "
+                                  f"again or --resume to continue")
+        logger.warning("%s holds only the start of a run that never finished an epoch (no %s): starting it again",
+                       out_dir, LAST_FILENAME)
+        overwrite = True
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_dir, names=temporaries)
+    if overwrite and not resume:
+        for name in files:
+            (out_dir / name).unlink(missing_ok=True)
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:

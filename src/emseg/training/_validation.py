@@ -11,7 +11,7 @@ import torch
 from emseg.data import IGNORE_INDEX, LabelledSlices, LabelledVolumes
 from emseg.evaluation import EvaluationResult, confusion_matrix
 
-__all__ = ["METRIC_MODES", "mean_auc", "validate"]
+__all__ = ["METRIC_MODES", "mean_auc", "validate", "validation_subset"]
 
 #: ``training.checkpoint_metric`` -> whether larger is better.
 METRIC_MODES = {"val_mean_iou": "max", "val_mean_f1": "max", "val_auc": "max", "val_loss": "min"}
@@ -85,3 +85,8 @@ def validate(predictor: Any, val: LabelledSlices | LabelledVolumes, *, num_class
         "val_auc": mean_auc(np.concatenate(auc_probs), np.concatenate(auc_truth)) if auc_probs else math.nan,
     }
     return result, scores
+
+
+def validation_subset(val_data: Any, max_slices: int | None) -> Any:
+    """The validation data scored per epoch: the first ``training.val_max_slices`` images, or all."""
+    return val_data if max_slices is None else val_data.take(list(range(min(len(val_data), max_slices))))
