@@ -168,6 +168,10 @@ def route_overlap(radius: int, window: tuple[int, int]) -> float:
     return float(min(0.5, max(1.0 / 16, radius / min(window))))
 
 
+#: The probe's clock (a seam for tests that fake the timings).
+_clock = time.perf_counter
+
+
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b)) if a.shape == b.shape else 0.0
 
@@ -219,12 +223,12 @@ class _Probe:
                 predictor.calibrate_int8(self.image)
             self.slices[route.name] = n = max(1, min(len(self.images), predictor.slices_per_forward(
                 tuple(self.images.shape[-2:]))))
-            start = time.perf_counter()
+            start = _clock()
             labels = predictor.predict_labels_stack(self._stack(route.name))  # warm-up: traces, oneDNN primitives
-            warm = time.perf_counter() - start
-            start = time.perf_counter()
+            warm = _clock() - start
+            start = _clock()
             predictor.predict_labels_stack(self._stack(route.name))
-            seconds = time.perf_counter() - start
+            seconds = _clock() - start
         except (RuntimeError, ValueError) as err:  # a route this network cannot take (int8 of an odd layer, ...)
             logger.info("route %s: not available (%s)", route.name, err)
             result = {"name": route.name, "error": str(err).splitlines()[0] if str(err) else type(err).__name__}
@@ -249,9 +253,9 @@ class _Probe:
                 before = torch.get_num_threads()
                 torch.set_num_threads(route.threads)
                 try:
-                    start = time.perf_counter()
+                    start = _clock()
                     self.predictors[route.name].predict_labels_stack(self._stack(route.name))
-                    rate = self.slices[route.name] * self.pixels / max(time.perf_counter() - start, 1e-9) / 1e6
+                    rate = self.slices[route.name] * self.pixels / max(_clock() - start, 1e-9) / 1e6
                 finally:
                     torch.set_num_threads(before)
                 self.results[route.name]["mvox_s"] = max(self.results[route.name]["mvox_s"], rate)
