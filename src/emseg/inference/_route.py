@@ -60,6 +60,9 @@ PROBE_SLICES = 4
 #: Windows (or, with a whole-slice window, slices) per forward pass tried by the tuner, with the model's own.
 BATCH_CANDIDATES = (1, 2, 4)
 
+#: On a GPU: larger batches (and as many probe slices as the largest), the device's way to keep busy.
+BATCH_CANDIDATES_GPU, PROBE_SLICES_GPU = (1, 4, 8, 16), 16
+
 #: ``torch.compile`` set-up (s) and speed-up over eager assumed before it is tried: measured for the default
 #: ``unet2d`` predicting a 768 x 1024 slice, fp32, 2 threads, on the 2-core AVX512-BF16 CPU here under load
 #: (benchmarks/compile_setup.py --predict, docs/BENCHMARKS.md): first call 36.6 s, then 1.99 s against 2.47 s
@@ -286,7 +289,8 @@ def _tune(probe: _Probe, *, reference: Route, whole: tuple[int, int] | None, cor
     if int8:
         engines.append(dataclasses.replace(base, precision="int8"))
     best = fastest([reference, *engines])
-    batches = sorted({*BATCH_CANDIDATES, reference.batch_size})  # with the whole-slice window: slices per forward
+    batches = sorted({*(BATCH_CANDIDATES_GPU if torch.cuda.is_available() else BATCH_CANDIDATES),
+                      reference.batch_size})  # with the whole-slice window: slices per forward
     windows = [dataclasses.replace(best, window=w, batch_size=b)
                for w in dict.fromkeys([reference.window, whole]) for b in batches
                if w is None or w != whole or b <= len(probe.images)]
@@ -345,9 +349,10 @@ def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volum
     forced = None if requested in ("auto", "auto+int8") else Route.parse(requested)
     start = time.perf_counter()
     rows = max(1, min(shape[1], PROBE_MAX_PIXELS // max(1, shape[2])))
-    z = max(0, min(int(z), shape[0] - PROBE_SLICES))
+    slices = PROBE_SLICES_GPU if torch.cuda.is_available() else PROBE_SLICES
+    z = max(0, min(int(z), shape[0] - slices))
     read = slice_input or (lambda v, k: np.asarray(v[k]))
-    images = np.stack([np.asarray(read(volume, k))[..., :rows, :] for k in range(z, min(shape[0], z + PROBE_SLICES))])
+    images = np.stack([np.asarray(read(volume, k))[..., :rows, :] for k in range(z, min(shape[0], z + slices))])
     probe = _Probe(build, images)
     plane = shape[1] * shape[2]
     whole = tuple(shape[1:]) if plane <= WHOLE_SLICE_MAX_PIXELS else None
