@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-import torch
 from test_blockwise import EPFL_RAW, _checkpoint
 
 from emseg.inference import Predictor, Route, predict_blockwise, read_run_metadata

@@ -1,7 +1,8 @@
 """How one batch of windows goes through the network: the compute routes of a :class:`Predictor`.
 
 A route (:mod:`emseg.inference._route`) is a precision (fp32, bf16 autocast, int8), an engine (eager, or
-a TorchScript-frozen copy, or ``torch.compile``), a memory layout (NCHW or channels-last), a thread count, a window and a batch
+a TorchScript-frozen copy, or ``torch.compile``), a memory layout (NCHW or channels-last), a thread count, a
+window and a batch
 size.  This module runs the network part of one: :class:`NetworkRunner` maps a ``(N, C, Y, X)`` batch to
 float32 ``(N, K, Y, X)`` logits.  Also here: :class:`ConstantNetwork` (a network replaced by a constant,
 to time the pipeline around it), :func:`quantize_int8` (PyTorch's own post-training quantisation for

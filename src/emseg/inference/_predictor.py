@@ -308,8 +308,8 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         from emseg.inference._tiling import predict_region
 
         return predict_region(x, origin=origin, full_shape=full_shape, region=region, roi=self._roi(full_shape),
-                              overlap=self.overlap, run=self._run, batch_size=self.batch_size, num_classes=self.num_classes,
-                              output=output)
+                              overlap=self.overlap, run=self._run, batch_size=self.batch_size,
+                              num_classes=self.num_classes, output=output)
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits of a ``(N, C, ry, rx)`` host batch of windows (flips averaged as logits), offsets added.

@@ -12,12 +12,12 @@ A :class:`Route` is written as a name, e.g. ``bf16-eager-cl-t2-w768x1024-b4``:
                 forward (fixed groups along z, the same in memory and blockwise).
 
 :func:`resolve_route` turns what the user asked for (``auto``, ``auto+int8``, a name, ``default``)
-into the route to run and a record for the run metadata.  ``auto`` times the candidates on a probe (a
-crop of one slice, :data:`PROBE_MAX_PIXELS` at most), keeps those whose labels agree with the fp32
-reference on at least :data:`AGREEMENT_THRESHOLD` of the probe's pixels, and picks the fastest.  The probe holds
-up to :data:`PROBE_SLICES` slices (crops of the same rows): a route runs on as many as it puts in one forward pass.  A forced
-bf16 or int8 route is checked the same way and refused (falling back to fp32, with a warning) below the
-threshold.  Labels are bit-identical between runs of the same route; the record lets a resumed run keep it.
+into the route to run and a record for the run metadata.  ``auto`` times the candidates on a probe (crops
+of :data:`PROBE_SLICES` consecutive slices, :data:`PROBE_MAX_PIXELS` each at most; a route runs on as many
+of them as it puts in one forward pass), keeps those whose labels agree with the fp32 reference on at least
+:data:`AGREEMENT_THRESHOLD` of the probe's pixels, and picks the fastest.  A forced bf16 or int8 route is
+checked the same way and refused (falling back to fp32, with a warning) below the threshold.  Labels are
+bit-identical between runs of the same route; the record lets a resumed run keep it.
 """
 
 from __future__ import annotations
