@@ -63,11 +63,12 @@ BATCH_CANDIDATES = (1, 2, 4)
 #: On a GPU: larger batches (and as many probe slices as the largest), the device's way to keep busy.
 BATCH_CANDIDATES_GPU, PROBE_SLICES_GPU = (1, 4, 8, 16), 16
 
-#: ``torch.compile`` set-up (s) and speed-up over eager assumed before it is tried: measured for the default
-#: ``unet2d`` predicting a 768 x 1024 slice, fp32, 2 threads, on the 2-core AVX512-BF16 CPU here under load
-#: (benchmarks/compile_setup.py --predict, docs/BENCHMARKS.md): first call 36.6 s, then 1.99 s against 2.47 s
-#: eager (1.24x).
-COMPILE_SETUP_S, COMPILE_GAIN = 35.0, 1.2
+#: ``torch.compile`` set-up (s) and speed-up over eager assumed before it is tried, for the default ``unet2d``
+#: predicting 768 x 1024 slices on the 2-core AVX512-BF16 CPU here (docs/BENCHMARKS.md): set-up 35 s (fp32, 2
+#: threads, load ~3) to 63-70 s (1 thread, load ~12; ``benchmarks/compile_setup.py --predict``); speed-up 1.85x
+#: (fp32 NCHW), 1.15x (bf16 channels-last), 0.44x (bf16 channels-last, 4 slices per forward, in the tuner).
+#: The probe then measures the real figures (:func:`compile_repaid`).
+COMPILE_SETUP_S, COMPILE_GAIN = 60.0, 1.2
 
 #: Compilations a run pays: the probe's shape, then the volume's slice (and its last, smaller batch: dynamic).
 COMPILE_SHAPES = 3
