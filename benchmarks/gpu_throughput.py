@@ -1,10 +1,10 @@
 """Blockwise prediction on a CUDA GPU: end-to-end GVox rate, bf16 vs fp32 labels, MONAI ratio, fraction of peak.
 
 The GPU counterpart of benchmarks/throughput.py, written for a lent GPU machine
-with a bounded time budget (one call of a few minutes). As run for docs/BENCHMARKS.md:
+with a bounded time budget (one call of a few minutes). Every GPU figure of issue 21 in one command:
 
     PYTHONPATH=src python benchmarks/gpu_throughput.py --model MODEL_DIR --raw train_raw.npy --gvox 1.0 \\
-        --out $OUT/gpu_throughput.json
+        --route auto --out $OUT/gpu_throughput.json
 
 ``--raw`` is the EPFL stack (``../shared/data/epfl-multiclass/train_raw.tif``, or a
 ``.npy`` copy of it), mirror-tiled along z into a chunked zarr of ``--gvox`` GVox.
@@ -19,8 +19,18 @@ Steps, each result written to ``--out`` as soon as it exists:
 2. ``emseg predict MODEL volume.zarr labels.zarr`` (one process, the GPU) end to end,
    bf16 then fp32: wall clock, MVox/s and peak RSS of the process; the fraction of
    identical labels between the two over the whole volume;
-3. the model's FLOPs per slice and the GPU's measured bf16 matmul rate: the fraction
+3. ``emseg predict --route ROUTE`` (default ``auto``: the tuner, bf16 and several slices per forward
+   among its candidates) end to end: its rate as a fraction of the network alone (whole slices, bf16,
+   ``--batch-size`` per forward) and the route it chose;
+4. labels of every end-to-end run against the CPU fp32 route (the default CPU route with the model's
+   window, and the CPU fp32 route with the whole-slice window of the runs above, computed here on
+   ``--cpu-slices`` slices spread over the volume): the fraction of identical voxels (target >= 99.5 %);
+5. the model's FLOPs per slice and the GPU's measured bf16 matmul rate: the fraction
    of peak the end-to-end run reaches.
+
+In process also: whole slices, bf16, 1 / 4 / 8 / 16 slices per forward pass (``slices_per_forward``);
+labels argmax'ed on the device against probabilities copied back and argmax'ed on the host.  Batches
+go to the GPU through pinned host memory with non-blocking copies (``Predictor._run``).
 """
 
 from __future__ import annotations
@@ -132,8 +142,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="windows per forward pass, end to end")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--route", help="also run emseg predict --route ROUTE (e.g. auto) end to end (issue 21); "
-                                     "its rate is compared with the network alone and its labels with the fp32 run")
+    ap.add_argument("--route", default="auto",
+                    help="also run emseg predict --route ROUTE end to end (issue 21; default auto, '' to skip): its "
+                         "rate is compared with the network alone and its labels with the fp32 runs")
+    ap.add_argument("--cpu-slices", type=int, default=4,
+                    help="slices predicted by the CPU fp32 route, the reference of the labels agreement")
     ap.add_argument("--device", default="cuda", help="cpu: a quick smoke test of this script without a GPU")
     args = ap.parse_args()
     global DEVICE
@@ -184,6 +197,11 @@ def main() -> None:
                 rates[f"monai_{label}_{pname}"] = monai_rate(p, sub, dtype)
         result["in_process"] = rates
         save("in_process")
+    for per_forward in (1, 4, 8, 16):  # several whole slices per forward pass (route bN with a whole-slice window)
+        p = Predictor.from_checkpoint(args.model, overlap="auto", precision="bf16", batch_size=per_forward,
+                                      device=device, window=whole)
+        rates[f"tiled_whole_slice_bf16_{p.slices_per_forward(whole)}_slices_per_forward"] = tiled_rate(p, sub)
+    save("in_process")
     rates["emseg_vs_monai_bf16"] = rates["tiled_default_window_bf16"] / rates["monai_default_window_bf16"]
     rates["emseg_vs_monai_fp32"] = rates["tiled_default_window_fp32"] / rates["monai_default_window_fp32"]
     save("in_process")
@@ -219,7 +237,26 @@ def main() -> None:
         result["route_end_to_end"] = run
         save("route_end_to_end")
 
-    # 3. fraction of peak
+    # 4. labels against the CPU fp32 route on a few slices spread over the volume
+    import zarr
+
+    volume = zarr.open_array(str(work / "volume.zarr"), mode="r")
+    zs = sorted({int(z) for z in np.linspace(0, shape[0] - 1, args.cpu_slices)})
+    stores = {f"end_to_end_{r['precision']}": work / f"labels_{r['precision']}.zarr" for r in runs}
+    if args.route:
+        stores["route"] = work / "labels_route.zarr"
+    gpu_labels = {name: np.stack([zarr.open_array(str(path), mode="r")[z] for z in zs]) for name, path in stores.items()}
+    result["vs_cpu_fp32"] = {"slices": zs}
+    # the default CPU route (fp32, eager, the model's window), and the CPU fp32 route with the whole-slice window
+    # of the end-to-end runs above (which separates the device and precision from the window)
+    for ref_name, kw in (("cpu_fp32_model_window", {}), ("cpu_fp32_whole_slice", {"window": whole})):
+        cpu = Predictor.from_checkpoint(args.model, overlap="auto", precision="fp32", device=torch.device("cpu"), **kw)
+        reference = np.stack([cpu.predict_labels_slice(np.asarray(volume[z])) for z in zs])
+        result["vs_cpu_fp32"][ref_name] = {name: float(np.mean(labels == reference))
+                                           for name, labels in gpu_labels.items()}
+    save("vs_cpu_fp32")
+
+    # 5. fraction of peak
     cpu = Predictor.from_checkpoint(args.model, overlap="auto", precision="fp32", device=torch.device("cpu"))
     flops = slice_flops(cpu, whole)
     peak = matmul_peak_cuda(torch.bfloat16, *(() if DEVICE == "cuda" else (512, 2)))

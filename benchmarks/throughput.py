@@ -388,7 +388,7 @@ def route_measurements(args, model: Path, work: Path, tuned_out: Path, nvox: int
     record = read_run_metadata(tuned_out)["route"]
     out = {"record": record, "tuned_end_to_end": tuned_run}
     tuned = Route.parse(record["name"]) if record.get("name") else Route("fp32", threads=1)
-    const = dataclasses.replace(tuned, precision="const", jit=False, channels_last=False)
+    const = dataclasses.replace(tuned, precision="const", jit=False, channels_last=False, compiled=False)
     run = run_emseg(model, work / "volume.zarr", work / "labels_const.zarr", 0, ["--route", const.name],
                     threads=const.threads)
     run.update(route=const.name, mvox_s=nvox / run["wall_s"] / 1e6)
@@ -408,12 +408,23 @@ def route_measurements(args, model: Path, work: Path, tuned_out: Path, nvox: int
         emseg_p.calibrate_int8(np.asarray(zarr.open_array(str(work / "volume.zarr"), mode="r")[box["z"]]))
     cores = os.cpu_count() or 1
 
+    step = emseg_p.slices_per_forward(sub.shape[1:])  # > 1: several whole-slice windows per forward (bN)
+
     def network_alone() -> float:
         torch.set_num_threads(tuned.threads)
         roi = emseg_p._roi(sub.shape[1:])
         seconds = 0.0
         with torch.no_grad():
-            for z in range(sub.shape[0]):
+            if step > 1:  # batches of whole slices, as the route runs them
+                for z0 in range(0, sub.shape[0], step):
+                    xs = [emseg_p._input(sub[z]) for z in range(z0, min(z0 + step, sub.shape[0]))]
+                    pad = [(0, 0)] + [(0, max(0, r - s)) for r, s in zip(roi, xs[0].shape[1:])]
+                    batch = torch.from_numpy(np.stack([np.pad(x, pad, mode="reflect") if any(p for _, p in pad)
+                                                       else x for x in xs]))
+                    t0 = time.perf_counter()
+                    emseg_p._forward(batch)
+                    seconds += time.perf_counter() - t0
+            for z in range(sub.shape[0] if step == 1 else 0):
                 x = emseg_p._input(sub[z])
                 pad = [(0, 0)] + [(0, max(0, r - s)) for r, s in zip(roi, x.shape[1:])]
                 x = np.pad(x, pad, mode="reflect") if any(p for _, p in pad) else x
@@ -430,7 +441,7 @@ def route_measurements(args, model: Path, work: Path, tuned_out: Path, nvox: int
         emseg_p.predict_volume(sub)
         return sub.size / (time.perf_counter() - t0) / 1e6
 
-    emseg_p.predict_labels_slice(sub[0])  # set-up (jit trace, oneDNN primitives) outside the timing
+    emseg_p.predict_labels_stack(sub)  # set-up (jit trace, compile, oneDNN primitives) outside the timing
     contenders = {"monai_fp32_1_thread": lambda: monai_rate(base, sub, 1),
                   f"monai_fp32_{cores}_threads": lambda: monai_rate(base, sub, cores),
                   "emseg_tuned_in_process": emseg_tuned, "network_alone": network_alone}
@@ -455,7 +466,9 @@ def print_route(r: dict) -> None:
           f"agreement {100 * (r['record'].get('agreement') or 1):.2f} %, tuning {r['record'].get('tuning_s', 0):.1f} s)")
     for c in r["record"].get("candidates", []):
         if "mvox_s" in c:
-            print(f"  candidate {c['name']:<36}{c['mvox_s']:>8.2f} MVox/s  agreement {100 * c['agreement']:.2f} %")
+            print(f"  candidate {c['name']:<36}{c['mvox_s']:>8.2f} MVox/s  agreement {100 * c['agreement']:.2f} %"
+                  f"  slices {c.get('slices', 1)}  set-up {c.get('setup_s', 0):.1f} s"
+                  + ("" if c.get("repaid", True) else "  (set-up not repaid)"))
     print(f"tuned end to end {r['tuned_end_to_end']['mvox_s']:.2f} MVox/s, peak RSS "
           f"{r['tuned_end_to_end']['peak_rss_gb']:.2f} GB; pipeline alone {r['pipeline_end_to_end']['mvox_s']:.2f} "
           f"MVox/s (constant labels: {r['pipeline_end_to_end']['all_constant_label']}), peak RSS "

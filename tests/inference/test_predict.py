@@ -67,7 +67,7 @@ def test_existing_output_is_not_overwritten(tiny_run, epfl_crop, tmp_path):
 
 def test_interrupted_prediction_leaves_no_output(tiny_run, epfl_crop, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = Predictor.predict_labels_slice
+    original = Predictor._input  # every slice's input, whether slices run one per forward pass or several
 
     def failing(self, image):
         calls["n"] += 1
@@ -75,7 +75,7 @@ def test_interrupted_prediction_leaves_no_output(tiny_run, epfl_crop, tmp_path, 
             raise KeyboardInterrupt
         return original(self, image)
 
-    monkeypatch.setattr(Predictor, "predict_labels_slice", failing)
+    monkeypatch.setattr(Predictor, "_input", failing)
     with pytest.raises(KeyboardInterrupt):
         emseg.predict(tiny_run.run_dir, epfl_crop["raw"], tmp_path / "pred.tif", progress=False)
     assert list(tmp_path.iterdir()) == []

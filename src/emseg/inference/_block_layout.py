@@ -57,7 +57,8 @@ class BlockLayout:
 
 def choose_block(predictor: Any, shape: tuple[int, int, int], block: tuple[int, int, int] | None = None
                  ) -> tuple[int, int, int]:
-    """Block shape: the user's, else whole slices (z-only blocks) sized to :data:`BLOCK_BYTES`.
+    """Block shape: the user's, else whole slices (z-only blocks) sized to :data:`BLOCK_BYTES` (a multiple of
+    the predictor's ``slices_per_forward``).
 
     A predictor may propose its own with ``preferred_block(shape)`` (3-D models).
     """
@@ -73,6 +74,9 @@ def choose_block(predictor: Any, shape: tuple[int, int, int], block: tuple[int, 
         y, x = min(y, PLANE_BLOCK), min(x, PLANE_BLOCK)
     per_slice = len(predictor.classes) * y * x * 4
     bz = int(max(1, min(32, BLOCK_BYTES // per_slice, z)))
+    step = getattr(predictor, "slices_per_forward", lambda s: 1)((shape[1], shape[2]))
+    if bz > step > 1:  # whole groups of slices per forward pass in a block (see TiledSeam._slice_groups)
+        bz = bz // step * step
     return bz, y, x
 
 

@@ -1,7 +1,8 @@
 """How one batch of windows goes through the network: the compute routes of a :class:`Predictor`.
 
 A route (:mod:`emseg.inference._route`) is a precision (fp32, bf16 autocast, int8), an engine (eager, or
-a TorchScript-frozen copy), a memory layout (NCHW or channels-last), a thread count, a window and a batch
+a TorchScript-frozen copy, or ``torch.compile``), a memory layout (NCHW or channels-last), a thread count, a
+window and a batch
 size.  This module runs the network part of one: :class:`NetworkRunner` maps a ``(N, C, Y, X)`` batch to
 float32 ``(N, K, Y, X)`` logits.  Also here: :class:`ConstantNetwork` (a network replaced by a constant,
 to time the pipeline around it), :func:`quantize_int8` (PyTorch's own post-training quantisation for
@@ -85,12 +86,17 @@ class NetworkRunner:
         jit: CPU fp32 only: run a TorchScript-frozen copy, checked once per window shape against the
             eager network (a mismatch or an untraceable model falls back to eager with a warning).
         channels_last: run network and batch in channels-last memory layout (oneDNN's preferred one).
+        compile: run ``torch.compile(model)`` (inductor), under the same autocast; compiled on the first
+            batch and again for each new batch shape (its set-up, docs/BENCHMARKS.md).  A network that
+            cannot be compiled runs eagerly, with a warning.
     """
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype | None,
-                 jit: bool = False, channels_last: bool = False) -> None:
+                 jit: bool = False, channels_last: bool = False, compile: bool = False) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.jit, self.channels_last = bool(jit), bool(channels_last)
+        self.compile = bool(compile) and not self.jit
+        self._compiled: Any = None
         self._jit_module: Any = None
         self._jit_checked: set[tuple[int, ...]] = set()
         if self.channels_last:
@@ -99,10 +105,25 @@ class NetworkRunner:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
+        if self.compile:
+            return self._compiled_forward(batch)
         if not (self.jit and self.device.type == "cpu" and self.dtype is None):  # None: plain fp32
             with autocast(self.device, self.dtype):
                 return self.model(batch).float()
         return self._frozen(batch)
+
+    def _compiled_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        try:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.model)
+            with autocast(self.device, self.dtype):
+                return self._compiled(batch).float()
+        except Exception as err:  # noqa: BLE001 - no C++ compiler, an unsupported layer, ...: run eagerly
+            logger.warning("compile: %s cannot be compiled (%s: %s); predicting eagerly", type(self.model).__name__,
+                           type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            self.compile = False
+            with autocast(self.device, self.dtype):
+                return self.model(batch).float()
 
     def _frozen(self, batch: torch.Tensor) -> torch.Tensor:
         key = tuple(batch.shape)

@@ -89,6 +89,12 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
     channels_last
         Run the network in channels-last memory layout (oneDNN's own; on the 2-core AVX512-BF16 CPU here
         2.3x faster than NCHW in fp32 for ``unet2d``, see docs/BENCHMARKS.md).
+    compile
+        Run the windows through ``torch.compile(model)`` (fp32 or bf16, 2-D tiled networks): a route the
+        tuner tries only where its set-up is repaid over the volume (:mod:`emseg.inference._route`).
+    batch_size
+        Windows per forward pass; where one window holds the whole slice, that many consecutive slices
+        per forward (in fixed groups along z, :meth:`slices_per_forward`), in memory and blockwise alike.
     network
         ``"model"`` (the default), ``"int8"`` (its post-training int8 copy for x86, built by
         :meth:`calibrate_int8`) or ``"constant"`` (logits one-hot on the last class everywhere: the
@@ -122,6 +128,7 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         logit_offsets: Any = None,
         channels_last: bool = False,
         network: str = "model",
+        compile: bool = False,
     ) -> None:
         self.model = model
         self.grain_filter = [int(a) for a in grain_filter]
@@ -146,8 +153,8 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         if network not in NETWORKS:
             raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
         self.network, self.channels_last = network, bool(channels_last)
-        if (network != "model" or channels_last) and not (self.spatial_dims == 2 and self.is_torch and not self.margin):
-            raise ValueError(f"network={network!r}/channels_last are routes of tiled 2-D networks, not of this "
+        if (network != "model" or channels_last or compile) and not (self.spatial_dims == 2 and self.is_torch and not self.margin):
+            raise ValueError(f"network={network!r}/channels_last/compile are routes of tiled 2-D networks, not of this "
                              f"{type(model).__name__}; leave them out (or use --route default)")
         if network == "int8" and self.device.type != "cpu":
             raise ValueError("the int8 route is a CPU route (x86 oneDNN); use --precision on a GPU")
@@ -179,7 +186,7 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
             self._runner = NetworkRunner(net, device=self.device, dtype=None)
         elif network == "model":  # a random forest never reaches _forward
             self._runner = NetworkRunner(self.model, device=self.device, dtype=self.dtype, jit=jit,
-                                         channels_last=self.channels_last)
+                                         channels_last=self.channels_last, compile=bool(compile) and not jit)
         self._jit_asked = jit
 
     @property
@@ -300,12 +307,57 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         ``(C, h, w)`` input at ``origin``."""
         from emseg.inference._tiling import predict_region
 
-        def run(batch: torch.Tensor) -> torch.Tensor:  # blended logits (flips averaged as logits), then offsets
-            return self._offset(self._flip_mean(batch.to(self.device), self._forward))
-
         return predict_region(x, origin=origin, full_shape=full_shape, region=region, roi=self._roi(full_shape),
-                              overlap=self.overlap, run=run, batch_size=self.batch_size, num_classes=self.num_classes,
-                              output=output)
+                              overlap=self.overlap, run=self._run, batch_size=self.batch_size,
+                              num_classes=self.num_classes, output=output)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of a ``(N, C, ry, rx)`` host batch of windows (flips averaged as logits), offsets added.
+
+        On a GPU the batch goes through pinned host memory with a non-blocking copy (the argmax and the
+        blending then stay on the device, :func:`~emseg.inference._tiling.predict_region`).
+        """
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch = batch.to(self.device)
+        return self._offset(self._flip_mean(batch, self._forward))
+
+    def slices_per_forward(self, shape: tuple[int, int]) -> int:
+        """Slices of a ``(Y, X)`` shape run in one forward pass: :attr:`batch_size` where one window holds
+        the whole slice (tiled 2-D networks, labels), else 1 (the batch is then windows of one slice)."""
+        from emseg.inference._tiling import single_window
+
+        if self.batch_size <= 1 or not self._labels_from_logits or self._whole_slices:
+            return 1
+        return self.batch_size if single_window(shape, self._roi(tuple(shape)), float(self.overlap)) else 1
+
+    @torch.no_grad()
+    def predict_labels_stack(self, images: Any) -> np.ndarray:
+        """Labels ``(n, Y, X)`` of ``n`` raw slices (``(n, Y, X)`` or ``(n, C, Y, X)``), as :meth:`predict_volume`
+        gives them for a volume of these slices: groups of :meth:`slices_per_forward` consecutive slices
+        (from the first) share a forward pass."""
+        images = [np.asarray(image) for image in images]
+        if not images:
+            raise ValueError("predict_labels_stack needs at least one slice")
+        step = self.slices_per_forward(images[0].shape[-2:])
+        if step == 1:
+            return np.stack([self.predict_labels_slice(image) for image in images])
+        return np.concatenate([self._labels_group([self._input(im) for im in images[k:k + step]])
+                               for k in range(0, len(images), step)])
+
+    @torch.no_grad()
+    def _labels_group(self, inputs: list[np.ndarray], *, origin: tuple[int, int] = (0, 0),
+                      full_shape: tuple[int, int] | None = None,
+                      region: tuple[slice, slice] | None = None) -> np.ndarray:
+        """Labels ``(n, ny, nx)`` of ``region`` of ``n`` normalised ``(C, h, w)`` slice inputs in one forward pass
+        (one window per slice; default: the whole slices)."""
+        from emseg.inference._tiling import predict_single_window_labels
+
+        full = tuple(full_shape or inputs[0].shape[1:])
+        region = region or (slice(0, full[0]), slice(0, full[1]))
+        return predict_single_window_labels(inputs, origin=origin, full_shape=full, region=region,
+                                            roi=self._roi(full), run=self._run, num_classes=self.num_classes)
 
     def _flip_mean(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``fn(x)``; with test-time augmentation the mean of ``fn`` over ``x`` and its flips, each flipped back.

@@ -4,17 +4,20 @@ A :class:`Route` is written as a name, e.g. ``bf16-eager-cl-t2-w768x1024-b4``:
 
 ``precision``   ``fp32``, ``bf16`` (autocast), ``int8`` (post-training quantised, CPU, opt-in) or
                 ``const`` (the network replaced by a constant: the pipeline alone, for benchmarks);
-``engine``      ``eager`` or ``jit`` (TorchScript-frozen copy; fp32 only);
+``engine``      ``eager``, ``jit`` (TorchScript-frozen copy; fp32 only) or ``compile`` (``torch.compile``;
+                fp32/bf16, tried by the tuner only where its set-up is repaid over the volume, :func:`compile_pays`);
 ``layout``      ``nchw`` or ``cl`` (channels-last; fp32/bf16);
 ``tN``          torch intra-op threads; ``wYxX`` the sliding window (``wmodel``: the model's own);
-``bN``          windows per forward pass.
+``bN``          windows per forward pass; with a window holding the whole slice, N consecutive slices per
+                forward (fixed groups along z, the same in memory and blockwise).
 
 :func:`resolve_route` turns what the user asked for (``auto``, ``auto+int8``, a name, ``default``)
-into the route to run and a record for the run metadata.  ``auto`` times the candidates on a probe (a
-crop of one slice, :data:`PROBE_MAX_PIXELS` at most), keeps those whose labels agree with the fp32
-reference on at least :data:`AGREEMENT_THRESHOLD` of the probe's pixels, and picks the fastest.  A forced
-bf16 or int8 route is checked the same way and refused (falling back to fp32, with a warning) below the
-threshold.  Labels are bit-identical between runs of the same route; the record lets a resumed run keep it.
+into the route to run and a record for the run metadata.  ``auto`` times the candidates on a probe (crops
+of :data:`PROBE_SLICES` consecutive slices, :data:`PROBE_MAX_PIXELS` each at most; a route runs on as many
+of them as it puts in one forward pass), keeps those whose labels agree with the fp32 reference on at least
+:data:`AGREEMENT_THRESHOLD` of the probe's pixels, and picks the fastest.  A forced bf16 or int8 route is
+checked the same way and refused (falling back to fp32, with a warning) below the threshold.  Labels are
+bit-identical between runs of the same route; the record lets a resumed run keep it.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from emseg._device import cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AGREEMENT_THRESHOLD", "PROBE_MAX_PIXELS", "TUNE_MIN_VOXELS", "Route", "available_cores", "describe",
-           "calibrate_recorded", "engine_route", "resolve_route", "route_overlap"]
+__all__ = ["AGREEMENT_THRESHOLD", "BATCH_CANDIDATES", "COMPILE_GAIN", "COMPILE_SETUP_S", "COMPILE_SHAPES",
+           "PROBE_MAX_PIXELS", "PROBE_SLICES", "TUNE_MIN_VOXELS", "Route", "available_cores", "calibrate_recorded",
+           "compile_pays", "compile_repaid", "describe", "engine_route", "resolve_route", "route_overlap"]
 
 #: A route whose labels agree with the fp32 reference on fewer of the probe's pixels than this is refused.
 AGREEMENT_THRESHOLD = 0.995
@@ -49,13 +53,33 @@ TUNE_MIN_VOXELS = 2**28
 #: The probe: at most this many pixels of one slice (its first rows, whole width).
 PROBE_MAX_PIXELS = 2**19
 
+#: The probe's slices (consecutive, from the probed one): routes with several slices per forward pass run
+#: on as many as they batch (a one-slice route on the first only, so they cost no more to time).
+PROBE_SLICES = 4
+
+#: Windows (or, with a whole-slice window, slices) per forward pass tried by the tuner, with the model's own.
+BATCH_CANDIDATES = (1, 2, 4)
+
+#: On a GPU: larger batches (and as many probe slices as the largest), the device's way to keep busy.
+BATCH_CANDIDATES_GPU, PROBE_SLICES_GPU = (1, 4, 8, 16), 16
+
+#: ``torch.compile`` set-up (s) and speed-up over eager assumed before it is tried, for the default ``unet2d``
+#: predicting 768 x 1024 slices on the 2-core AVX512-BF16 CPU here (docs/BENCHMARKS.md): set-up 35 s (fp32, 2
+#: threads, load ~3) to 63-70 s (1 thread, load ~12; ``benchmarks/compile_setup.py --predict``); speed-up 1.85x
+#: (fp32 NCHW), 1.15x (bf16 channels-last), 0.44x (bf16 channels-last, 4 slices per forward, in the tuner).
+#: The probe then measures the real figures (:func:`compile_repaid`).
+COMPILE_SETUP_S, COMPILE_GAIN = 60.0, 1.2
+
+#: Compilations a run pays: the probe's shape, then the volume's slice (and its last, smaller batch: dynamic).
+COMPILE_SHAPES = 3
+
 #: A window as large as the whole slice is a candidate for slices up to this many pixels.
 WHOLE_SLICE_MAX_PIXELS = 2**21
 
 #: The fastest few accepted routes are timed again in this many interleaved rounds before the choice.
 RETIME_TOP, RETIME_ROUNDS = 3, 2
 
-_NAME = re.compile(r"^(fp32|bf16|int8|const)-(eager|jit)-(nchw|cl)-t(\d+)-w(model|\d+x\d+)-b(\d+)$")
+_NAME = re.compile(r"^(fp32|bf16|int8|const)-(eager|jit|compile)-(nchw|cl)-t(\d+)-w(model|\d+x\d+)-b(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +92,13 @@ class Route:
     threads: int = 1
     window: tuple[int, int] | None = None
     batch_size: int = 4
+    compiled: bool = False
 
     def __post_init__(self) -> None:
         if self.jit and self.precision != "fp32":
             raise ValueError(f"route {self.name}: the frozen (jit) engine is fp32 only")
+        if self.compiled and (self.jit or self.precision not in ("fp32", "bf16")):
+            raise ValueError(f"route {self.name}: the compile engine is for fp32/bf16 (not with jit)")
         if self.channels_last and self.precision not in ("fp32", "bf16"):
             raise ValueError(f"route {self.name}: channels-last (cl) is an fp32/bf16 layout")
         if self.threads < 1 or self.batch_size < 1 or (self.window is not None and min(self.window) < 1):
@@ -80,7 +107,8 @@ class Route:
     @property
     def name(self) -> str:
         window = "model" if self.window is None else f"{self.window[0]}x{self.window[1]}"
-        return (f"{self.precision}-{'jit' if self.jit else 'eager'}-{'cl' if self.channels_last else 'nchw'}"
+        engine = "compile" if self.compiled else "jit" if self.jit else "eager"
+        return (f"{self.precision}-{engine}-{'cl' if self.channels_last else 'nchw'}"
                 f"-t{self.threads}-w{window}-b{self.batch_size}")
 
     @classmethod
@@ -94,10 +122,12 @@ class Route:
         if match is None:
             raise ValueError(f"--route {name!r} is not a route: use auto, auto+int8, default or a name "
                              "PRECISION-ENGINE-LAYOUT-tTHREADS-wWINDOW-bBATCH, e.g. bf16-eager-cl-t2-w768x1024-b4 "
-                             "(precision fp32/bf16/int8/const, engine eager/jit, layout nchw/cl, window model or YxX)")
+                             "(precision fp32/bf16/int8/const, engine eager/jit/compile, layout nchw/cl, window model "
+                             "or YxX)")
         prec, engine, layout, threads, window, batch = match.groups()
         win = None if window == "model" else tuple(int(v) for v in window.split("x"))
-        return cls(prec, engine == "jit", layout == "cl", int(threads), win, int(batch))  # type: ignore[arg-type]
+        return cls(prec, engine == "jit", layout == "cl", int(threads), win, int(batch),  # type: ignore[arg-type]
+                   engine == "compile")
 
     def predictor_options(self) -> dict[str, Any]:
         """Options of :class:`~emseg.inference.Predictor` (``window`` only where not the model's)."""
@@ -106,7 +136,27 @@ class Route:
                    "channels_last": self.channels_last, "network": network, "batch_size": self.batch_size}
         if self.window is not None:
             options["window"] = tuple(self.window)
+        if self.compiled:
+            options["compile"] = True
         return options
+
+
+def compile_pays(voxels: int, mvox_s: float, *, setup_s: float = COMPILE_SETUP_S, gain: float = COMPILE_GAIN) -> bool:
+    """Whether ``torch.compile`` is worth trying for ``voxels`` at the best eager rate ``mvox_s`` (MVox/s).
+
+    Before it is timed, its set-up and gain are the measured figures (:data:`COMPILE_SETUP_S`,
+    :data:`COMPILE_GAIN`): tried when the time it would save over the volume exceeds
+    :data:`COMPILE_SHAPES` set-ups.
+    """
+    seconds = voxels / max(mvox_s, 1e-9) / 1e6
+    return seconds * (1.0 - 1.0 / gain) > COMPILE_SHAPES * setup_s
+
+
+def compile_repaid(voxels: int, mvox_s: float, compiled_mvox_s: float, setup_s: float) -> bool:
+    """Whether a timed compiled route, ``compiled_mvox_s`` after a set-up of ``setup_s`` seconds on the probe,
+    beats ``mvox_s`` over ``voxels``: its saving must repay the compilations still to come (the volume's shapes)."""
+    saved = voxels / max(mvox_s, 1e-9) / 1e6 - voxels / max(compiled_mvox_s, 1e-9) / 1e6
+    return saved > (COMPILE_SHAPES - 1) * setup_s
 
 
 def available_cores() -> int:
@@ -122,19 +172,49 @@ def route_overlap(radius: int, window: tuple[int, int]) -> float:
     return float(min(0.5, max(1.0 / 16, radius / min(window))))
 
 
+#: The probe's clock (a seam for tests that fake the timings).
+_clock = time.perf_counter
+
+
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b)) if a.shape == b.shape else 0.0
 
 
 class _Probe:
-    """Times routes on one probe image and compares their labels with the fp32 reference's."""
+    """Times routes on the probe slices and compares their labels with the fp32 reference's.
 
-    def __init__(self, build: Callable[[Route], Any], image: np.ndarray) -> None:
-        self.build, self.image = build, image
-        self.pixels = int(np.prod(image.shape[-2:]))
+    ``images`` is ``(S, Y, X)`` or ``(S, C, Y, X)``: ``S`` consecutive slices (crops of the same rows).  A
+    route runs on as many of them as it puts in one forward pass (``slices_per_forward``, one for most),
+    and its labels are compared with the reference's on those slices.  The first call of a route is its
+    warm-up, whose excess over a timed call is recorded as its set-up (``setup_s``: tracing, compiling).
+    """
+
+    def __init__(self, build: Callable[[Route], Any], images: np.ndarray) -> None:
+        self.build, self.images = build, images
+        self.image = images[0]
+        self.pixels = int(np.prod(images.shape[-2:]))
         self.results: dict[str, dict[str, Any]] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.predictors: dict[str, Any] = {}
+        self.slices: dict[str, int] = {}
+        self.reference: str | None = None
+
+    def _stack(self, name: str) -> np.ndarray:
+        return self.images[:self.slices[name]]
+
+    def _reference_labels(self, n: int) -> np.ndarray:
+        """The reference's labels on the first ``n`` probe slices (the extra slices predicted when first asked)."""
+        have = self.labels[self.reference]
+        if have.shape[0] < n:
+            route = Route.parse(self.reference)
+            before = torch.get_num_threads()
+            torch.set_num_threads(route.threads)
+            try:
+                more = self.predictors[self.reference].predict_labels_stack(self.images[have.shape[0]:n])
+            finally:
+                torch.set_num_threads(before)
+            self.labels[self.reference] = have = np.concatenate([have, more])
+        return have[:n]
 
     def measure(self, route: Route, reference: str | None) -> dict[str, Any]:
         if route.name in self.results:
@@ -145,10 +225,14 @@ class _Probe:
             predictor = self.build(route)
             if route.precision == "int8":
                 predictor.calibrate_int8(self.image)
-            labels = predictor.predict_labels_slice(self.image)  # warm-up: traces, oneDNN primitives, caches
-            start = time.perf_counter()
-            predictor.predict_labels_slice(self.image)
-            seconds = time.perf_counter() - start
+            self.slices[route.name] = n = max(1, min(len(self.images), predictor.slices_per_forward(
+                tuple(self.images.shape[-2:]))))
+            start = _clock()
+            labels = predictor.predict_labels_stack(self._stack(route.name))  # warm-up: traces, oneDNN primitives
+            warm = _clock() - start
+            start = _clock()
+            predictor.predict_labels_stack(self._stack(route.name))
+            seconds = _clock() - start
         except (RuntimeError, ValueError) as err:  # a route this network cannot take (int8 of an odd layer, ...)
             logger.info("route %s: not available (%s)", route.name, err)
             result = {"name": route.name, "error": str(err).splitlines()[0] if str(err) else type(err).__name__}
@@ -158,8 +242,11 @@ class _Probe:
             torch.set_num_threads(before)
         self.labels[route.name] = labels
         self.predictors[route.name] = predictor
-        agree = 1.0 if reference is None else _agreement(labels, self.labels[reference])
-        result = {"name": route.name, "mvox_s": self.pixels / max(seconds, 1e-9) / 1e6, "agreement": agree}
+        if reference is None:
+            self.reference = route.name
+        agree = 1.0 if reference is None else _agreement(labels, self._reference_labels(n))
+        result = {"name": route.name, "mvox_s": n * self.pixels / max(seconds, 1e-9) / 1e6, "agreement": agree,
+                  "slices": n, "setup_s": max(0.0, warm - seconds)}
         self.results[route.name] = result
         return result
 
@@ -170,22 +257,23 @@ class _Probe:
                 before = torch.get_num_threads()
                 torch.set_num_threads(route.threads)
                 try:
-                    start = time.perf_counter()
-                    self.predictors[route.name].predict_labels_slice(self.image)
-                    rate = self.pixels / max(time.perf_counter() - start, 1e-9) / 1e6
+                    start = _clock()
+                    self.predictors[route.name].predict_labels_stack(self._stack(route.name))
+                    rate = self.slices[route.name] * self.pixels / max(_clock() - start, 1e-9) / 1e6
                 finally:
                     torch.set_num_threads(before)
                 self.results[route.name]["mvox_s"] = max(self.results[route.name]["mvox_s"], rate)
 
 
 def _tune(probe: _Probe, *, reference: Route, whole: tuple[int, int] | None, cores: int, bf16: bool, int8: bool,
-          threshold: float) -> tuple[Route, dict[str, Any]]:
-    """Fastest route agreeing with ``reference`` on the probe: engines, then windows and batches, then threads."""
+          threshold: float, voxels: int = 0) -> tuple[Route, dict[str, Any]]:
+    """Fastest route agreeing with ``reference`` on the probe: engines, then windows and batches, then threads,
+    then ``torch.compile`` of the best where it pays off over ``voxels`` (:func:`compile_pays`)."""
     probe.measure(reference, None)
 
     def ok(route: Route) -> bool:
         r = probe.results.get(route.name, {})
-        return "mvox_s" in r and r["agreement"] >= threshold
+        return "mvox_s" in r and r["agreement"] >= threshold and r.get("repaid", True)
 
     def fastest(routes: list[Route]) -> Route:
         for route in routes:
@@ -202,11 +290,20 @@ def _tune(probe: _Probe, *, reference: Route, whole: tuple[int, int] | None, cor
     if int8:
         engines.append(dataclasses.replace(base, precision="int8"))
     best = fastest([reference, *engines])
+    batches = sorted({*(BATCH_CANDIDATES_GPU if torch.cuda.is_available() else BATCH_CANDIDATES),
+                      reference.batch_size})  # with the whole-slice window: slices per forward
     windows = [dataclasses.replace(best, window=w, batch_size=b)
-               for w in dict.fromkeys([reference.window, whole]) for b in (1, reference.batch_size)]
+               for w in dict.fromkeys([reference.window, whole]) for b in batches
+               if w is None or w != whole or b <= len(probe.images)]
     best = fastest([best, *windows])
     threads = sorted({max(1, cores // 2)} - {best.threads})
     best = fastest([best, *(dataclasses.replace(best, threads=t) for t in threads)])
+    rate = probe.results[best.name]["mvox_s"]
+    if best.precision in ("fp32", "bf16") and compile_pays(voxels, rate):
+        compiled = dataclasses.replace(best, jit=False, compiled=True)
+        result = probe.measure(compiled, reference.name)
+        if "mvox_s" in result:
+            result["repaid"] = compile_repaid(voxels, rate, result["mvox_s"], result["setup_s"])
     # one timing each is noisy on a shared machine: the fastest few are timed again, interleaved
     accepted = sorted((Route.parse(n) for n in probe.results if ok(Route.parse(n))),
                       key=lambda r: -probe.results[r.name]["mvox_s"])[:RETIME_TOP]
@@ -253,21 +350,24 @@ def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volum
     forced = None if requested in ("auto", "auto+int8") else Route.parse(requested)
     start = time.perf_counter()
     rows = max(1, min(shape[1], PROBE_MAX_PIXELS // max(1, shape[2])))
-    image = (slice_input or (lambda v, k: np.asarray(v[k])))(volume, z)[..., :rows, :]
-    probe = _Probe(build, np.asarray(image))
+    slices = PROBE_SLICES_GPU if torch.cuda.is_available() else PROBE_SLICES
+    z = max(0, min(int(z), shape[0] - slices))
+    read = slice_input or (lambda v, k: np.asarray(v[k]))
+    images = np.stack([np.asarray(read(volume, k))[..., :rows, :] for k in range(z, min(shape[0], z + slices))])
+    probe = _Probe(build, images)
     plane = shape[1] * shape[2]
     whole = tuple(shape[1:]) if plane <= WHOLE_SLICE_MAX_PIXELS else None
     cores = available_cores()
     record: dict[str, Any] = {"requested": requested, "threshold": threshold,
-                              "probe": {"z": int(z), "y": [0, rows], "x": [0, shape[2]]}}
+                              "probe": {"z": int(z), "y": [0, rows], "x": [0, shape[2]], "slices": len(images)}}
     if forced is None:
         reference = Route("fp32", threads=cores, window=None, batch_size=batch_size)
         bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
         route, result = _tune(probe, reference=reference, whole=whole, cores=cores, bf16=bf16,
-                              int8=requested == "auto+int8", threshold=threshold)
+                              int8=requested == "auto+int8", threshold=threshold, voxels=int(np.prod(shape)))
         record["reference"] = reference.name
     else:
-        reference = dataclasses.replace(forced, precision="fp32", jit=False, channels_last=False)
+        reference = dataclasses.replace(forced, precision="fp32", jit=False, channels_last=False, compiled=False)
         probe.measure(reference, None)
         result = probe.measure(forced, reference.name) if forced != reference else probe.results[reference.name]
         route = forced
@@ -277,6 +377,7 @@ def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volum
                    f"its labels agree with fp32 on {100 * result['agreement']:.2f} % of the probe's pixels, below "
                    f"the {100 * threshold:.2f} % threshold")
             fallback = dataclasses.replace(forced, precision="fp32", channels_last=forced.channels_last
+                                           and forced.precision == "bf16", compiled=forced.compiled
                                            and forced.precision == "bf16")
             record["refused"] = f"route {forced.name} refused: {why}; running {fallback.name} instead"
             logger.warning("%s", record["refused"])

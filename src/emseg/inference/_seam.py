@@ -101,7 +101,8 @@ class TiledSeam:
 
         zs, ys, xs = region
         half = self.context_slices // 2
-        z = slice(max(0, zs.start - half), min(shape[0], zs.stop + half))
+        z0, z1 = self._slice_groups(zs, shape)
+        z = slice(max(0, z0 - half), min(shape[0], z1 + half))
         if self._whole_slices:  # filters over the whole slice
             return z, slice(0, shape[1]), slice(0, shape[2])
         y, x = input_box(shape[1:], self._roi(shape[1:]), self.overlap, self.batch_size, (ys, xs))
@@ -129,6 +130,18 @@ class TiledSeam:
         """
         return self._block(data, origin, region, shape, "labels")
 
+    def _slice_groups(self, zs: slice, shape: tuple[int, int, int]) -> tuple[int, int]:
+        """``[z0, z1)``: the slices of the whole forward-pass groups (:meth:`slices_per_forward`) holding ``zs``.
+
+        Groups are consecutive runs of that many slices from z = 0, the same in memory and blockwise, so a
+        block computes each slice in exactly the tensor the whole volume does (a block cutting a group
+        computes the whole group and keeps its own slices).
+        """
+        step = self.slices_per_forward(tuple(shape[1:]))
+        if step == 1:
+            return zs.start, zs.stop
+        return zs.start // step * step, min(int(shape[0]), -(-zs.stop // step) * step)
+
     def _block(self, data, origin, region, shape, output: str) -> np.ndarray:
         zs, ys, xs = region
         oz, oy, ox = origin
@@ -138,6 +151,17 @@ class TiledSeam:
             out = np.empty(size, np.uint8 if self.num_classes <= 256 else np.uint16)
         else:
             out = np.empty((self.num_classes, *size), np.float32)
+        step = self.slices_per_forward(tuple(shape[1:])) if output == "labels" else 1
+        if step > 1:  # several whole-slice windows per forward pass, in the groups predict_volume runs
+            z0, z1 = self._slice_groups(zs, shape)
+            for g in range(z0, z1, step):
+                group = range(g, min(g + step, z1))
+                inputs = [self.normalizer(data[np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1) - oz])
+                          for z in group]
+                labels = self._labels_group(inputs, origin=(oy, ox), full_shape=tuple(shape[1:]), region=(ys, xs))
+                keep = [j for j, z in enumerate(group) if zs.start <= z < zs.stop]
+                out[[group[j] - zs.start for j in keep]] = labels[keep]
+            return out
         for i, z in enumerate(range(zs.start, zs.stop)):
             ks = np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1) - oz
             if self._whole_slices:  # the block holds whole slices (block_input): exactly the in-memory route

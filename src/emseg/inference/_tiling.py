@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["axis_windows", "first_argmax", "gaussian_window", "input_box", "predict_region", "softmax", "window_batches"]
+__all__ = ["axis_windows", "first_argmax", "gaussian_window", "input_box", "predict_region",
+           "predict_single_window_labels", "single_window", "softmax", "window_batches"]
 
 
 def axis_windows(size: int, roi: int, overlap: float) -> list[int]:
@@ -114,6 +115,64 @@ def first_argmax(scores: np.ndarray) -> np.ndarray:
     return indices.to(torch.uint8 if dtype == np.uint8 else torch.int32).numpy().astype(dtype, copy=False)
 
 
+def _pad_to_roi(image: np.ndarray, origin: Sequence[int], full_shape: tuple[int, int], roi: tuple[int, int]
+                ) -> tuple[np.ndarray, tuple[int, int]]:
+    """``image`` with the axes shorter than their window padded by reflection (the whole axis is in ``image``
+    then), and its origin shifted accordingly."""
+    (Y, X), (ry, rx) = full_shape, roi
+    oy, ox = int(origin[0]), int(origin[1])
+    pads = [(max(r - size, 0) // 2, max(r - size, 0) - max(r - size, 0) // 2) for size, r in ((Y, ry), (X, rx))]
+    if any(p for pair in pads for p in pair):
+        mode = "reflect" if all(size > max(pair) for size, pair in zip((Y, X), pads)) else "edge"
+        image = np.pad(image, ((0, 0), *pads), mode=mode)
+        oy, ox = oy - pads[0][0], ox - pads[1][0]
+    return image, (oy, ox)
+
+
+def single_window(full_shape: Sequence[int], roi: tuple[int, int], overlap: float) -> bool:
+    """The window grid of a ``full_shape`` slice is one window (it holds the whole slice)."""
+    return all(len(axis_windows(int(s) + max(r - int(s), 0), r, overlap)) == 1 for s, r in zip(full_shape, roi))
+
+
+def predict_single_window_labels(
+    images: Sequence[np.ndarray],
+    *,
+    origin: Sequence[int],
+    full_shape: Sequence[int],
+    region: tuple[slice, slice],
+    roi: tuple[int, int],
+    run: Callable[[torch.Tensor], torch.Tensor],
+    num_classes: int,
+    blend_in_torch: bool | None = None,
+) -> np.ndarray:
+    """Labels ``(n, ny, nx)`` of ``region`` of ``n`` slices whose window grid is one window, in ONE forward pass.
+
+    One window holds the whole slice: every pixel has one logit vector and a positive weight, so the
+    labels are its argmax, whichever region is asked for (no blending buffers).  The slices' windows
+    form one batch ``(n, C, ry, rx)``: several slices per forward (the routes' ``bN`` with a whole-slice
+    window).  The callers fix which slices share a batch globally (consecutive groups of ``n`` along z),
+    so in-memory and blockwise prediction run the same tensors.
+
+    Args:
+        images: ``n`` normalised ``(C, h, w)`` inputs, each covering the whole window (as in :func:`predict_region`).
+        origin, full_shape, region, roi, run, num_classes, blend_in_torch: as :func:`predict_region`
+            (``region`` and ``origin`` the same for every slice).
+    """
+    (ys, xs), (Y, X) = region, tuple(int(s) for s in full_shape)
+    (y, x), = window_batches((Y, X), roi, 0.0, 1)[0]
+    ry, rx = roi
+    crops = []
+    for image in images:
+        padded, (oy, ox) = _pad_to_roi(image, origin, (Y, X), roi)
+        crops.append(padded[:, y - oy:y - oy + ry, x - ox:x - ox + rx])
+    batch = np.ascontiguousarray(np.stack(crops), dtype=np.float32)
+    logits = run(torch.from_numpy(batch)).float()[:, :, ys.start - y:ys.stop - y, xs.start - x:xs.stop - x]
+    if logits.device.type == "cpu" and not blend_in_torch:
+        return np.stack([first_argmax(item) for item in logits.numpy()])
+    labels = torch.argmax(logits, dim=1)
+    return labels.to(torch.uint8).cpu().numpy() if num_classes <= 256 else labels.cpu().numpy().astype(np.uint16)
+
+
 def predict_region(
     image: np.ndarray,
     *,
@@ -160,25 +219,12 @@ def predict_region(
         raise ValueError(f"output must be 'logits', 'probabilities' or 'labels', got {output!r}")
     (ys, xs), (Y, X) = region, tuple(int(s) for s in full_shape)
     out_y0, out_y1, out_x0, out_x1 = ys.start, ys.stop, xs.start, xs.stop
-    oy, ox = int(origin[0]), int(origin[1])
     ry, rx = roi
-    # Axes shorter than their window are padded by reflection (the whole axis is in `image` then).
-    pads = [(max(r - size, 0) // 2, max(r - size, 0) - max(r - size, 0) // 2) for size, r in ((Y, ry), (X, rx))]
-    if any(p for pair in pads for p in pair):
-        mode = "reflect" if all(size > max(pair) for size, pair in zip((Y, X), pads)) else "edge"
-        image = np.pad(image, ((0, 0), *pads), mode=mode)
-        oy, ox = oy - pads[0][0], ox - pads[1][0]
     grid = window_batches((Y, X), roi, overlap, batch_size)
     if output == "labels" and len(grid) == 1 and len(grid[0]) == 1:
-        # One window holds the whole slice: every pixel has one logit vector and a positive weight,
-        # so the labels are its argmax, whichever region is asked for (no blending buffers).
-        (y, x), = grid[0]
-        batch = np.ascontiguousarray(image[None, :, y - oy:y - oy + ry, x - ox:x - ox + rx], dtype=np.float32)
-        logits = run(torch.from_numpy(batch)).float()[0, :, out_y0 - y:out_y1 - y, out_x0 - x:out_x1 - x]
-        if logits.device.type == "cpu" and not blend_in_torch:
-            return first_argmax(logits.numpy())
-        labels = torch.argmax(logits, dim=0)
-        return labels.to(torch.uint8).cpu().numpy() if num_classes <= 256 else labels.cpu().numpy().astype(np.uint16)
+        return predict_single_window_labels([image], origin=origin, full_shape=full_shape, region=region, roi=roi,
+                                            run=run, num_classes=num_classes, blend_in_torch=blend_in_torch)[0]
+    image, (oy, ox) = _pad_to_roi(image, origin, (Y, X), roi)
     batches = _needed(grid, roi, region)
     g = gaussian_window((ry, rx))
     acc = weight = None

@@ -110,10 +110,16 @@ class VolumePaths:
             return volume_labels(self, volume, probabilities=probabilities, progress=progress)
         z, y, x = volume.shape
         labels = np.empty((z, y, x), np.uint8 if self.num_classes <= 255 else np.uint16)
-        for k in range(z):  # tiled 2-D network: labels from the blended logits, no softmax, no probability copy
-            labels[k] = self.predict_labels_slice(self._slice_input(volume, k))
+        step = self.slices_per_forward((y, x))  # > 1: several whole-slice windows per forward, groups fixed on z
+        for k in range(0, z, step):  # tiled 2-D network: labels from the blended logits, no softmax
+            if step == 1:
+                labels[k] = self.predict_labels_slice(self._slice_input(volume, k))
+            else:
+                group = range(k, min(k + step, z))
+                labels[group.start:group.stop] = self._labels_group(
+                    [self._input(self._slice_input(volume, j)) for j in group])
             if progress is not None:
-                progress(1)
+                progress(min(step, z - k))
         return labels, None
 
     # ------------------------------------------------------------------ blockwise seam
