@@ -66,14 +66,15 @@ def majority_filter(labels: np.ndarray, size: int = 3, *, per_slice: bool = True
     stack, flat = _as_stack(labels)
     window = (1, size, size) if per_slice else (size, size, size)
     n = int(np.prod(window))
-    best_count = np.full(stack.shape, -1, np.int32)
+    dtype = np.int16 if n < 2**15 else np.int32  # counts 0..n, -1 before the first class
+    best_count = np.full(stack.shape, -1, dtype)
     best_label = np.zeros_like(stack)
-    own_count = np.zeros(stack.shape, np.int32)
+    own_count = np.zeros(stack.shape, dtype)
     counts = np.empty(stack.shape, np.float32)
     for k in np.unique(stack):  # ascending: a strict > keeps the lowest class index on ties
         member = stack == k
         ndimage.uniform_filter(member.astype(np.float32), size=window, output=counts, mode="reflect")
-        count = np.rint(counts * n).astype(np.int32)  # exact: a mean of n zeros and ones
+        count = np.rint(counts * n).astype(dtype)  # exact: a mean of n zeros and ones
         better = count > best_count
         best_count[better] = count[better]
         best_label[better] = k
@@ -106,7 +107,7 @@ def remove_small_objects(labels: np.ndarray, min_size: int, *, per_slice: bool =
     structure = ndimage.generate_binary_structure(3, 1)
     if per_slice:
         structure[0] = structure[2] = False
-    removed = np.zeros(stack.shape, np.int64)  # 0: kept, i > 0: the i-th removed component
+    removed = np.zeros(stack.shape, np.int32)  # 0: kept, i > 0: the i-th removed component
     n_removed = 0
     for k in np.unique(stack):
         if k == background:
@@ -117,7 +118,7 @@ def remove_small_objects(labels: np.ndarray, min_size: int, *, per_slice: bool =
         small = small[small > 0]
         if small.size == 0:
             continue
-        renumber = np.zeros(n + 1, np.int64)
+        renumber = np.zeros(n + 1, np.int32)
         renumber[small] = n_removed + 1 + np.arange(small.size)
         hit = renumber[comps]
         removed[hit > 0] = hit[hit > 0]
@@ -125,7 +126,6 @@ def remove_small_objects(labels: np.ndarray, min_size: int, *, per_slice: bool =
     if n_removed == 0:
         return out[0] if flat else out
     classes = np.unique(stack)
-    index = np.searchsorted(classes, stack)  # class -> 0..C-1
     c = classes.size
     border = np.zeros((n_removed + 1) * c, np.int64)
     axes = (1, 2) if per_slice else (0, 1, 2)
@@ -137,7 +137,8 @@ def remove_small_objects(labels: np.ndarray, min_size: int, *, per_slice: bool =
             there[axis] = slice(1, None) if step == 1 else slice(None, -1)
             a, b = removed[tuple(here)], removed[tuple(there)]
             pair = (a > 0) & (b == 0)  # a removed voxel facing a kept one
-            border += np.bincount(a[pair] * c + index[tuple(there)][pair], minlength=border.size)
+            facing = np.searchsorted(classes, stack[tuple(there)][pair])  # its class as 0..C-1
+            border += np.bincount(a[pair].astype(np.int64) * c + facing, minlength=border.size)
     border = border.reshape(n_removed + 1, c)
     fill = classes[np.argmax(border, axis=1)]  # first maximum: the lowest class index
     fill[border.max(axis=1) == 0] = background
