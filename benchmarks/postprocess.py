@@ -1,0 +1,90 @@
+"""Post-processing of predicted labels on the EPFL multi-class test slices: IoU with and without it.
+
+Predicts the 5 EPFL test slices (``test_raw.tif``; not contiguous, so 2-D post-processing per slice,
+the default of ``emseg predict``) once with ``emseg.inference.predict`` and 1 torch thread, then
+applies ``emseg.inference.postprocess_labels`` with each setting (what ``emseg predict --median M
+--min-size N`` does) and scores every class (IoU) and the mean foreground IoU against
+``test_labels.tif``.
+
+    python benchmarks/postprocess.py --model RUN_DIR [--model RUN_DIR2] \\
+        --settings none,m3,s64,m3s64,m5s256 --out benchmarks/results/postprocess.json
+
+A setting is ``none`` or ``m<median>`` and/or ``s<min_size>`` (``m3s64``: --median 3 --min-size 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from emseg.evaluation import evaluate
+from emseg.inference import load_predictor, postprocess_labels, predict
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "epfl-multiclass"
+
+
+def machine() -> dict:
+    text = open("/proc/cpuinfo").read()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return {"cpu": model, "bf16_flags": sorted({f for f in ("avx512_bf16", "amx_bf16") if f in text}),
+            "cores": os.cpu_count(), "torch": torch.__version__}
+
+
+def parse(setting: str) -> dict:
+    if setting == "none":
+        return {}
+    match = re.fullmatch(r"(?:m(\d+))?(?:s(\d+))?", setting)
+    if not match or not any(match.groups()):
+        raise SystemExit(f"--settings: {setting!r} is not none, m<size>, s<voxels> or m<size>s<voxels>")
+    median, min_size = match.groups()
+    return {"median": int(median) if median else None, "min_size": int(min_size) if min_size else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, help="run directory or model.pt (repeatable)")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--settings", default="none,m3,s64,m3s64,m5s256")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    truth = tifffile.imread(args.data / "test_labels.tif")
+    results = {"machine": machine(), "load_before": os.getloadavg(),
+               "command": " ".join(["python", "benchmarks/postprocess.py", *os.sys.argv[1:]]), "rows": []}
+    for model in args.model:
+        classes = load_predictor(model).classes
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            out = predict(model, args.data / "test_raw.tif", Path(tmp) / "labels.tif", progress=False)
+            predict_s = time.perf_counter() - t0
+            labels = tifffile.imread(out)
+        for setting in args.settings.split(","):
+            options = parse(setting)
+            t1 = time.perf_counter()
+            post = postprocess_labels(labels, per_slice=True, **options) if options else labels
+            post_s = time.perf_counter() - t1
+            scores = evaluate(post, truth, classes=classes)
+            row = {"model": str(model), "setting": setting, **options,
+                   "mean_iou_foreground": round(scores.mean_iou_foreground, 4),
+                   "per_class_iou": {k: round(v["iou"], 4) for k, v in scores.per_class.items()},
+                   "changed_pixels": int((post != labels).sum()), "postprocess_s": round(post_s, 2),
+                   "predict_s": round(predict_s, 1), "load": os.getloadavg()}
+            results["rows"].append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
