@@ -159,3 +159,15 @@ def test_predict_postprocess_refused_blockwise(tiny_run, epfl_crop, tmp_path):
     assert "--min-size post-process the whole label map in memory" in text
     assert "write the labels to a .tif or .h5 output" in text
     assert not out.exists()
+
+
+def test_zarr_output_with_probabilities_is_postprocessed_in_memory_and_recorded(tiny_run, epfl_crop, tmp_path):
+    import zarr
+
+    plain = predict(tiny_run.run_dir, epfl_crop["raw"], tmp_path / "plain.tif", progress=False)
+    out = predict(tiny_run.run_dir, epfl_crop["raw"], tmp_path / "labels.zarr", progress=False,
+                  probabilities=tmp_path / "p.tif", median=5, post_3d=True)
+    node = zarr.open(str(out), mode="r")
+    np.testing.assert_array_equal(node[...], majority_filter(tifffile.imread(plain), 5, per_slice=False))
+    assert node.attrs["emseg"]["postprocess"]["median"] == 5
+    assert node.attrs["emseg"]["postprocess"]["mode"] == "3d"
