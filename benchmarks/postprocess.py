@@ -10,6 +10,8 @@ applies ``emseg.inference.postprocess_labels`` with each setting (what ``emseg p
         --settings none,m3,s64,m3s64,m5s256 --out benchmarks/results/postprocess.json
 
 A setting is ``none`` or ``m<median>`` and/or ``s<min_size>`` (``m3s64``: --median 3 --min-size 64).
+Another image: ``--image``/``--labels`` (a contiguous stack, e.g. Lucchi++ test slices ``--z 0:16``)
+with ``--modes 2d,3d`` to compare per-slice and 3-D post-processing (``--post-3d``).
 """
 
 from __future__ import annotations
@@ -54,27 +56,41 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="run directory or model.pt (repeatable)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--settings", default="none,m3,s64,m3s64,m5s256")
+    parser.add_argument("--image", type=Path, default=None, help="default: DATA/test_raw.tif")
+    parser.add_argument("--labels", type=Path, default=None, help="default: DATA/test_labels.tif")
+    parser.add_argument("--z", default=None, help="only these slices, start:stop")
+    parser.add_argument("--modes", default="2d", help="2d (per slice), 3d (--post-3d) or 2d,3d")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    truth = tifffile.imread(args.data / "test_labels.tif")
+    image = args.image or args.data / "test_raw.tif"
+    truth = tifffile.imread(args.labels or args.data / "test_labels.tif")
+    pick = slice(*(int(v) for v in args.z.split(":"))) if args.z else slice(None)
+    truth = truth[pick]
+    work = tempfile.TemporaryDirectory()
+    if args.z:
+        tifffile.imwrite(Path(work.name) / "image.tif", tifffile.imread(image)[pick])
+        image = Path(work.name) / "image.tif"
     results = {"machine": machine(), "load_before": os.getloadavg(),
+               "image": str(args.image or args.data / "test_raw.tif"), "z": args.z,
                "command": " ".join(["python", "benchmarks/postprocess.py", *os.sys.argv[1:]]), "rows": []}
     for model in args.model:
         classes = load_predictor(model).classes
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            out = predict(model, args.data / "test_raw.tif", Path(tmp) / "labels.tif", progress=False)
+            out = predict(model, image, Path(tmp) / "labels.tif", progress=False)
             predict_s = time.perf_counter() - t0
             labels = tifffile.imread(out)
-        for setting in args.settings.split(","):
+        for mode, setting in [(m, s) for s in args.settings.split(",") for m in args.modes.split(",")]:
             options = parse(setting)
+            if not options and mode != args.modes.split(",")[0]:
+                continue  # "none" once
             t1 = time.perf_counter()
-            post = postprocess_labels(labels, per_slice=True, **options) if options else labels
+            post = postprocess_labels(labels, per_slice=mode == "2d", **options) if options else labels
             post_s = time.perf_counter() - t1
             scores = evaluate(post, truth, classes=classes)
-            row = {"model": str(model), "setting": setting, **options,
+            row = {"model": str(model), "setting": setting, "mode": mode if options else "-", **options,
                    "mean_iou_foreground": round(scores.mean_iou_foreground, 4),
                    "per_class_iou": {k: round(v["iou"], 4) for k, v in scores.per_class.items()},
                    "changed_pixels": int((post != labels).sum()), "postprocess_s": round(post_s, 2),
