@@ -171,3 +171,18 @@ def test_zarr_output_with_probabilities_is_postprocessed_in_memory_and_recorded(
     np.testing.assert_array_equal(node[...], majority_filter(tifffile.imread(plain), 5, per_slice=False))
     assert node.attrs["emseg"]["postprocess"]["median"] == 5
     assert node.attrs["emseg"]["postprocess"]["mode"] == "3d"
+
+
+def test_slab_by_slab_equals_all_at_once(monkeypatch):
+    import emseg.inference._postprocess as post
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, (7, 20, 24)).astype(np.uint8)
+    labels = ndimage.median_filter(labels, size=3)  # blobs of 4 classes
+    whole = {(m, s, p): postprocess_labels(labels, median=m, min_size=s, per_slice=p)
+             for m in (3, 5) for s in (0, 6) for p in (True, False)}
+    monkeypatch.setattr(post, "SLAB", 2)  # 4 slabs, with a halo of 1-2 slices in 3-D
+    for (m, s, p), expected in whole.items():
+        np.testing.assert_array_equal(postprocess_labels(labels, median=m, min_size=s, per_slice=p), expected)
+    binary = (labels > 1).astype(np.uint8)
+    np.testing.assert_array_equal(majority_filter(binary, 5, per_slice=False), ndimage.median_filter(binary, size=5))

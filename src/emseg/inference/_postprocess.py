@@ -49,6 +49,11 @@ def _as_stack(labels: np.ndarray) -> tuple[np.ndarray, bool]:
     return labels, False
 
 
+#: Slices filtered at a time (plus the window's halo in 3-D): the counts need ~20 bytes per voxel of a slab,
+#: not of the whole stack.
+SLAB = 16
+
+
 def majority_filter(labels: np.ndarray, size: int = 3, *, per_slice: bool = True) -> np.ndarray:
     """The most frequent class in a ``size`` window around each voxel (median for two classes).
 
@@ -60,10 +65,20 @@ def majority_filter(labels: np.ndarray, size: int = 3, *, per_slice: bool = True
     Returns:
         A new label map of the same shape and dtype.
     """
-    from scipy import ndimage
-
     check_postprocess(median=size)
     stack, flat = _as_stack(labels)
+    halo = 0 if per_slice else size // 2
+    out = np.empty_like(stack)
+    for z0 in range(0, stack.shape[0], SLAB):  # slab by slab with the window's halo: the same as all at once
+        z1 = min(z0 + SLAB, stack.shape[0])
+        lo, hi = max(z0 - halo, 0), min(z1 + halo, stack.shape[0])
+        out[z0:z1] = _majority(stack[lo:hi], size, per_slice=per_slice)[z0 - lo:z1 - lo]
+    return out[0] if flat else out
+
+
+def _majority(stack: np.ndarray, size: int, *, per_slice: bool) -> np.ndarray:
+    from scipy import ndimage
+
     window = (1, size, size) if per_slice else (size, size, size)
     n = int(np.prod(window))
     dtype = np.int16 if n < 2**15 else np.int32  # counts 0..n, -1 before the first class
@@ -79,8 +94,7 @@ def majority_filter(labels: np.ndarray, size: int = 3, *, per_slice: bool = True
         best_count[better] = count[better]
         best_label[better] = k
         own_count[member] = count[member]
-    out = np.where(own_count == best_count, stack, best_label)
-    return out[0] if flat else out
+    return np.where(own_count == best_count, stack, best_label)
 
 
 def remove_small_objects(labels: np.ndarray, min_size: int, *, per_slice: bool = True,
@@ -97,13 +111,23 @@ def remove_small_objects(labels: np.ndarray, min_size: int, *, per_slice: bool =
         A new label map: each removed component's voxels take the class it shares most of its
         border with among kept voxels (ties: the lowest class index), or ``background`` if none.
     """
-    from scipy import ndimage
-
     check_postprocess(min_size=min_size)
     stack, flat = _as_stack(labels)
-    out = stack.copy()
     if min_size <= 1:
-        return out[0] if flat else out
+        return stack[0].copy() if flat else stack.copy()
+    if per_slice:  # 2-D components never cross slices: slab by slab
+        out = np.empty_like(stack)
+        for z0 in range(0, stack.shape[0], SLAB):
+            out[z0:z0 + SLAB] = _remove_small(stack[z0:z0 + SLAB], min_size, per_slice=True, background=background)
+    else:
+        out = _remove_small(stack, min_size, per_slice=False, background=background)
+    return out[0] if flat else out
+
+
+def _remove_small(stack: np.ndarray, min_size: int, *, per_slice: bool, background: int) -> np.ndarray:
+    from scipy import ndimage
+
+    out = stack.copy()
     structure = ndimage.generate_binary_structure(3, 1)
     if per_slice:
         structure[0] = structure[2] = False
@@ -124,7 +148,7 @@ def remove_small_objects(labels: np.ndarray, min_size: int, *, per_slice: bool =
         removed[hit > 0] = hit[hit > 0]
         n_removed += small.size
     if n_removed == 0:
-        return out[0] if flat else out
+        return out
     classes = np.unique(stack)
     c = classes.size
     border = np.zeros((n_removed + 1) * c, np.int64)
@@ -144,7 +168,7 @@ def remove_small_objects(labels: np.ndarray, min_size: int, *, per_slice: bool =
     fill[border.max(axis=1) == 0] = background
     mask = removed > 0
     out[mask] = fill[removed[mask]].astype(out.dtype)
-    return out[0] if flat else out
+    return out
 
 
 def postprocess_labels(labels: np.ndarray, *, median: int | None = None, min_size: int | None = None,
