@@ -45,7 +45,7 @@ import torch
 import emseg
 from emseg.config import config_from_dict
 from emseg.evaluation import class_rand_info_scores, confusion_matrix
-from emseg.inference import Predictor, predict_blockwise
+from emseg.inference import Predictor, postprocess_labels, predict_blockwise
 
 CLASSES = ["background", "mitochondrion"]
 PUBLISHED = [
@@ -77,18 +77,9 @@ def score(pred: np.ndarray, truth: np.ndarray, *, per_slice: bool = False) -> di
 def postprocess(labels: np.ndarray, *, min_size: int, per_slice: bool = False) -> np.ndarray:
     """3 x 3 x 3 median (majority for a binary map), then components below ``min_size`` voxels removed.
 
-    ``per_slice`` (non-contiguous test slices): a 3 x 3 median and 2-D components of each slice."""
-    from scipy import ndimage
-
-    smooth = ndimage.median_filter(labels.astype(np.uint8), size=(1, 3, 3) if per_slice else 3)
-    structure = np.zeros((3, 3, 3), bool)
-    structure[1] = ndimage.generate_binary_structure(2, 1)
-    comps, n = ndimage.label(smooth, structure=structure if per_slice else None)
-    sizes = np.bincount(comps.ravel(), minlength=n + 1)
-    small = sizes < min_size
-    small[0] = False
-    smooth[small[comps]] = 0
-    return smooth
+    ``per_slice`` (non-contiguous test slices): a 3 x 3 median and 2-D components of each slice.
+    The library's :func:`emseg.inference.postprocess_labels` (``emseg predict --median 3 --min-size N``)."""
+    return postprocess_labels(labels.astype(np.uint8), median=3, min_size=min_size, per_slice=per_slice)
 
 
 #: ``--extra-training`` (JSON) merged into the training section of the emseg rows (smoke tests).

@@ -106,6 +106,13 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
     tta: Annotated[bool, typer.Option(help="Test-time augmentation: average over flips (4x slower).")] = False,
+    median: Annotated[Optional[int], typer.Option(help="Post-processing: majority (mode) filter of this odd window "
+                                                  "size over the labels, e.g. 3 (the median for two classes). In memory only.")] = None,
+    min_size: Annotated[Optional[int], typer.Option(help="Post-processing (after --median): remove objects of each "
+                                                    "foreground class below N voxels; their voxels take the class "
+                                                    "they border most. In memory only.")] = None,
+    post_3d: Annotated[bool, typer.Option("--post-3d", help="Post-process as a contiguous volume (3-D window and "
+                                          "components); default: each slice on its own.")] = False,
     # Blockwise (a .zarr OUTPUT): see emseg.inference._blockwise.
     block: Annotated[Optional[tuple[int, int, int]], typer.Option(help="Block shape Z Y X (.zarr output).")] = None,
     workers: Annotated[int, typer.Option(help="Dask LocalCluster of N processes, one block at a time each (.zarr output).")] = 0,
@@ -140,7 +147,8 @@ def predict(
 
     try:
         path = _predict(model, input, output, probabilities=probabilities, overwrite=overwrite,
-                        progress=not quiet, precision=precision, tta=tta, block=block, workers=workers,
+                        progress=not quiet, precision=precision, tta=tta, median=median, min_size=min_size,
+                        post_3d=post_3d, block=block, workers=workers,
                         threads=threads, scheduler=scheduler, resume=resume, ome_zarr=ome_zarr,
                         zarr_format=zarr_format if zarr_format != 3 else None,
                         overlap=overlap if overlap == "auto" else _fraction("--overlap", overlap),

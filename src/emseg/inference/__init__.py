@@ -25,6 +25,7 @@ from emseg.inference._exported import (
     read_onnx_metadata,
 )
 from emseg.inference._predict import predict
+from emseg.inference._postprocess import majority_filter, postprocess_labels, remove_small_objects
 from emseg.inference._predictor import Predictor, load_predictor
 from emseg.inference._protocol import SegmentationPredictor
 from emseg.inference._route import AGREEMENT_THRESHOLD, Route
@@ -46,15 +47,18 @@ __all__ = [
     "load_exported",
     "describe_route",
     "load_predictor",
+    "majority_filter",
     "majority_vote",
     "member_probabilities",
     "model_classes",
     "onnx_session",
+    "postprocess_labels",
     "predict",
     "predict_blockwise",
     "read_metadata",
     "read_onnx_metadata",
     "read_run_metadata",
+    "remove_small_objects",
     "vote_probabilities",
     "vote_tie_epsilon",
 ]

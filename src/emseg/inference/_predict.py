@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from emseg.inference._outputs import (
     image_location,
     write_failure,
 )
+from emseg.inference._postprocess import check_postprocess, postprocess_labels, postprocess_record
 from emseg.inference._predictor import Predictor
 from emseg.inference._route import AGREEMENT_THRESHOLD, calibrate_recorded, describe, engine_route
 from emseg.io import (
@@ -51,6 +53,9 @@ def predict(
     progress: bool = True,
     precision: str = "auto",
     tta: bool = False,
+    median: int | None = None,
+    min_size: int | None = None,
+    post_3d: bool = False,
     **blockwise: Any,
 ) -> Path:
     """Segment ``image`` with ``model`` and write a label image to ``output``.
@@ -67,6 +72,16 @@ def predict(
         progress: show a progress bar (only on a terminal).
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
         tta: average over the image and its flips (4x slower, usually a little more accurate).
+        median: post-processing, a majority (mode) filter of this odd window size over the labels
+            (for two classes the median filter); see :func:`emseg.inference.majority_filter`.
+        min_size: post-processing after ``median``: connected components of each foreground class
+            (not class 0) below this many voxels are removed, their voxels given to the class they
+            share most of their border with; see :func:`emseg.inference.remove_small_objects`.
+        post_3d: post-process the stack as a contiguous volume (3-D window and 3-D components);
+            default: each slice on its own (2-D), right for sections that are not contiguous.
+            Post-processing changes the labels only, not ``probabilities``; it runs in memory, so a
+            ``.zarr`` output predicted block by block refuses it. The options are stored in a
+            ``.zarr``/``.h5`` output's attributes (``emseg.postprocess``).
         **blockwise: options of :func:`emseg.inference.predict_blockwise` (``block``,
             ``workers``, ``threads``, ``scheduler``, ``resume``, ``ome_zarr``, ``zarr_format``,
             ``overlap``, ``window``, ``batch_size``, ``jit``, ``calibrated``: False ignores the
@@ -87,10 +102,22 @@ def predict(
     blockwise = {k: v for k, v in blockwise.items() if v is not None}
     check_options(**{k: blockwise.get(k) for k in ("window", "batch_size", "workers", "threads")})
     check_distinct_paths(image, output, probabilities)
+    check_postprocess(median=median, min_size=min_size)
+    post = postprocess_record(median=median, min_size=min_size, per_slice=not post_3d)
+    if post_3d and post is None:
+        raise ValueError("--post-3d chooses 3-D post-processing, but there is none: add --median 3 and/or "
+                         "--min-size N, or drop --post-3d")
     blockwise.setdefault("overlap", "auto")  # from the receptive field, in memory and blockwise alike
     to_zarr = str(output).lower().endswith(".zarr")
     if to_zarr and probabilities is None:
         from emseg.inference._blockwise import predict_blockwise
+
+        if post is not None:
+            flags = " and ".join(f for f, v in (("--median", median), ("--min-size", min_size)) if v)
+            raise ValueError(f"{flags} post-process the whole label map in memory, but a .zarr output ({output}) is "
+                             "predicted block by block, where objects cross block borders: write the labels to a "
+                             ".tif or .h5 output (in memory, up to 2^31 voxels) to post-process them, or drop "
+                             f"{flags}")
 
         return predict_blockwise(model, image, output, overwrite=overwrite, progress=progress, precision=precision,
                                  tta=tta, **blockwise)
@@ -156,11 +183,42 @@ def predict(
         finally:
             torch.set_num_threads(threads_before)
         is_2d, voxel_size = data.is_2d, data.voxel_size
+    if post is not None:
+        t_post = time.perf_counter()
+        labels = postprocess_labels(labels, median=median, min_size=min_size, per_slice=not post_3d)
+        logger.info("post-processed %s (%s) in %.1f s", output, post, time.perf_counter() - t_post)
     _write_outputs(output, labels[0] if is_2d else labels, voxel_size=voxel_size, overwrite=overwrite,
                    probabilities=probabilities, probs=probs, classes=predictor.classes, is_2d=is_2d)
+    if post is not None:
+        _record_postprocess(output, post)
     elapsed = time.perf_counter() - start
     logger.info("segmented %s (%s voxels) in %.1f s -> %s", image, labels.size, elapsed, output)
     return output
+
+
+def _record_postprocess(output: Path, post: dict[str, Any]) -> None:
+    """Store the post-processing options as attribute ``emseg`` -> ``postprocess`` of a zarr/HDF5 output.
+
+    TIFF and PNG outputs keep no attributes (the options are in the log only).
+    """
+    file, inner = image_location(output)
+    text = str(file).lower()
+    if text.endswith(".zarr"):
+        import zarr
+
+        node = zarr.open(str(file), mode="r+", path="/".join(inner)) if inner else zarr.open(str(file), mode="r+")
+    elif text.endswith((".h5", ".hdf5", ".hdf")):
+        import h5py
+
+        with h5py.File(file, "r+") as h5:
+            node = h5["/".join(inner) or "data"]
+            meta = json.loads(node.attrs.get("emseg", "{}"))
+            node.attrs["emseg"] = json.dumps({**meta, "postprocess": post})
+        return
+    else:
+        return
+    meta = dict(node.attrs.get("emseg", {}))
+    node.attrs["emseg"] = {**meta, "postprocess": post}
 
 
 def _write_outputs(output: Path, labels: np.ndarray, *, voxel_size, overwrite: bool, probabilities, probs,
