@@ -11,14 +11,15 @@ Rows (``--rows``, in this order, one after another in the same process):
 * ``default``: ``emseg train`` with the default configuration (only data,
   classes, ``max_minutes`` and threads set), the route chosen by the probe;
 * ``default+post``: the same prediction after a 3 x 3 x 3 median filter and
-  removal of components below ``--min-size`` voxels (costs no training);
+  removal of components below ``--min-size`` voxels (``emseg.inference.postprocess_labels``,
+  as ``emseg predict --median 3 --min-size N``; costs no training);
 * ``default+tta``: the same model predicted with test-time augmentation (8x);
 * ``2.5d``: the default with ``model.context_slices: 3``;
 * ``ensemble``: ``--members`` seeds of ``minutes / members`` each, mean of probabilities;
 * ``basicunet``: MONAI ``BasicUNet`` (features 32, 32, 64, 128, 256, 32), Dice + CE,
   Adam 1e-3, batch 8 of 256 x 256 random patches with flips, fp32, the same
   minutes and threads, a plain loop (no validation, last weights), predicted by
-  the same blockwise engine.
+  the same blockwise engine (``plain_unet.py``, shared with ``side_by_side.py``).
 
 The volumes come from ``../shared/tools/em-volumes lucchipp`` (see
 ../shared/data/README.md); they stay out of the repository.
@@ -45,7 +46,8 @@ import torch
 import emseg
 from emseg.config import config_from_dict
 from emseg.evaluation import class_rand_info_scores, confusion_matrix
-from emseg.inference import Predictor, postprocess_labels, predict_blockwise
+from emseg.inference import Predictor, postprocess_labels
+from plain_unet import predict_labels, train_basicunet
 
 CLASSES = ["background", "mitochondrion"]
 PUBLISHED = [
@@ -72,14 +74,6 @@ def score(pred: np.ndarray, truth: np.ndarray, *, per_slice: bool = False) -> di
     out.update({k: float(v) for k, v in ri.items()})
     out["instance_scoring_s"] = round(time.perf_counter() - t0, 1)
     return out
-
-
-def postprocess(labels: np.ndarray, *, min_size: int, per_slice: bool = False) -> np.ndarray:
-    """3 x 3 x 3 median (majority for a binary map), then components below ``min_size`` voxels removed.
-
-    ``per_slice`` (non-contiguous test slices): a 3 x 3 median and 2-D components of each slice.
-    The library's :func:`emseg.inference.postprocess_labels` (``emseg predict --median 3 --min-size N``)."""
-    return postprocess_labels(labels.astype(np.uint8), median=3, min_size=min_size, per_slice=per_slice)
 
 
 #: ``--extra-training`` (JSON) merged into the training section of the emseg rows (smoke tests).
@@ -110,23 +104,14 @@ TEST_IMAGE: list[Path] = []
 
 
 def predict_volume(model, data: Path, out: Path, *, threads: int, tta: bool = False) -> tuple[np.ndarray, float]:
-    import zarr
-
-    t0 = time.perf_counter()
-    predict_blockwise(model, TEST_IMAGE[0], out, threads=threads, tta=tta, overwrite=True,
-                      progress=False)
-    node = zarr.open(str(out), mode="r")
-    labels = np.asarray(node if isinstance(node, zarr.Array) else node["labels"])
-    return labels, time.perf_counter() - t0
+    return predict_labels(model, TEST_IMAGE[0], out, threads=threads, tta=tta)
 
 
-def train_basicunet(data: Path, minutes: float, threads: int, seed: int = 0) -> tuple[Predictor, dict]:
-    """The plain reference (``_baseline.py``) on training slices 0-149, ``minutes`` of wall-clock time."""
-    from _baseline import train_basicunet as train_reference
-
+def train_lucchi_basicunet(data: Path, minutes: float, threads: int, seed: int = 0) -> tuple[Predictor, dict]:
+    """The plain reference (plain_unet.train_basicunet) on training slices 0-149."""
     raw = tifffile.imread(data / "lucchipp_train_raw.tif")[:150]
     lab = tifffile.imread(data / "lucchipp_train_mito.tif")[:150]
-    return train_reference(raw, lab, classes=CLASSES, minutes=minutes, threads=threads, seed=seed)
+    return train_basicunet(raw, lab, classes=CLASSES, minutes=minutes, threads=threads, seed=seed)
 
 
 def main() -> None:
@@ -192,7 +177,7 @@ def main() -> None:
                 raise SystemExit("row default+post needs the row default before it")
             t1 = time.perf_counter()
             min_size = args.min_size // 10 if per_slice else args.min_size  # pixels of a 2-D component
-            post = postprocess(labels, min_size=min_size, per_slice=per_slice)
+            post = postprocess_labels(labels, median=3, min_size=min_size, per_slice=per_slice)
             record(name, post, postprocess_s=round(time.perf_counter() - t1, 1), min_size=min_size)
         elif name == "default+tta":
             run = args.out / f"default-{tag}"
@@ -213,7 +198,7 @@ def main() -> None:
             labels, pred_s = predict_volume(ens, args.data, args.out / f"ensemble-{tag}.zarr", threads=args.threads)
             record(name, labels, members=args.members, predict_s=round(pred_s, 1))
         elif name == "basicunet":
-            predictor, info = train_basicunet(args.data, args.minutes, args.threads)
+            predictor, info = train_lucchi_basicunet(args.data, args.minutes, args.threads)
             labels, pred_s = predict_volume(predictor, args.data, args.out / f"basicunet-{tag}.zarr",
                                             threads=args.threads)
             record(name, labels, **info, predict_s=round(pred_s, 1))

@@ -1,27 +1,28 @@
-"""emseg's default against a plain MONAI BasicUNet on EPFL multi-class and ISBI 2012, same machine time (issue 22).
+"""EPFL multi-class and ISBI 2012: emseg's default against a plain MONAI BasicUNet, same budget, same run.
 
-Both arms train **at the same time**, in two processes with one torch thread each, so that they see the same
-machine and the same load (the development machine is shared; two arms run one after the other would not):
+The two arms train **at the same time** as two processes with one torch thread
+each, so both see the same machine load (sampled every 30 s and recorded):
 
-* ``default``: ``emseg.train`` with the default configuration: only the training data, the classes,
-  ``training.max_minutes`` and ``training.num_threads: 1`` (the route probe, budget-aware batch and patch
-  sizes, the validation split of 15 % of the slices: everything else is emseg's default);
-* ``basicunet``: the plain reference of ``_baseline.py`` (MONAI BasicUNet 32..256, Dice + CE, Adam 1e-3,
-  batch 8 of 256^2, flips, fp32) on all training slices, trained **until the default's training returns**
-  (the default's set-up -- step-time measurement, route probe -- is outside its ``max_minutes``; the
-  reference gets that time too), ``3 x minutes`` at the most.
+* ``default``: ``emseg.train`` with only data, classes, ``max_minutes`` and
+  ``num_threads`` set (the route and the batch chosen by emseg);
+* ``basicunet``: :func:`plain_unet.train_basicunet` (BasicUNet 32..256, Dice + CE,
+  Adam 1e-3, batch 8 x 256^2, fp32, last weights) on the same training slices.
 
-Scores on the test slices (each arm predicts in memory, one thread): EPFL: per-class IoU and mean foreground IoU
-on the 5 test slices; ISBI: trained on sections 0-23, membrane IoU and thinned V_Rand (``membrane_scores``) on
-sections 24-29; Lucchi++ (``--dataset lucchi``, volumes from ``em-volumes lucchipp``): trained on the whole
-training volume, mitochondrion IoU on every 8th test slice (z = 0, 8, ..., 160, as ``lucchi.py --test-slices
-0:165:8``).
+Both are predicted by the blockwise engine (one thread). Data sets:
 
-    python benchmarks/side_by_side.py --dataset epfl --minutes 10 --out /work/data/i22-sbs
-    python benchmarks/side_by_side.py --dataset isbi --minutes 10 --out /work/data/i22-sbs
-    python benchmarks/side_by_side.py --dataset lucchi --minutes 30 --out /work/data/i22-sbs
+* ``epfl``: train on the 27 EPFL training slices, score the 5 test slices per
+  class (IoU) and the mean foreground IoU;
+* ``isbi``: train on sections 0-23 of the ISBI 2012 training stack, score sections
+  24-29: membrane IoU and the ISBI V_Rand / V_Info (thinned, ``membrane_scores``).
 
-Writes ``OUT/DATASET-MINUTESmin.json`` and prints a table. Keep ``OUT`` outside the repository.
+The scoring step (``--score``, run by the launcher at the end, rerunnable) adds
+the rows ``default+post`` (``emseg.inference.postprocess_labels`` with
+``--median`` / ``--min-size``, 2-D per slice) and ``default+tta`` (the default
+model predicted with flip TTA), which cost no training.
+
+    python benchmarks/side_by_side.py --dataset epfl --minutes 10 --out /work/data/i22-epfl
+
+Writes ``OUT/results.json`` and prints a table.
 """
 
 from __future__ import annotations
@@ -29,158 +30,174 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import tifffile
 
+from plain_unet import predict_labels, train_basicunet
+
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-EPFL_CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_boundary", "vesicle", "psd", "axon"]
-ISBI_CLASSES = ["interior", "membrane"]
-#: ``--lucchi``: the folder of the Lucchi++ volumes (``../shared/tools/em-volumes lucchipp``).
-LUCCHI = [Path("/work/data/lucchipp")]
+SETS = {
+    "epfl": {"folder": "epfl-multiclass", "train": slice(None), "test": "test",
+             "classes": ["background", "membrane", "mitochondrion", "mitochondrial_boundary", "vesicle", "psd",
+                         "axon"]},
+    "isbi": {"folder": "isbi2012-membranes", "train": slice(0, 24), "test": slice(24, 30),
+             "classes": ["interior", "membrane"]},
+}
 
 
-def machine() -> dict:
-    text = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    return {"cpu": model, "bf16_flags": sorted({f for f in ("avx512_bf16", "amx_bf16") if f in text}),
-            "cores": os.cpu_count(), "python": platform.python_version()}
+def _paths(dataset: str, data: Path, out: Path) -> tuple[Path, Path, Path, Path, np.ndarray]:
+    """Train image, train labels, test image, and the test truth (the ISBI test sections written into OUT)."""
+    spec, folder = SETS[dataset], data / SETS[dataset]["folder"]
+    if spec["test"] == "test":
+        return (folder / "train_raw.tif", folder / "train_labels.tif", folder / "test_raw.tif",
+                folder / "test_labels.tif", tifffile.imread(folder / "test_labels.tif"))
+    test_image = out / "test_raw.tif"
+    if not test_image.exists():
+        tifffile.imwrite(test_image, tifffile.imread(folder / "train_raw.tif")[spec["test"]])
+    truth = tifffile.imread(folder / "train_labels.tif")[spec["test"]]
+    return folder / "train_raw.tif", folder / "train_labels.tif", test_image, folder / "train_labels.tif", truth
 
 
-def prepare(dataset: str, work: Path) -> dict:
-    """The training and test arrays of ``dataset`` as files in ``work`` (ISBI split 0-23 / 24-29)."""
-    work.mkdir(parents=True, exist_ok=True)
-    if dataset == "epfl":
-        d = DATA / "epfl-multiclass"
-        return {"train_raw": d / "train_raw.tif", "train_labels": d / "train_labels.tif",
-                "test_raw": d / "test_raw.tif", "test_labels": d / "test_labels.tif", "classes": EPFL_CLASSES}
-    if dataset == "isbi":
-        d = DATA / "isbi2012-membranes"
-        raw, lab = tifffile.imread(d / "train_raw.tif"), tifffile.imread(d / "train_labels.tif")
-        files = {}
-        for name, array in (("train_raw", raw[:24]), ("train_labels", lab[:24]), ("test_raw", raw[24:]),
-                            ("test_labels", lab[24:])):
-            files[name] = work / f"{name}.tif"
-            if not files[name].is_file():
-                tifffile.imwrite(files[name], array, photometric="minisblack")
-        return {**files, "classes": ISBI_CLASSES}
-    if dataset == "lucchi":  # Lucchi++ (em-volumes lucchipp): whole training volume, every 8th test slice
-        d = LUCCHI[0]
-        files = {"train_raw": d / "lucchipp_train_raw.tif", "train_labels": d / "lucchipp_train_mito.tif",
-                 "test_raw": work / "test_raw_0_165_8.tif", "test_labels": work / "test_labels_0_165_8.tif"}
-        for name, source in (("test_raw", "lucchipp_test_raw.tif"), ("test_labels", "lucchipp_test_mito.tif")):
-            if not files[name].is_file():
-                tifffile.imwrite(files[name], tifffile.imread(d / source)[0:165:8], photometric="minisblack")
-        return {**files, "classes": ["background", "mitochondrion"]}
-    raise SystemExit(f"unknown --dataset {dataset!r}: epfl, isbi or lucchi")
+def run_arm(args: argparse.Namespace) -> None:
+    import torch
+    import yaml
+
+    import emseg
+
+    spec = SETS[args.dataset]
+    train_image, train_labels, test_image, _, _ = _paths(args.dataset, args.data, args.out)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.arm == "default":
+        train = {"image": str(train_image.resolve()), "labels": str(train_labels.resolve())}
+        if spec["train"] != slice(None):
+            train["slices"] = f"{spec['train'].start}:{spec['train'].stop}"
+        cfg = {"data": {"train": train, "classes": spec["classes"]},
+               "training": {"max_minutes": args.minutes, "num_threads": args.threads}}
+        cfg_path = args.out / "default.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        run = args.out / "default-run"
+        result = emseg.train(cfg_path, run, overwrite=True, progress=False)
+        summary = json.loads((run / "summary.json").read_text())
+        info = {"epochs": result.epochs, "best_epoch": result.best_epoch, "train_s": round(result.elapsed_s, 1),
+                "steps": _steps(run), "budget": summary.get("budget"),
+                "route": summary.get("route", {}).get("name"), "summary": summary}
+        model = run / "model.pt"
+    else:
+        raw = tifffile.imread(train_image)[spec["train"]]
+        lab = tifffile.imread(train_labels)[spec["train"]]
+        model, info = train_basicunet(raw, lab, classes=spec["classes"], minutes=args.minutes, threads=args.threads)
+    labels, predict_s = predict_labels(model, test_image, args.out / f"{args.arm}.zarr", threads=args.threads)
+    tifffile.imwrite(args.out / f"{args.arm}_test.tif", labels.astype(np.uint8))
+    info.update(predict_s=round(predict_s, 1), wall_s=round(time.perf_counter() - t0, 1))
+    (args.out / f"{args.arm}.json").write_text(json.dumps(info, indent=2, default=str))
 
 
-def score(dataset: str, predictor, files: dict) -> dict:
+def _steps(run: Path) -> int | None:
+    """Optimiser steps of an emseg run: the iteration of its last metrics line."""
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+    return json.loads(lines[-1]).get("iteration") if lines else None
+
+
+def score(dataset: str, pred: np.ndarray, truth: np.ndarray) -> dict:
     from emseg.evaluation import evaluate, membrane_scores
 
-    t0 = time.perf_counter()
-    image, truth = tifffile.imread(files["test_raw"]), tifffile.imread(files["test_labels"])
-    pred, _ = predictor.predict_volume(image)
-    result = evaluate(pred, truth, classes=files["classes"], background=0)
-    out = {"mean_iou_foreground": result.mean_iou_foreground,
-           "per_class_iou": {c: v["iou"] for c, v in result.per_class.items()}}
+    classes = SETS[dataset]["classes"]
+    result = evaluate(pred, truth, classes=classes)
+    row = {"iou": {c: result.per_class[c]["iou"] for c in classes}, "mean_iou_foreground": result.mean_iou_foreground}
     if dataset == "isbi":
-        out["v_rand_thinned"] = membrane_scores(pred == 1, truth == 1, thin=True)["v_rand"]
-    out["predict_score_s"] = round(time.perf_counter() - t0, 1)
-    return out
+        row.update({k: float(v) for k, v in membrane_scores(pred == 1, truth == 1).items()})
+    return row
 
 
-def run_arm(args) -> None:
-    """One arm, in its own process (``--arm``): train, signal, score, write ``ARM.json``."""
-    import torch
+def score_all(args: argparse.Namespace, extra: dict) -> None:
+    from emseg.inference import postprocess_labels
 
-    torch.set_num_threads(1)
-    files = prepare(args.dataset, args.work)
-    done = args.work / "default.done"
-    if args.arm == "default":
-        import yaml
-
-        import emseg
-        from emseg.inference import load_predictor
-
-        cfg = {"data": {"train": {"image": str(files["train_raw"]), "labels": str(files["train_labels"])},
-                        "classes": files["classes"]},
-               "training": {"max_minutes": args.minutes, "num_threads": 1, "seed": args.seed}}
-        path = args.work / "default.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _, _, test_image, _, truth = _paths(args.dataset, args.data, args.out)
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.update(extra)
+    rows = {}
+    for arm in ("default", "basicunet"):
+        if (args.out / f"{arm}.json").exists():
+            info = json.loads((args.out / f"{arm}.json").read_text())
+            summary = info.pop("summary", None)
+            if arm == "default" and info.get("steps") is None:  # arms written before _steps
+                info.update(steps=_steps(args.out / "default-run"), budget=(summary or {}).get("budget"))
+            rows[arm] = {**info, **score(args.dataset, tifffile.imread(args.out / f"{arm}_test.tif"), truth)}
+    if "default" in rows:
+        labels = tifffile.imread(args.out / "default_test.tif")
         t0 = time.perf_counter()
-        try:
-            result = emseg.train(path, args.work / "default", overwrite=True, progress=False)
-        finally:
-            done.touch()  # the reference stops at its next step
-        wall = time.perf_counter() - t0
-        summary = json.loads((args.work / "default" / "summary.json").read_text())
-        metrics = [json.loads(line) for line in (args.work / "default" / "metrics.jsonl").read_text().splitlines()
-                   if line.strip()]
-        info = {"wall_s": round(wall, 1), "train_s": round(result.elapsed_s, 1), "epochs": result.epochs,
-                "steps": max((m.get("iteration", 0) or 0 for m in metrics), default=None),
-                "best_epoch": result.best_epoch, "val_mean_iou": result.best_val_mean_iou,
-                "route": summary.get("route", {}).get("name"), "budget": summary.get("budget")}
-        predictor = load_predictor(args.work / "default" / "model.pt")
-    else:
-        from _baseline import train_basicunet
+        post = postprocess_labels(labels, median=args.median, min_size=args.min_size, per_slice=True)
+        rows["default+post"] = {"median": args.median, "min_size": args.min_size,
+                                "postprocess_s": round(time.perf_counter() - t0, 1), **score(args.dataset, post, truth)}
+        if args.tta:
+            tta, predict_s = predict_labels(args.out / "default-run" / "model.pt", test_image,
+                                            args.out / "default-tta.zarr", threads=args.threads, tta=True)
+            rows["default+tta"] = {"predict_s": round(predict_s, 1), **score(args.dataset, tta, truth)}
+    results["rows"] = rows
+    results_path.write_text(json.dumps(results, indent=2))
+    classes = SETS[args.dataset]["classes"][1:]
+    extra_cols = ["v_rand", "v_info"] if args.dataset == "isbi" else []
+    print("| row | steps | " + " | ".join(classes + ["mean fg"] + extra_cols) + " |")
+    for name, row in rows.items():
+        cells = [f"{row['iou'][c]:.3f}" for c in classes] + [f"{row['mean_iou_foreground']:.3f}"]
+        cells += [f"{row.get(k, float('nan')):.3f}" for k in extra_cols]
+        print(f"| {name} | {row.get('steps', '')} | " + " | ".join(cells) + " |")
 
-        t0 = time.perf_counter()
-        predictor, info = train_basicunet(tifffile.imread(files["train_raw"]), tifffile.imread(files["train_labels"]),
-                                          classes=files["classes"], minutes=3 * args.minutes, threads=1,
-                                          seed=args.seed, stop_file=done)
-        info["wall_s"] = round(time.perf_counter() - t0, 1)
-    info.update(score(args.dataset, predictor, files), load_after=os.getloadavg())
-    (args.work / f"{args.arm}.json").write_text(json.dumps(info, indent=2, default=str))
+
+def launch(args: argparse.Namespace) -> None:
+    """Both arms at the same time, one process each; the load sampled every 30 s."""
+    flags = open("/proc/cpuinfo").read()
+    cpu = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "?")
+    extra = {"command": " ".join(["python", "benchmarks/side_by_side.py", *sys.argv[1:]]),
+             "cpu": cpu, "bf16_flags": sorted({f for f in ("avx512_bf16", "amx_bf16") if f in flags}),
+             "minutes": args.minutes, "threads_per_arm": args.threads,
+             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+             "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                   cwd=Path(__file__).parent).stdout.strip()}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    procs = {}
+    for arm in ("default", "basicunet"):
+        log = open(args.out / f"{arm}.log", "w")
+        procs[arm] = subprocess.Popen([sys.executable, __file__, "--dataset", args.dataset, "--data", str(args.data),
+                                       "--out", str(args.out), "--minutes", str(args.minutes), "--threads",
+                                       str(args.threads), "--arm", arm], stdout=log, stderr=subprocess.STDOUT, env=env)
+    load = []
+    while any(p.poll() is None for p in procs.values()):
+        load.append([round(time.time()), *os.getloadavg()])
+        time.sleep(30)
+    extra.update(load=load, exit_codes={a: p.returncode for a, p in procs.items()},
+                 finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    (args.out / "results.json").write_text(json.dumps(extra, indent=2))
+    score_all(args, extra)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=["epfl", "isbi", "lucchi"])
-    parser.add_argument("--lucchi", type=Path, default=LUCCHI[0], help="folder of the Lucchi++ volumes")
+    parser.add_argument("--dataset", choices=sorted(SETS), required=True)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/emseg-side-by-side"))
-    parser.add_argument("--arm", choices=["default", "basicunet"], help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each arm")
+    parser.add_argument("--arm", choices=["default", "basicunet"], help="(internal) train and predict one arm")
+    parser.add_argument("--score", action="store_true", help="only (re)score the finished arms")
+    parser.add_argument("--median", type=int, default=3)
+    parser.add_argument("--min-size", type=int, default=100)
+    parser.add_argument("--tta", action="store_true", help="scoring adds the default+tta row")
     args = parser.parse_args()
-    LUCCHI[0] = args.lucchi
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.arm:
         run_arm(args)
-        return
-    work = args.out / f"{args.dataset}-{args.minutes:g}min-seed{args.seed}"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "default.done").unlink(missing_ok=True)
-    for arm in ("default", "basicunet"):
-        (work / f"{arm}.json").unlink(missing_ok=True)
-    load_before = os.getloadavg()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = {arm: subprocess.Popen([sys.executable, __file__, "--dataset", args.dataset, "--minutes", str(args.minutes),
-                                    "--seed", str(args.seed), "--lucchi", str(args.lucchi), "--arm", arm, "--work", str(work)], env=env)
-             for arm in ("default", "basicunet")}
-    codes = {arm: p.wait() for arm, p in procs.items()}
-    if any(codes.values()):
-        raise SystemExit(f"an arm failed: exit codes {codes}; see its output above")
-    rows = {arm: json.loads((work / f"{arm}.json").read_text()) for arm in procs}
-    report = {"dataset": args.dataset, "minutes": args.minutes, "seed": args.seed, "machine": machine(),
-              "load_before": load_before, "load_after": os.getloadavg(),
-              "command": " ".join(["python", "benchmarks/side_by_side.py", *sys.argv[1:]]), "rows": rows}
-    out = args.out / f"{args.dataset}-{args.minutes:g}min-seed{args.seed}.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
-    classes = list(rows["default"]["per_class_iou"])
-    print(f"\n{args.dataset}, {args.minutes:g} min, seed {args.seed}, load {load_before[0]:.1f} -> "
-          f"{report['load_after'][0]:.1f}")
-    print("| arm | steps | wall s | mean fg IoU | " + " | ".join(classes)
-          + (" | V_Rand (thinned) |" if args.dataset == "isbi" else " |"))
-    for arm, row in rows.items():
-        print(f"| {arm} | {row.get('steps')} | {row['wall_s']} | {row['mean_iou_foreground']:.3f} | "
-              + " | ".join(f"{row['per_class_iou'][c]:.3f}" for c in classes)
-              + (f" | {row['v_rand_thinned']:.3f} |" if args.dataset == "isbi" else " |"))
-    print(f"wrote {out}")
+    elif args.score:
+        score_all(args, {})
+    else:
+        launch(args)
 
 
 if __name__ == "__main__":
