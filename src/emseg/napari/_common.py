@@ -115,6 +115,20 @@ def follow_layers(viewer: Any, *choices: Any) -> None:
 class WorkerButtons:
     """The Run/Cancel buttons and progress bar of a widget that runs one background worker at a time."""
 
+    def _start(self, worker: Any, *, total: int, desc: str, status: str) -> Any:
+        """Connect ``worker``'s error and end to the widget, open napari's progress bar, switch Run/Cancel,
+        show ``status`` and start it."""
+        from napari.utils import progress as napari_progress
+
+        worker.errored.connect(self._fail)
+        worker.finished.connect(self._on_finished)
+        self._progress = napari_progress(total=total, desc=desc)
+        self.worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = status
+        worker.start()
+        return worker
+
     def _on_finished(self) -> None:
         if self._progress is not None:
             self._progress.close()

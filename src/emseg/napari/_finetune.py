@@ -23,7 +23,6 @@ import numpy as np
 from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
 from emseg.active import ActiveSession
@@ -188,15 +187,9 @@ class FineTuneWidget(WorkerButtons, Container):
         worker = thread_worker(_fine_tune_round, start_thread=False, ignore_errors=True)(
             session, float(self.minutes.value), self.overrides, volume, torch.get_num_threads(), self._stop)
         worker.returned.connect(lambda result: self._on_done(result, session=session, image=image))
-        worker.errored.connect(self._fail)
-        worker.finished.connect(self._on_finished)
-        self._progress = napari_progress(total=0, desc="emseg: fine-tuning")
-        self.worker = worker
-        self.tune_button.enabled = self.add_button.enabled = False
-        self.cancel_button.enabled = True
-        self.status.value = f"fine-tuning for up to {self.minutes.value:g} min ..."
-        worker.start()
-        return worker
+        self.add_button.enabled = False
+        return self._start(worker, total=0, desc="emseg: fine-tuning",
+                           status=f"fine-tuning for up to {self.minutes.value:g} min ...")
 
     def cancel(self) -> None:
         """Stop the running round at its next training step (or its re-segmentation at the next slice)."""

@@ -26,7 +26,6 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
 from napari.layers import Image
 from napari.qt.threading import thread_worker
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
 from emseg.inference import load_predictor, predict_blockwise
@@ -154,15 +153,9 @@ class SegmentWidget(WorkerButtons, Container):
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result: self._on_done(result, name=name, model=model, image=image,
                                                              options=options))
-        worker.errored.connect(self._fail)
         worker.aborted.connect(self._on_cancelled)
-        worker.finished.connect(self._on_finished)
-        self._progress = napari_progress(total=image.volume.shape[0], desc=f"emseg: segmenting {image.name}")
-        self.worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"segmenting {image.name} with {name} ..."
-        worker.start()
-        return worker
+        return self._start(worker, total=image.volume.shape[0], desc=f"emseg: segmenting {image.name}",
+                           status=f"segmenting {image.name} with {name} ...")
 
     def cancel(self) -> None:
         """Stop the running segmentation at its next slice or block; nothing half-written is kept."""

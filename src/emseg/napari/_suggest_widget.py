@@ -12,7 +12,6 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
 from napari.layers import Image
 from napari.qt.threading import thread_worker
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error
 
 from emseg.active import SUGGEST_METHODS, Suggestion, iter_uncertainty, rank_blocks, resolve_method
@@ -83,15 +82,9 @@ class SuggestWidget(WorkerButtons, Container):
             text, image.volume, str(self.method.value), int(self.k.value), block, torch.get_num_threads())
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_done)
-        worker.errored.connect(self._fail)
         worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
-        worker.finished.connect(self._on_finished)
-        self._progress = napari_progress(total=image.volume.shape[0], desc="emseg: ranking slices")
-        self.worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = "ranking slices ..."
-        worker.start()
-        return worker
+        return self._start(worker, total=image.volume.shape[0], desc="emseg: ranking slices",
+                           status="ranking slices ...")
 
     def cancel(self) -> None:
         if self.worker is not None:
