@@ -34,6 +34,14 @@ def _engine_threads(one_torch_thread):
     """Every test here compares with the engine, which uses one torch thread."""
 
 
+def epfl_zarr_stack(out: Path, depth: int, chunk_depth: int) -> dict:
+    """The first ``depth`` slices of a 150 x 200 EPFL crop as zarr (chunks of ``chunk_depth`` slices) in ``out``,
+    and a tiny random unet2d (7 classes, 64-px window) beside it."""
+    raw = tifffile.imread(EPFL_RAW)[:depth, 300:450, 200:400]
+    write_image(out / "raw.zarr", raw, chunks=(chunk_depth, 150, 200))
+    return {"raw": raw, "path": out / "raw.zarr", "model": _checkpoint(out / "m.pt")}
+
+
 def _checkpoint(path: Path, *, context: int = 1, features=(4, 8), window=(64, 64), seed: int = 0) -> Path:
     """A randomly initialised unet2d saved as an emseg checkpoint (fast; the engine does not care about accuracy)."""
     from emseg.models import build_model

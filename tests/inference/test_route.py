@@ -6,9 +6,8 @@ import logging
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-from test_blockwise import EPFL_RAW, _checkpoint
+from test_blockwise import epfl_zarr_stack
 
 from emseg.inference import AGREEMENT_THRESHOLD, Predictor, Route, predict_blockwise, read_run_metadata
 from emseg.inference import _route
@@ -20,10 +19,7 @@ BLOCK = (2, 150, 200)
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory):
     """A 4 x 150 x 200 crop of the EPFL volume as zarr, and a tiny random unet2d (7 classes, 64-px window)."""
-    out = tmp_path_factory.mktemp("route")
-    raw = tifffile.imread(EPFL_RAW)[:4, 300:450, 200:400]
-    write_image(out / "raw.zarr", raw, chunks=(2, 150, 200))
-    return {"raw": raw, "path": out / "raw.zarr", "model": _checkpoint(out / "m.pt")}
+    return epfl_zarr_stack(tmp_path_factory.mktemp("route"), 4, 2)
 
 
 def _labels(path):

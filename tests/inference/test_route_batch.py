@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
-from test_blockwise import EPFL_RAW, _checkpoint
+from test_blockwise import epfl_zarr_stack
 
 from emseg.inference import Predictor, Route, predict_blockwise, read_run_metadata
 from emseg.inference import _route
 from emseg.inference._block_layout import choose_block
-from emseg.io import read_image, write_image
+from emseg.io import read_image
 
 WHOLE = (160, 224)  # one window holds a whole 150 x 200 slice (the tiny unet2d's divisor is 2)
 BLOCK = (3, 150, 200)  # 3-slice blocks cut the groups of 2 and 4 slices
@@ -19,10 +18,7 @@ BLOCK = (3, 150, 200)  # 3-slice blocks cut the groups of 2 and 4 slices
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """A 7 x 150 x 200 crop of the EPFL volume as zarr, and a tiny random unet2d (7 classes, 64-px window)."""
-    out = tmp_path_factory.mktemp("route_batch")
-    raw = tifffile.imread(EPFL_RAW)[:7, 300:450, 200:400]
-    write_image(out / "raw.zarr", raw, chunks=(3, 150, 200))
-    return {"raw": raw, "path": out / "raw.zarr", "model": _checkpoint(out / "m.pt")}
+    return epfl_zarr_stack(tmp_path_factory.mktemp("route_batch"), 7, 3)
 
 
 def _forward_batches(predictor):
