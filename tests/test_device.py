@@ -22,6 +22,18 @@ def test_auto_precision_follows_the_override_and_explicit_choices_do_not(monkeyp
     assert cpu_has_native_bf16() == _cpu_flags_have_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
+@pytest.mark.parametrize(("isa", "native"), [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_AMX", None),
+                                             ("AVX10_1_512", None), ("", None)])
+def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(monkeypatch, isa, native):
+    monkeypatch.delenv(NATIVE_BF16_ENV, raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert cpu_has_native_bf16() is (_cpu_flags_have_bf16() if native is None else native)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", isa)  # the old name
+    assert cpu_has_native_bf16() is (_cpu_flags_have_bf16() if native is None else native)
+
+
 def test_cpu_bf16_fixture_switches_auto(cpu_bf16):
     assert resolve_precision("auto", CPU) is (torch.bfloat16 if cpu_bf16 else None)
 

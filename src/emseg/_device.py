@@ -23,6 +23,9 @@ NATIVE_BF16_ENV = "EMSEG_NATIVE_BF16"
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 instructions (AVX512-BF16 or AMX), or ``EMSEG_NATIVE_BF16=1``.
 
+    An ISA cap below bf16 for oneDNN (``ONEDNN_MAX_CPU_ISA=AVX2``, e.g. to run as an AVX2-only CPU would)
+    means no native bf16 whatever the CPU flags say.
+
     Without them, oneDNN emulates bf16 and autocast is *slower* than fp32: on
     the AVX2-only development machine a U-Net step took 25x longer in bf16
     (docs/BENCHMARKS.md), so ``precision: auto`` uses fp32 there.
@@ -32,7 +35,20 @@ def cpu_has_native_bf16() -> bool:
         return forced == "1"
     if forced:
         raise ValueError(f"{NATIVE_BF16_ENV} must be 0 or 1 (or unset to read the CPU flags), got {forced!r}")
-    return _cpu_flags_have_bf16()
+    return _cpu_flags_have_bf16() and not _isa_capped_below_bf16()
+
+
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``) that keep its bf16 instructions.
+_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "ALL", "DEFAULT")
+
+
+def _isa_capped_below_bf16() -> bool:
+    """oneDNN is told (``ONEDNN_MAX_CPU_ISA``, or its old name ``DNNL_MAX_CPU_ISA``) to stay below bf16."""
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        isa = os.environ.get(var, "").strip().upper()
+        if isa:
+            return not (isa in _BF16_ISAS or isa.startswith("AVX10"))
+    return False
 
 
 @functools.cache

@@ -136,6 +136,8 @@ def predict(
                                                  "recorded name such as bf16-eager-cl-t2-w768x1024-b4. Default: auto for "
                                                  "inputs of 2^28 voxels or more without --precision/--jit/--window/"
                                                  "--batch-size/--threads.")] = None,
+    max_memory: Annotated[float, typer.Option(help="GB: a tuned route (--route auto) is the fastest whose estimated "
+                                              "peak memory fits this; 0 = no limit.")] = 2.0,
     quiet: _QUIET = False,
 ) -> None:
     """Segment INPUT with MODEL; write a uint8 label image of the input's shape to OUTPUT.
@@ -153,7 +155,8 @@ def predict(
                         zarr_format=zarr_format if zarr_format != 3 else None,
                         overlap=overlap if overlap == "auto" else _fraction("--overlap", overlap),
                         window=window, batch_size=batch_size, jit=jit or None,
-                        calibrated=None if calibration else False, route=route)
+                        calibrated=None if calibration else False, route=route,
+                        max_memory_gb=None if max_memory == 0 else max_memory)
     except _user_errors() as err:
         _fail(err)
     console.print(f"labels: {path}" + (f"\nprobabilities: {probabilities}" if probabilities else ""))

@@ -60,7 +60,8 @@ from emseg.inference._block_layout import (
 )
 from emseg.inference._block_jobs import BlockJob, _cached_predictor, run_block, write_block
 from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
-from emseg.inference._route import AGREEMENT_THRESHOLD, Route, calibrate_recorded, describe, engine_route
+from emseg.inference._route import (AGREEMENT_THRESHOLD, MAX_MEMORY_GB, Route, calibrate_recorded, describe,
+                                   engine_route)
 from emseg.inference._run_state import (
     ResumeError,
     _mark,
@@ -108,6 +109,7 @@ def predict_blockwise(
     loader: Callable[..., Any] | None = None,
     route: str | None = None,
     agreement: float = AGREEMENT_THRESHOLD,
+    max_memory_gb: float | None = MAX_MEMORY_GB,
 ) -> Path:
     """Segment ``image`` block by block into the zarr store ``output`` (resumable).
 
@@ -146,6 +148,8 @@ def predict_blockwise(
             size/threads options, else ``"default"``. Recorded in the store (``emseg.route``); a
             resumed run keeps it.
         agreement: smallest fraction of the probe's labels a route must share with fp32.
+        max_memory_gb: a tuned route (``auto``) is the fastest whose estimated peak resident memory is
+            within this many GB (None: no limit); see :mod:`emseg.inference._route`.
 
     Returns:
         The output path.
@@ -160,6 +164,8 @@ def predict_blockwise(
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     check_options(window=window, batch_size=batch_size, workers=workers, threads=threads)
+    if max_memory_gb is not None and not max_memory_gb > 0:
+        raise ValueError(f"--max-memory {max_memory_gb}: give a positive number of GB, or 0 for no limit")
     if route not in (None, "default", "auto", "auto+int8"):
         Route.parse(route)  # a bad name is refused before any work
     explicit = [flag for flag, given in (("--precision", precision != "auto"), ("--jit", jit), ("--window", window),
@@ -224,7 +230,7 @@ def predict_blockwise(
             chosen, route_record, options = engine_route(
                 route, load=lambda **o: _cached_predictor(model_path, sha, o, loader), options=options,
                 overlap=overlap, volume=data.array, z=min(shape[0] - 1, first[0] // 2), threshold=agreement,
-                stored=stored)
+                max_memory_gb=max_memory_gb, stored=stored)
             if chosen is not None:
                 threads = chosen.threads
                 predictor = _cached_predictor(model_path, sha, options, loader)

@@ -23,7 +23,7 @@ from emseg.inference._outputs import (
 )
 from emseg.inference._postprocess import check_postprocess, postprocess_labels, postprocess_record
 from emseg.inference._predictor import Predictor
-from emseg.inference._route import AGREEMENT_THRESHOLD, calibrate_recorded, describe, engine_route
+from emseg.inference._route import AGREEMENT_THRESHOLD, MAX_MEMORY_GB, calibrate_recorded, describe, engine_route
 from emseg.io import (
     atomic_output,
     discard,
@@ -85,7 +85,7 @@ def predict(
         **blockwise: options of :func:`emseg.inference.predict_blockwise` (``block``,
             ``workers``, ``threads``, ``scheduler``, ``resume``, ``ome_zarr``, ``zarr_format``,
             ``overlap``, ``window``, ``batch_size``, ``jit``, ``calibrated``: False ignores the
-            checkpoint's calibration offsets; ``route``, ``agreement``: see :func:`predict_blockwise`,
+            checkpoint's calibration offsets; ``route``, ``agreement``, ``max_memory_gb``: see :func:`predict_blockwise`,
             in memory too, where the route's threads become this process's torch threads).  A ``.zarr`` output (without
             ``probabilities``) is always predicted block by block, resumably.
 
@@ -122,6 +122,7 @@ def predict(
         return predict_blockwise(model, image, output, overwrite=overwrite, progress=progress, precision=precision,
                                  tta=tta, **blockwise)
     route, agreement = blockwise.pop("route", None), blockwise.pop("agreement", AGREEMENT_THRESHOLD)
+    max_memory_gb = blockwise.pop("max_memory_gb", MAX_MEMORY_GB)
     predictor_keys = ("overlap", "window", "batch_size", "jit", "calibrated")
     engine_only = sorted(k for k, v in blockwise.items() if k not in predictor_keys and v)
     explicit = [f"--{k.replace('_', '-')}" for k in ("window", "batch_size", "jit") if blockwise.get(k)]
@@ -170,7 +171,7 @@ def predict(
                 route, load=lambda **o: Predictor.from_checkpoint(model, **o), overlap=blockwise["overlap"],
                 options={"precision": precision, "tta": tta,
                          **{k: v for k, v in blockwise.items() if k in predictor_keys}},
-                volume=volume, z=volume.shape[0] // 2, threshold=agreement)
+                volume=volume, z=volume.shape[0] // 2, threshold=agreement, max_memory_gb=max_memory_gb)
             logger.info("%s", describe(record))
             if chosen is not None:
                 predictor = Predictor.from_checkpoint(model, **options)

@@ -38,7 +38,7 @@ from emseg._device import cpu_has_native_bf16
 logger = logging.getLogger(__name__)
 
 __all__ = ["AGREEMENT_THRESHOLD", "BATCH_CANDIDATES", "COMPILE_GAIN", "COMPILE_SETUP_S", "COMPILE_SHAPES",
-           "PROBE_MAX_PIXELS", "PROBE_SLICES", "TUNE_MIN_VOXELS", "Route", "available_cores", "calibrate_recorded",
+           "ENGINE_MEMORY_GB", "MAX_MEMORY_GB", "PROBE_MAX_PIXELS", "PROBE_SLICES", "TUNE_MIN_VOXELS", "Route", "available_cores", "calibrate_recorded",
            "compile_pays", "compile_repaid", "describe", "engine_route", "resolve_route", "route_overlap"]
 
 #: A route whose labels agree with the fp32 reference on fewer of the probe's pixels than this is refused.
@@ -75,6 +75,15 @@ COMPILE_SHAPES = 3
 
 #: A window as large as the whole slice is a candidate for slices up to this many pixels.
 WHOLE_SLICE_MAX_PIXELS = 2**21
+
+#: The default limit (GB) on a tuned run's estimated peak resident memory (issue 21's target for the default
+#: ``unet2d`` on 768 x 1024 slices).  Pass ``max_memory_gb=None`` (``--max-memory 0``) for no limit.
+MAX_MEMORY_GB = 2.0
+
+#: Resident memory (GB) of the blockwise engine beyond the tuner's process and the route's forward pass
+#: (blocks read ahead and written behind, their normalised copies and labels, allocator slack), measured
+#: for 12 x 768 x 1024 blocks of the default ``unet2d`` (docs/BENCHMARKS.md, "memory-aware routes").
+ENGINE_MEMORY_GB = 0.5
 
 #: The fastest few accepted routes are timed again in this many interleaved rounds before the choice.
 RETIME_TOP, RETIME_ROUNDS = 3, 2
@@ -176,6 +185,62 @@ def route_overlap(radius: int, window: tuple[int, int]) -> float:
 _clock = time.perf_counter
 
 
+def _rss_gb() -> float | None:
+    """This process's resident memory (GB) from ``/proc/self/statm``; None where there is none (not Linux)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
+def _trim() -> None:
+    """Give the C heap's free memory back to the system (glibc ``malloc_trim``; nothing elsewhere), so that
+    what the next call allocates shows as a rise of resident memory instead of reusing retained pages."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _working_memory(call: Callable[[], Any], interval: float = 0.002) -> tuple[Any, float | None]:
+    """``call()`` and the largest rise (GB) of resident memory above its start, sampled every ``interval`` s
+    in a background thread (a seam for tests that fake the memory)."""
+    import threading
+
+    _trim()
+    start = _rss_gb()
+    if start is None:
+        return call(), None
+    peak, done = [start], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval):
+            now = _rss_gb()
+            if now is not None and now > peak[0]:
+                peak[0] = now
+
+    thread = threading.Thread(target=sample, name="emseg-route-memory", daemon=True)
+    thread.start()
+    try:
+        result = call()
+    finally:
+        done.set()
+        thread.join()
+    now = _rss_gb()
+    return result, max(0.0, max(peak[0], now or 0.0) - start)
+
+
+def _window_pixels(window: tuple[int, int] | None, divisor: int, shape: tuple[int, int]) -> int:
+    """Pixels of one window on a slice of ``shape`` (a window larger than the slice shrinks to it)."""
+    if window is None:
+        return int(np.prod(shape))
+    return int(np.prod([min(w, -(-s // divisor) * divisor) for w, s in zip(window, shape)]))
+
+
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b)) if a.shape == b.shape else 0.0
 
@@ -189,8 +254,14 @@ class _Probe:
     warm-up, whose excess over a timed call is recorded as its set-up (``setup_s``: tracing, compiling).
     """
 
-    def __init__(self, build: Callable[[Route], Any], images: np.ndarray) -> None:
+    def __init__(self, build: Callable[[Route], Any], images: np.ndarray,
+                 plane: tuple[int, int] | None = None, limit_gb: float | None = None) -> None:
         self.build, self.images = build, images
+        self.plane = tuple(plane) if plane is not None else tuple(images.shape[-2:])  # the volume's slice
+        #: routes whose forward pass would take this process above ``limit_gb`` (GB) are not run at all,
+        #: predicted from the memory per forward pixel measured so far at their precision (or fp32's)
+        self.limit_gb = limit_gb
+        self.per_pixel: dict[str, float] = {}
         self.image = images[0]
         self.pixels = int(np.prod(images.shape[-2:]))
         self.results: dict[str, dict[str, Any]] = {}
@@ -201,6 +272,26 @@ class _Probe:
 
     def _stack(self, name: str) -> np.ndarray:
         return self.images[:self.slices[name]]
+
+    def forward_pixels(self, route: Route, predictor: Any, n: int) -> int:
+        """Pixels of one forward pass of ``route`` on the probe: ``n`` slices of one window each, or (one
+        slice) as many of its windows as the route batches and the crop holds."""
+        crop = tuple(self.images.shape[-2:])
+        window = _window_pixels(getattr(predictor, "window", None), int(getattr(predictor, "divisor", 1) or 1), crop)
+        if n > 1:
+            return n * window
+        return min(route.batch_size, max(1, -(-self.pixels // max(1, window)))) * window
+
+    def _scale(self, predictor: Any) -> float:
+        """Whole slice / probe crop, for the working memory of ``predictor``'s window."""
+        window, divisor = getattr(predictor, "window", None), int(getattr(predictor, "divisor", 1) or 1)
+        return _window_pixels(window, divisor, self.plane) / max(1, _window_pixels(
+            window, divisor, tuple(self.images.shape[-2:])))
+
+    def predicted_gb(self, route: Route, pixels: int) -> float | None:
+        """The working memory ``route`` would need for a forward pass of ``pixels`` on the probe, if known."""
+        rate = self.per_pixel.get(route.precision, self.per_pixel.get("fp32"))
+        return None if rate is None else rate * pixels
 
     def _reference_labels(self, n: int) -> np.ndarray:
         """The reference's labels on the first ``n`` probe slices (the extra slices predicted when first asked)."""
@@ -227,8 +318,19 @@ class _Probe:
                 predictor.calibrate_int8(self.image)
             self.slices[route.name] = n = max(1, min(len(self.images), predictor.slices_per_forward(
                 tuple(self.images.shape[-2:]))))
+            pixels = self.forward_pixels(route, predictor, n)
+            predicted = self.predicted_gb(route, pixels) if reference is not None else None
+            now = _rss_gb()
+            if self.limit_gb is not None and predicted is not None and now is not None \
+                    and now + predicted > self.limit_gb:
+                result = {"name": route.name, "skipped": f"not run: its forward pass would need about {predicted:.2f} "
+                          f"GB more than the {now:.2f} GB in use, over the {self.limit_gb:g} GB limit",
+                          "memory_gb": predicted * self._scale(predictor), "over_memory": True}
+                self.results[route.name] = result
+                return result
             start = _clock()
-            labels = predictor.predict_labels_stack(self._stack(route.name))  # warm-up: traces, oneDNN primitives
+            # warm-up (traces, oneDNN primitives), its working memory sampled: the timed call is left alone
+            labels, memory = _working_memory(lambda: predictor.predict_labels_stack(self._stack(route.name)))
             warm = _clock() - start
             start = _clock()
             predictor.predict_labels_stack(self._stack(route.name))
@@ -247,6 +349,9 @@ class _Probe:
         agree = 1.0 if reference is None else _agreement(labels, self._reference_labels(n))
         result = {"name": route.name, "mvox_s": n * self.pixels / max(seconds, 1e-9) / 1e6, "agreement": agree,
                   "slices": n, "setup_s": max(0.0, warm - seconds)}
+        if memory is not None:  # scaled from the probe's crop to a whole slice of the volume
+            self.per_pixel[route.precision] = max(self.per_pixel.get(route.precision, 0.0), memory / max(1, pixels))
+            result["memory_gb"] = memory * self._scale(predictor)
         self.results[route.name] = result
         return result
 
@@ -266,21 +371,38 @@ class _Probe:
 
 
 def _tune(probe: _Probe, *, reference: Route, whole: tuple[int, int] | None, cores: int, bf16: bool, int8: bool,
-          threshold: float, voxels: int = 0) -> tuple[Route, dict[str, Any]]:
+          threshold: float, voxels: int = 0, memory_room_gb: float | None = None) -> tuple[Route, dict[str, Any]]:
     """Fastest route agreeing with ``reference`` on the probe: engines, then windows and batches, then threads,
-    then ``torch.compile`` of the best where it pays off over ``voxels`` (:func:`compile_pays`)."""
+    then ``torch.compile`` of the best where it pays off over ``voxels`` (:func:`compile_pays`).
+
+    ``memory_room_gb``: the most working memory (``memory_gb`` of a result) a route may need; routes above it
+    are passed over (marked ``over_memory``), and when every agreeing route is, the one of least memory runs.
+    """
     probe.measure(reference, None)
 
-    def ok(route: Route) -> bool:
+    def fits(route: Route) -> bool:
+        r = probe.results.get(route.name, {})
+        return memory_room_gb is None or r.get("memory_gb") is None or r["memory_gb"] <= memory_room_gb
+
+    def agrees(route: Route) -> bool:
         r = probe.results.get(route.name, {})
         return "mvox_s" in r and r["agreement"] >= threshold and r.get("repaid", True)
 
-    def fastest(routes: list[Route]) -> Route:
+    def ok(route: Route) -> bool:
+        return agrees(route) and fits(route)
+
+    def fastest(routes: list[Route], memory: bool = True) -> Route:
         for route in routes:
             probe.measure(route, reference.name)
-        return max((r for r in routes if ok(r)), key=lambda r: probe.results[r.name]["mvox_s"], default=reference)
+        return max((r for r in routes if (ok(r) if memory else agrees(r))),
+                   key=lambda r: probe.results[r.name]["mvox_s"], default=reference)
 
     base = dataclasses.replace(reference, window=whole or reference.window)
+    if probe.limit_gb is not None and whole is not None:  # engines compared at a batch the memory allows
+        now, rows = _rss_gb() or 0.0, int(np.prod(probe.images.shape[-2:]))
+        fitting = [b for b in sorted({1, *BATCH_CANDIDATES, reference.batch_size}) if b <= len(probe.images)
+                   and now + (probe.predicted_gb(base, b * rows) or 0.0) <= probe.limit_gb]
+        base = dataclasses.replace(base, batch_size=max(fitting, default=1))
     engines = [base, dataclasses.replace(base, channels_last=True)]
     if not torch.cuda.is_available():  # the frozen copy is a CPU route (on a GPU the windows run eagerly)
         engines.append(dataclasses.replace(base, jit=True))
@@ -289,7 +411,7 @@ def _tune(probe: _Probe, *, reference: Route, whole: tuple[int, int] | None, cor
                     dataclasses.replace(base, precision="bf16", channels_last=True)]
     if int8:
         engines.append(dataclasses.replace(base, precision="int8"))
-    best = fastest([reference, *engines])
+    best = fastest([reference, *engines], memory=False)  # the engine's speed; its batch is chosen next
     batches = sorted({*(BATCH_CANDIDATES_GPU if torch.cuda.is_available() else BATCH_CANDIDATES),
                       reference.batch_size})  # with the whole-slice window: slices per forward
     windows = [dataclasses.replace(best, window=w, batch_size=b)
@@ -305,8 +427,16 @@ def _tune(probe: _Probe, *, reference: Route, whole: tuple[int, int] | None, cor
         if "mvox_s" in result:
             result["repaid"] = compile_repaid(voxels, rate, result["mvox_s"], result["setup_s"])
     # one timing each is noisy on a shared machine: the fastest few are timed again, interleaved
+    for name, r in probe.results.items():
+        if "mvox_s" in r and not fits(Route.parse(name)):
+            r["over_memory"] = True
     accepted = sorted((Route.parse(n) for n in probe.results if ok(Route.parse(n))),
                       key=lambda r: -probe.results[r.name]["mvox_s"])[:RETIME_TOP]
+    if not accepted:  # nothing fits the memory limit: the agreeing route of least memory
+        agreeing = [Route.parse(n) for n in probe.results if agrees(Route.parse(n))]
+        least = min(agreeing, key=lambda r: (probe.results[r.name]["memory_gb"], -probe.results[r.name]["mvox_s"]),
+                    default=reference)
+        return least, probe.results[least.name]
     probe.retime(accepted, RETIME_ROUNDS)
     best = max(accepted, key=lambda r: probe.results[r.name]["mvox_s"], default=best)
     return best, probe.results[best.name]
@@ -315,7 +445,7 @@ def _tune(probe: _Probe, *, reference: Route, whole: tuple[int, int] | None, cor
 def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volume: Any, z: int,
                   model_window: tuple[int, int], batch_size: int, threshold: float = AGREEMENT_THRESHOLD,
                   stored: dict[str, Any] | None = None, slice_input: Callable[[Any, int], np.ndarray] | None = None,
-                  ) -> tuple[Route | None, dict[str, Any]]:
+                  max_memory_gb: float | None = MAX_MEMORY_GB) -> tuple[Route | None, dict[str, Any]]:
     """The route to run and its record for the run metadata.
 
     Args:
@@ -328,10 +458,14 @@ def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volum
         threshold: the smallest label agreement with fp32 on the probe a bf16/int8 route may have.
         stored: the record of the run being resumed: its route is kept (no probe) unless another is forced.
         slice_input: ``slice_input(volume, z)`` -> the raw network input of slice ``z`` (context slices).
+        max_memory_gb: ``auto`` runs the fastest agreeing route whose estimated peak resident memory (GB) is
+            within this; None: no limit.  A forced route is run whatever its memory (its estimate recorded).
 
     Returns:
         ``(route or None for the default route, record)``; the record holds ``name``, ``requested``,
-        ``mvox_s`` and ``agreement`` on the probe, the probe's box, the candidates and any refusal.
+        ``mvox_s`` and ``agreement`` on the probe, the probe's box, the candidates (with ``memory_gb``,
+        each one's working memory on a whole slice), the estimated peak ``memory_estimate_gb`` of the
+        chosen route, the limit, and any refusal.
     """
     if stored is not None and requested in (None, "auto", "auto+int8", stored.get("requested")):
         logger.info("resuming with the recorded route %s", stored.get("name") or "default")
@@ -344,6 +478,8 @@ def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volum
         requested = "auto"
     if requested == "default":
         return None, {"name": None, "requested": "default"}
+    if max_memory_gb is not None and not max_memory_gb > 0:
+        raise ValueError(f"max_memory_gb must be a positive number of GB (or None for no limit), got {max_memory_gb}")
     if not 0.0 <= threshold <= 1.01:
         raise ValueError(f"agreement threshold must be a fraction in [0, 1] (1.01: refuse every bf16/int8 route), "
                          f"got {threshold}")
@@ -354,17 +490,28 @@ def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volum
     z = max(0, min(int(z), shape[0] - slices))
     read = slice_input or (lambda v, k: np.asarray(v[k]))
     images = np.stack([np.asarray(read(volume, k))[..., :rows, :] for k in range(z, min(shape[0], z + slices))])
-    probe = _Probe(build, images)
+    _trim()
+    base_gb = _rss_gb()
+    base_gb = None if base_gb is None else base_gb + ENGINE_MEMORY_GB
+    weigh = max_memory_gb is not None and base_gb is not None and not torch.cuda.is_available()
+    probe = _Probe(build, images, plane=(shape[1], shape[2]),
+                   limit_gb=max_memory_gb if weigh and forced is None else None)  # a forced route runs
     plane = shape[1] * shape[2]
     whole = tuple(shape[1:]) if plane <= WHOLE_SLICE_MAX_PIXELS else None
     cores = available_cores()
     record: dict[str, Any] = {"requested": requested, "threshold": threshold,
-                              "probe": {"z": int(z), "y": [0, rows], "x": [0, shape[2]], "slices": len(images)}}
+                              "probe": {"z": int(z), "y": [0, rows], "x": [0, shape[2]], "slices": len(images)},
+                              "max_memory_gb": max_memory_gb if weigh else None, "base_memory_gb": base_gb}
     if forced is None:
         reference = Route("fp32", threads=cores, window=None, batch_size=batch_size)
         bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
         route, result = _tune(probe, reference=reference, whole=whole, cores=cores, bf16=bf16,
-                              int8=requested == "auto+int8", threshold=threshold, voxels=int(np.prod(shape)))
+                              int8=requested == "auto+int8", threshold=threshold, voxels=int(np.prod(shape)),
+                              memory_room_gb=max(0.0, max_memory_gb - base_gb) if weigh else None)
+        if result.get("over_memory"):
+            record["memory_note"] = (f"no agreeing route fits {max_memory_gb:g} GB: running the one of least "
+                                     "memory")
+            logger.warning("%s", record["memory_note"])
         record["reference"] = reference.name
     else:
         reference = dataclasses.replace(forced, precision="fp32", jit=False, channels_last=False, compiled=False)
@@ -382,7 +529,9 @@ def resolve_route(requested: str | None, *, build: Callable[[Route], Any], volum
             record["refused"] = f"route {forced.name} refused: {why}; running {fallback.name} instead"
             logger.warning("%s", record["refused"])
             route, result = fallback, probe.measure(fallback, reference.name)
+    memory = result.get("memory_gb")
     record.update(name=route.name, mvox_s=result.get("mvox_s"), agreement=result.get("agreement"),
+                  memory_estimate_gb=None if memory is None or base_gb is None else base_gb + memory,
                   candidates=list(probe.results.values()), tuning_s=time.perf_counter() - start)
     return route, record
 
@@ -394,13 +543,16 @@ def describe(record: dict[str, Any]) -> str:
     text = f"route: {record['name']}"
     if record.get("mvox_s") is not None:
         text += (f" ({record['mvox_s']:.2f} MVox/s on the probe, labels {100 * record['agreement']:.2f} % "
-                 f"identical to fp32 {record.get('reference', '')})")
+                 f"identical to fp32 {record.get('reference', '')}"
+                 + (f"; peak memory about {record['memory_estimate_gb']:.1f} GB"
+                    + (f", limit {record['max_memory_gb']:g} GB" if record.get("max_memory_gb") else "")
+                    if record.get("memory_estimate_gb") is not None else "") + ")")
     return text
 
 
 def engine_route(requested: str | None, *, load: Callable[..., Any], options: dict[str, Any], overlap: Any,
                  volume: Any, z: int, threshold: float = AGREEMENT_THRESHOLD, stored: dict[str, Any] | None = None,
-                 ) -> tuple[Route | None, dict[str, Any], dict[str, Any]]:
+                 max_memory_gb: float | None = MAX_MEMORY_GB) -> tuple[Route | None, dict[str, Any], dict[str, Any]]:
     """The route for a prediction of ``volume`` with the predictor ``load(**options)``, and its options.
 
     ``overlap="auto"`` is resolved per route window from the network's receptive field (as the predictor
@@ -427,7 +579,8 @@ def engine_route(requested: str | None, *, load: Callable[..., Any], options: di
 
     route, record = resolve_route(requested, build=lambda r: load(**route_options(r)), volume=volume, z=z,
                                   model_window=base.window, batch_size=base.batch_size, threshold=threshold,
-                                  stored=stored, slice_input=base._slice_input)
+                                  stored=stored, slice_input=base._slice_input, max_memory_gb=max_memory_gb)
+    _trim()  # the probe's predictors are gone: their memory back to the system before the run
     return route, record, (route_options(route) if route is not None else options)
 
 
