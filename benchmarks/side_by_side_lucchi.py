@@ -40,6 +40,8 @@ EPFL_CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_bounda
 ISBI_CLASSES = ["interior", "membrane"]
 #: ``--lucchi``: the folder of the Lucchi++ volumes (``../shared/tools/em-volumes lucchipp``).
 LUCCHI = [Path("/work/data/lucchipp")]
+#: ``--test-slices``: ``0:165:8`` (every 8th Lucchi++ test slice) or ``all`` (the whole test volume).
+TEST_SLICES = ["0:165:8"]
 
 
 def machine() -> dict:
@@ -68,8 +70,11 @@ def prepare(dataset: str, work: Path) -> dict:
         return {**files, "classes": ISBI_CLASSES}
     if dataset == "lucchi":  # Lucchi++ (em-volumes lucchipp): whole training volume, every 8th test slice
         d = LUCCHI[0]
-        files = {"train_raw": d / "lucchipp_train_raw.tif", "train_labels": d / "lucchipp_train_mito.tif",
-                 "test_raw": work / "test_raw_0_165_8.tif", "test_labels": work / "test_labels_0_165_8.tif"}
+        files = {"train_raw": d / "lucchipp_train_raw.tif", "train_labels": d / "lucchipp_train_mito.tif"}
+        if TEST_SLICES[0] == "all":  # the whole 165-slice test volume
+            return {**files, "test_raw": d / "lucchipp_test_raw.tif", "test_labels": d / "lucchipp_test_mito.tif",
+                    "classes": ["background", "mitochondrion"]}
+        files.update(test_raw=work / "test_raw_0_165_8.tif", test_labels=work / "test_labels_0_165_8.tif")
         for name, source in (("test_raw", "lucchipp_test_raw.tif"), ("test_labels", "lucchipp_test_mito.tif")):
             if not files[name].is_file():
                 tifffile.imwrite(files[name], tifffile.imread(d / source)[0:165:8], photometric="minisblack")
@@ -77,19 +82,64 @@ def prepare(dataset: str, work: Path) -> dict:
     raise SystemExit(f"unknown --dataset {dataset!r}: epfl, isbi or lucchi")
 
 
-def score(dataset: str, predictor, files: dict) -> dict:
-    from emseg.evaluation import evaluate, membrane_scores
+def score_labels(dataset: str, pred, truth, classes: list[str]) -> dict:
+    from emseg.evaluation import class_rand_info_scores, evaluate, membrane_scores
 
-    t0 = time.perf_counter()
-    image, truth = tifffile.imread(files["test_raw"]), tifffile.imread(files["test_labels"])
-    pred, _ = predictor.predict_volume(image)
-    result = evaluate(pred, truth, classes=files["classes"], background=0)
+    result = evaluate(pred, truth, classes=classes, background=0)
     out = {"mean_iou_foreground": result.mean_iou_foreground,
            "per_class_iou": {c: v["iou"] for c, v in result.per_class.items()}}
     if dataset == "isbi":
         out["v_rand_thinned"] = membrane_scores(pred == 1, truth == 1, thin=True)["v_rand"]
+    if dataset == "lucchi":  # Dice, and V_Rand / V_Info of the mitochondria (3-D components when contiguous)
+        out["dice"] = result.per_class["mitochondrion"]["f1"]
+        ri = class_rand_info_scores(pred, truth, classes=classes, background=0,
+                                    per_slice=TEST_SLICES[0] != "all")["mitochondrion"]
+        out.update({k: float(v) for k, v in ri.items()})
+    return out
+
+
+def score(dataset: str, predictor, files: dict, work: Path | None = None, arm: str = "") -> dict:
+    t0 = time.perf_counter()
+    image, truth = tifffile.imread(files["test_raw"]), tifffile.imread(files["test_labels"])
+    pred, _ = predictor.predict_volume(image)
+    out = {"predict_s": round(time.perf_counter() - t0, 1), "test_shape": list(image.shape)}
+    if work is not None:  # kept, to post-process and re-score without predicting again
+        tifffile.imwrite(work / f"{arm}_pred.tif", pred.astype("uint8"), photometric="minisblack")
+    out.update(score_labels(dataset, pred, truth, files["classes"]))
+    if dataset == "lucchi" and arm == "default" and EXTRA_ROWS[0]:
+        out["extra_rows"] = extra_rows(predictor, pred, truth, image, files["classes"])
     out["predict_score_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+#: ``--extra-rows``: the default's model also post-processed and with test-time augmentation (Lucchi++).
+EXTRA_ROWS = [False]
+
+
+def extra_rows(predictor, pred, truth, image, classes: list[str]) -> dict:
+    """Rows that reuse the default's model: post-processing of its labels, and TTA on every 8th test slice."""
+    from emseg.inference import postprocess_labels
+
+    rows = {}
+    for name, kw in (("post median 3, min-size 1000, per slice", {"median": 3, "min_size": 1000, "per_slice": True}),
+                     ("post median 5, min-size 1000, 3-D", {"median": 5, "min_size": 1000, "per_slice": False})):
+        t0 = time.perf_counter()
+        rows[name] = {**score_labels("lucchi", postprocess_labels(pred, **kw), truth, classes),
+                      "seconds": round(time.perf_counter() - t0, 1)}
+    every8 = slice(0, None, 8) if len(image) > 21 else slice(None)
+    saved = TEST_SLICES[0]
+    TEST_SLICES[0] = "0:165:8"  # per-slice instance scores on the subset
+    try:
+        rows["no TTA, every 8th test slice"] = score_labels("lucchi", pred[every8], truth[every8], classes)
+        predictor.tta = True
+        t0 = time.perf_counter()
+        tta, _ = predictor.predict_volume(image[every8])
+        rows["TTA (4 flips), every 8th test slice"] = {**score_labels("lucchi", tta, truth[every8], classes),
+                                                       "seconds": round(time.perf_counter() - t0, 1)}
+    finally:
+        predictor.tta = False
+        TEST_SLICES[0] = saved
+    return rows
 
 
 def run_arm(args) -> None:
@@ -132,7 +182,11 @@ def run_arm(args) -> None:
                                           classes=files["classes"], minutes=3 * args.minutes, threads=1,
                                           seed=args.seed, stop_file=done)
         info["wall_s"] = round(time.perf_counter() - t0, 1)
-    info.update(score(args.dataset, predictor, files), load_after=os.getloadavg())
+        import torch
+
+        torch.save(predictor.model.state_dict(), args.work / "basicunet_state.pt")
+    info.update(load_after_training=os.getloadavg())
+    info.update(score(args.dataset, predictor, files, args.work, args.arm), load_after=os.getloadavg())
     (args.work / f"{args.arm}.json").write_text(json.dumps(info, indent=2, default=str))
 
 
@@ -143,10 +197,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/emseg-side-by-side"))
+    parser.add_argument("--test-slices", default="0:165:8", choices=["0:165:8", "all"],
+                        help="Lucchi++: every 8th test slice (default) or the whole test volume")
+    parser.add_argument("--extra-rows", action="store_true",
+                        help="Lucchi++: also score the default post-processed and with TTA (every 8th slice)")
     parser.add_argument("--arm", choices=["default", "basicunet"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     LUCCHI[0] = args.lucchi
+    TEST_SLICES[0] = args.test_slices
+    EXTRA_ROWS[0] = args.extra_rows
     if args.arm:
         run_arm(args)
         return
@@ -158,7 +218,9 @@ def main() -> None:
     load_before = os.getloadavg()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = {arm: subprocess.Popen([sys.executable, __file__, "--dataset", args.dataset, "--minutes", str(args.minutes),
-                                    "--seed", str(args.seed), "--lucchi", str(args.lucchi), "--arm", arm, "--work", str(work)], env=env)
+                                    "--seed", str(args.seed), "--lucchi", str(args.lucchi), "--test-slices", args.test_slices,
+                                    *(["--extra-rows"] if args.extra_rows else []), "--arm", arm, "--work", str(work)],
+                                   env=env)
              for arm in ("default", "basicunet")}
     codes = {arm: p.wait() for arm, p in procs.items()}
     if any(codes.values()):

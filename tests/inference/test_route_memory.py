@@ -7,6 +7,7 @@ import inspect
 import numpy as np
 import pytest
 from test_blockwise import epfl_zarr_stack
+from test_route_batch import _FakeClock
 
 from emseg.inference import predict_blockwise, read_run_metadata
 from emseg.inference import _route
@@ -38,14 +39,6 @@ def test_window_pixels_shrink_to_the_slice():
     assert _route._window_pixels((256, 256), 16, (512, 1024)) == 256 * 256
     assert _route._window_pixels((256, 256), 16, (100, 100)) == 112 * 112  # padded to the divisor
     assert _route._window_pixels(None, 1, (30, 40)) == 1200
-
-
-class _FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 class _FakePredictor:
