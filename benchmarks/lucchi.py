@@ -135,6 +135,12 @@ def main() -> None:
     truth = tifffile.imread(args.data / "lucchipp_test_mito.tif").astype(np.uint8)
     TEST_IMAGE.append(args.data / "lucchipp_test_raw.tif")
     per_slice = args.test_slices is not None
+    if per_slice and "2.5d" in args.rows.split(",") and args.test_slices.count(":") == 2 \
+            and args.test_slices.rsplit(":", 1)[1] not in ("", "1"):
+        raise SystemExit(f"--rows 2.5d with --test-slices {args.test_slices}: a 2.5-D model takes its context "
+                         "from the neighbouring slices, which a strided subset does not have (docs/BENCHMARKS.md: "
+                         "a 2.5-D row scored on every 8th slice was wrong by far); use contiguous test slices (step 1) or "
+                         "leave --test-slices out")
     if per_slice:
         pick = slice(*(int(v) if v else None for v in args.test_slices.split(":")))
         truth = truth[pick]
