@@ -57,25 +57,6 @@ main()
 """
 
 
-# Runs `emseg train ...` with the metrics log held for up to 2 minutes after its second line, so that the
-# test's Ctrl-C lands inside the run however loaded the machine is (else a starved test process could see
-# the line only after the few remaining epochs had finished).
-PAUSER = """
-import sys, time
-import emseg.training._checkpointing as checkpointing
-real, lines = checkpointing.metrics_line, [0]
-def metrics_line(path, record):
-    real(path, record)
-    lines[0] += 1
-    if lines[0] == 2:
-        time.sleep(120)
-checkpointing.metrics_line = metrics_line
-from emseg.cli import main
-sys.argv = ["emseg", *sys.argv[1:]]
-main()
-"""
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -209,8 +190,8 @@ def test_a_run_killed_in_its_first_checkpoint_starts_again(tmp_path, fault_confi
 
 def test_ctrl_c_keeps_model_and_last_resumable_and_exits_130(tmp_path, fault_config, reference):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", PAUSER, "train", str(fault_config), "--out", str(run), "-q"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cli("train", str(fault_config), "--out", str(run), "-q"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     while proc.poll() is None:
         if metrics.is_file() and metrics.read_text().count("\n") >= 2:
