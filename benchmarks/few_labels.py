@@ -38,7 +38,6 @@ import tifffile
 import yaml
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-ISBI, EPFL = DATA / "isbi2012-membranes", DATA / "epfl-multiclass"
 EPFL_CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_boundary", "vesicle", "psd", "axon"]
 ROUTES = ["supervised", "mim+ft", "moco+ft", "mean_teacher", "pseudo_label", "4s", "mim+pseudo_label"]
 
@@ -54,6 +53,7 @@ def _cpu() -> str:
 
 
 def _datasets(args) -> dict[str, dict]:
+    ISBI, EPFL = Path(args.data) / "isbi2012-membranes", Path(args.data) / "epfl-multiclass"  # noqa: N806
     feats = [int(f) for f in args.features.split(",")]
     common_model = {"name": "unet2d", "features": feats}
     training = {"epochs": 100000, "iterations_per_epoch": args.iterations_per_epoch, "batch_size": args.batch_size,
@@ -196,6 +196,9 @@ def main() -> None:
     parser.add_argument("--isbi-labelled", default="5,15")
     parser.add_argument("--epfl-labelled", default="0,12,24")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data", default=str(DATA), help="folder holding isbi2012-membranes/ and epfl-multiclass/")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="record a run that fails (its error) and go on with the next")
     parser.add_argument("--work", default="/tmp/emseg-few-labels")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "few_labels.json"))
     args = parser.parse_args()
@@ -205,11 +208,15 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    settings = {k: v for k, v in vars(args).items() if k not in ("seeds", "datasets", "routes", "work", "out")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("seeds", "datasets", "routes", "work", "out", "data", "keep_going")}
     data = json.loads(out.read_text()) if out.is_file() else {}
     if data.get("settings") != settings:
         data = {"settings": settings, "runs": []}
-    data.update(cpu=_cpu(), torch_threads=__import__("torch").get_num_threads())
+    import torch
+
+    data.update(cpu=_cpu(), torch_threads=torch.get_num_threads(),
+                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
     specs = _datasets(args)
     routes = args.routes.split(",")
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -219,7 +226,16 @@ def main() -> None:
                     continue
                 if any((r["dataset"], r["route"], r["seed"]) == (dataset, route, seed) for r in data["runs"]):
                     continue
-                record = _run(dataset, route, seed, specs[dataset], args, Path(args.work))
+                try:
+                    record = _run(dataset, route, seed, specs[dataset], args, Path(args.work))
+                except Exception as err:  # noqa: BLE001 - --keep-going: recorded, not scored
+                    if not args.keep_going:
+                        raise
+                    data.setdefault("failed", []).append({"dataset": dataset, "route": route, "seed": seed,
+                                                          "error": f"{type(err).__name__}: {err}"[:2000]})
+                    out.write_text(json.dumps(data, indent=2))
+                    print(f"{dataset} {route} seed {seed}: FAILED {type(err).__name__}: {err}", flush=True)
+                    continue
                 data["runs"].append(record)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(data, indent=2))

@@ -21,7 +21,8 @@ Steps, each result written to ``--out`` as soon as it exists:
    identical labels between the two over the whole volume;
 3. ``emseg predict --route ROUTE`` (default ``auto``: the tuner, bf16 and several slices per forward
    among its candidates) end to end: its rate as a fraction of the network alone (whole slices, bf16,
-   ``--batch-size`` per forward) and the route it chose;
+   ``--batch-size`` per forward) and the route it chose; then the same route with the network replaced
+   by a constant (the pipeline alone on this machine), and a cProfile of the route on ``--profile-gvox``;
 4. labels of every end-to-end run against the CPU fp32 route (the default CPU route with the model's
    window, and the CPU fp32 route with the whole-slice window of the runs above, computed here on
    ``--cpu-slices`` slices spread over the volume): the fraction of identical voxels (target >= 99.5 %);
@@ -133,6 +134,32 @@ def identical_fraction(a: Path, b: Path, step: int = 64) -> float:
     return same / float(np.prod(x.shape))
 
 
+def profile_route(model: Path, volume: Path, out: Path, route: str, text: Path) -> dict:
+    """``emseg predict --route ROUTE`` under cProfile: wall time and the 25 functions of most cumulative time
+    (written to ``text``)."""
+    import subprocess
+
+    stats = out.with_suffix(".prof")
+    code = ("import cProfile, sys; from emseg.cli import main; "
+            f"sys.argv = ['emseg', 'predict', {str(model)!r}, {str(volume)!r}, {str(out)!r}, '--quiet', "
+            f"'--workers', '0', '--route', {route!r}]; cProfile.run('main()', {str(stats)!r})")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0,):
+        return {"error": proc.stderr[-2000:], "wall_s": wall}
+    import io
+    import pstats
+
+    buffer = io.StringIO()
+    pstats.Stats(str(stats), stream=buffer).sort_stats("cumulative").print_stats(40)
+    buffer.write("\n\n")
+    pstats.Stats(str(stats), stream=buffer).sort_stats("tottime").print_stats(25)
+    text.parent.mkdir(parents=True, exist_ok=True)
+    text.write_text(buffer.getvalue())
+    return {"route": route, "wall_s": wall, "stats": str(text)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True)
@@ -147,6 +174,8 @@ def main() -> None:
                          "rate is compared with the network alone and its labels with the fp32 runs")
     ap.add_argument("--cpu-slices", type=int, default=4,
                     help="slices predicted by the CPU fp32 route, the reference of the labels agreement")
+    ap.add_argument("--profile-gvox", type=float, default=0.1,
+                    help="also profile the tuned route on a volume of this size (0: no profile)")
     ap.add_argument("--device", default="cuda", help="cpu: a quick smoke test of this script without a GPU")
     args = ap.parse_args()
     global DEVICE
@@ -236,6 +265,26 @@ def main() -> None:
         run["fraction_of_network_alone"] = run["mvox_s"] / network
         result["route_end_to_end"] = run
         save("route_end_to_end")
+        # the pipeline alone on this machine: the tuned route with its network replaced by a constant (read,
+        # normalise, copy to the device, argmax there, copy back, write), so a shortfall is placed on either side
+        import dataclasses
+
+        from emseg.inference import Route
+
+        tuned = Route.parse(run["route"]["name"])
+        const = dataclasses.replace(tuned, precision="const", jit=False, channels_last=False, compiled=False)
+        out_const = work / "labels_const.zarr"
+        pipe = run_emseg(args.model, work / "volume.zarr", out_const, 0, ["--route", const.name])
+        pipe.update(route=const.name, mvox_s=nvox / pipe["wall_s"] / 1e6,
+                    fraction_of_network_alone=nvox / pipe["wall_s"] / 1e6 / network)
+        result["pipeline_alone_end_to_end"] = pipe
+        save("pipeline_alone_end_to_end")
+        if args.profile_gvox:  # where the host's time goes in the tuned route (cProfile of the main thread)
+            small = work / "volume_small.zarr"
+            build_volume(small, args.profile_gvox, chunk_z=8, raw=raw)
+            result["profile"] = profile_route(args.model, small, work / "labels_profile.zarr", tuned.name,
+                                              args.out.with_name("gpu_profile.txt"))
+            save("profile")
 
     # 4. labels against the CPU fp32 route on a few slices spread over the volume
     import zarr
