@@ -53,7 +53,8 @@ def _cpu() -> str:
 
 
 def _datasets(args) -> dict[str, dict]:
-    ISBI, EPFL = Path(args.data) / "isbi2012-membranes", Path(args.data) / "epfl-multiclass"  # noqa: N806
+    data = Path(args.data).resolve()  # configs written in run folders: absolute paths
+    ISBI, EPFL = data / "isbi2012-membranes", data / "epfl-multiclass"  # noqa: N806
     feats = [int(f) for f in args.features.split(",")]
     common_model = {"name": "unet2d", "features": feats}
     training = {"epochs": 100000, "iterations_per_epoch": args.iterations_per_epoch, "batch_size": args.batch_size,

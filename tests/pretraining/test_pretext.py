@@ -89,3 +89,23 @@ def test_moco_step_updates_the_momentum_encoder_and_the_queue():
     loss.backward()
     assert net.encoders[-1][0].conv.weight.grad is not None  # the encoder learns ...
     assert net.head.conv.weight.grad is None  # ... the decoder is not even run
+
+
+def test_blur_kernel_follows_the_input_device(monkeypatch):
+    """The MoCo blur ran its kernel on the CPU for CUDA inputs (found on a lent H200: 'Input type
+    (torch.cuda.FloatTensor) and weight type (torch.FloatTensor) should be the same').  Checked here with
+    the meta device, on which conv2d itself does not compare devices."""
+    import torch.nn.functional as F
+
+    from emseg.pretraining import _moco
+
+    seen, original = [], F.conv2d
+
+    def conv2d(x, weight, *args, **kwargs):
+        seen.append((x.device, weight.device))
+        return original(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(_moco.F, "conv2d", conv2d)
+    out = _moco._blur_yx(torch.zeros((2, 16, 16), device="meta"), 1.0)
+    assert out.shape == (2, 16, 16) and out.device.type == "meta"
+    assert seen and all(x == w for x, w in seen), seen

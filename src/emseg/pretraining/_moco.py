@@ -137,7 +137,7 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
 
 def _blur_yx(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of the last two axes of ``x`` ``(C, *S)`` (reflect padding)."""
-    k = _gaussian_kernel(sigma).to(x.dtype)
+    k = _gaussian_kernel(sigma).to(device=x.device, dtype=x.dtype)
     r = k.numel() // 2
     shape = x.shape
     flat = x.reshape(-1, 1, shape[-2], shape[-1])
