@@ -1,0 +1,157 @@
+"""Where a GPU run's time goes: start-up against the engine's steady rate, on two volume sizes.
+
+``benchmarks/gpu_throughput.py`` measures ``emseg predict`` end to end (process start to exit).  On a GPU
+the engine's work on 1 GVox takes seconds, so the fixed cost of starting (Python imports, CUDA start-up,
+loading the model, the receptive-field probe) weighs on that figure as much as the pipeline does.  This
+script separates them, in one run on the machine at hand:
+
+    PYTHONPATH=src python benchmarks/gpu_steady.py --model MODEL_DIR \\
+        --raw ../shared/data/epfl-multiclass/train_raw.tif --route bf16-eager-cl-t8-w768x1024-b4 \\
+        --out $OUT/gpu_steady.json
+
+* ``import_s``: ``python -c "from emseg.cli import main"`` (the CLI's imports), and ``cuda_init_s``
+  (``import torch`` and the first CUDA tensor), each in a fresh process;
+* for ``--gvox`` sizes (default 0.25 and 1.0): ``emseg predict --route ROUTE`` wall clock and the engine's own
+  time (its log line ``segmented ... in T s``: from the first block read to the last block written), for the
+  route and for the same route with the network replaced by a constant (the pipeline alone); the marginal
+  rate between the two sizes (extra voxels / extra wall seconds), which the fixed start-up does not enter;
+* the network alone in the same run (the route's precision, layout, whole slices and slices per forward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import TreeRss, build_volume  # noqa: E402
+
+DEVICE = "cuda"  # --device cpu: a smoke test of this script without a GPU
+_SEGMENTED = re.compile(r"segmented .*? \((\d+) voxels\) in ([\d.]+) s")
+
+
+def fresh_process_s(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def predict(model: Path, volume: Path, out: Path, route: str) -> dict:
+    """``emseg predict`` (logging on, wide console so the engine's line is not wrapped): wall and engine time."""
+    cmd = [sys.executable, "-c", "from emseg.cli import main; main()", "predict", str(model), str(volume), str(out),
+           "--workers", "0", "--route", route, "--overwrite"]
+    env = {**os.environ, "COLUMNS": "400"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rss = TreeRss(proc.pid)
+    text, _ = proc.communicate()
+    wall = time.perf_counter() - start
+    peak = rss.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"emseg predict failed ({proc.returncode}):\n{text[-3000:]}")
+    match = _SEGMENTED.search(" ".join(text.split()))
+    engine = float(match.group(2)) if match else None
+    voxels = int(match.group(1)) if match else None
+    return {"route": route, "wall_s": wall, "engine_s": engine, "voxels": voxels, "peak_rss_gb": peak / 2**30,
+            "engine_mvox_s": voxels / engine / 1e6 if engine else None,
+            "end_to_end_mvox_s": voxels / wall / 1e6 if voxels else None}
+
+
+def network_rate(model_dir: Path, route: str, shape: tuple[int, int], seconds: float = 3.0) -> float:
+    """MVox/s of the bare network on the route's batch of whole slices (no tiling, no transfers)."""
+    import torch
+
+    from emseg.inference import Predictor, Route
+
+    r = Route.parse(route)
+    p = Predictor.from_checkpoint(model_dir, precision="fp32", device=torch.device(DEVICE))
+    model = p.model.to(memory_format=torch.channels_last) if r.channels_last else p.model
+    x = torch.randn((r.batch_size, p.context_slices, *shape), device=DEVICE)
+    if r.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=r.precision == "bf16"):
+        for _ in range(3):
+            model(x)
+        sync()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(x)
+            n += 1
+        sync()
+    return n * r.batch_size * shape[0] * shape[1] / (time.perf_counter() - start) / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--raw", type=Path, required=True)
+    ap.add_argument("--route", required=True, help="a route name (the one gpu_throughput.py's tuner chose)")
+    ap.add_argument("--gvox", default="0.25,1.0")
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cuda", help="cpu: a quick smoke test of this script without a GPU")
+    args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
+
+    import tifffile
+
+    from emseg.inference import Route
+
+    result: dict = {"route": args.route}
+
+    def save(step: str) -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(f"[{time.strftime('%H:%M:%S')}] {step}: {json.dumps(result.get(step), default=str)[:800]}", flush=True)
+
+    result["import_s"] = fresh_process_s("from emseg.cli import main")
+    save("import_s")
+    result["cuda_init_s"] = fresh_process_s(f"import torch; torch.zeros(1, device={DEVICE!r}).sum().item()")
+    save("cuda_init_s")
+    raw = np.load(args.raw) if args.raw.suffix == ".npy" else tifffile.imread(args.raw)
+    work = args.work or Path(tempfile.mkdtemp(prefix="emseg-steady-"))
+    tuned = Route.parse(args.route)
+    const = dataclasses.replace(tuned, precision="const", jit=False, channels_last=False, compiled=False).name
+    runs = []
+    for gvox in [float(g) for g in args.gvox.split(",")]:
+        volume = work / f"volume_{gvox}.zarr"
+        shape = build_volume(volume, gvox, chunk_z=8, raw=raw)
+        for route in (args.route, const):
+            run = predict(args.model, volume, work / f"labels_{gvox}_{route}.zarr", route)
+            run.update(gvox=gvox, shape=list(shape))
+            runs.append(run)
+            result["runs"] = runs
+            save("runs")
+    result["network_alone_mvox_s"] = network_rate(args.model, args.route, tuple(raw.shape[1:]))
+    save("network_alone_mvox_s")
+    sizes = sorted({r["gvox"] for r in runs})
+    if len(sizes) >= 2:
+        marginal = {}
+        for route in (args.route, const):
+            a, b = ([r for r in runs if r["route"] == route and r["gvox"] == g][0] for g in (sizes[0], sizes[-1]))
+            rate = (b["voxels"] - a["voxels"]) / (b["wall_s"] - a["wall_s"]) / 1e6
+            fixed = a["wall_s"] - a["voxels"] / (rate * 1e6)
+            marginal[route] = {"marginal_mvox_s": rate, "fixed_s": fixed,
+                               "fraction_of_network_alone": rate / result["network_alone_mvox_s"]}
+        result["marginal"] = marginal
+        save("marginal")
+    for run in runs:
+        run["engine_fraction_of_network_alone"] = (run["engine_mvox_s"] or 0) / result["network_alone_mvox_s"]
+        run["end_to_end_fraction_of_network_alone"] = (run["end_to_end_mvox_s"] or 0) / result["network_alone_mvox_s"]
+    save("runs")
+
+
+if __name__ == "__main__":
+    main()
