@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,14 +16,20 @@ from emseg.io import open_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnlabelledVolumes"]
+__all__ = ["SLICE_CACHE_BYTES", "UnlabelledVolumes"]
+
+#: Decoded slices of page-based inputs (TIFF pages, folders of slices: any crop of them decodes its whole
+#: slice) kept for later patches, least recently used first out.  Compressed pages cost 2-30 ms each to
+#: decode (deflate to LZMA, 768 x 1024), several times a training step's data on a GPU.
+SLICE_CACHE_BYTES = 256 * 2**20
 
 
 class UnlabelledVolumes:
     """Draw random raw patches from several unlabelled images or volumes without loading them whole.
 
     Each source is opened lazily (:func:`emseg.io.open_image`: TIFF, PNG folders, HDF5, zarr, N5, MRC);
-    only the patches drawn are read.  A patch of a 2-D network is ``(C, Y, X)`` with ``C = context``
+    only the patches drawn are read.  Page-based inputs (TIFF, folders of slices), which decode a whole
+    slice for any crop, keep the decoded slices for later patches, up to :data:`SLICE_CACHE_BYTES` in all.  A patch of a 2-D network is ``(C, Y, X)`` with ``C = context``
     slices centred on a selected slice (edge slices repeated); a patch of a 3-D network is
     ``(1, Z, Y, X)`` with all ``Z`` slices inside the selected ones (a contiguous run).
 
@@ -46,6 +53,8 @@ class UnlabelledVolumes:
         self.paths: list[str] = []
         self.starts: list[np.ndarray] = []  # per volume: the z (2-D) or first z (3-D) a patch may take
         self._selections: list[str | None] = []
+        self._slices: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (source, z) -> decoded slice
+        self._slice_bytes = 0
         depth = self.patch_size[0] if len(self.patch_size) == 3 else 1
         try:
             for i, (path, slices) in enumerate(sources):
@@ -77,6 +86,8 @@ class UnlabelledVolumes:
         self._volume_p = counts / counts.sum()
 
     def close(self) -> None:
+        self._slices.clear()
+        self._slice_bytes = 0
         for image in self.volumes:
             image.close()
 
@@ -94,6 +105,15 @@ class UnlabelledVolumes:
     def _patch(self, v: int, z: int, y: int, x: int) -> np.ndarray:
         array = self.volumes[v].array
         py, px = self.patch_size[-2:]
+        if getattr(array, "reads_whole_slices", False) and SLICE_CACHE_BYTES > 0:
+            depth = self.patch_size[0] if len(self.patch_size) == 3 else 1
+            if len(self.patch_size) == 3 or self.context == 1:
+                zs = np.arange(z, z + depth)
+            else:
+                half = self.context // 2
+                zs = np.clip(np.arange(z - half, z + half + 1), 0, array.shape[0] - 1)
+            out = np.stack([self._slice(v, int(k))[y:y + py, x:x + px] for k in zs])
+            return (out[None] if len(self.patch_size) == 3 else out).astype(np.float32)
         if len(self.patch_size) == 3:
             out = np.asarray(array[z:z + self.patch_size[0], y:y + py, x:x + px])[None]
         elif self.context == 1:
@@ -103,6 +123,21 @@ class UnlabelledVolumes:
             zs = np.clip(np.arange(z - half, z + half + 1), 0, array.shape[0] - 1)
             out = np.stack([np.asarray(array[int(k):int(k) + 1, y:y + py, x:x + px])[0] for k in zs])
         return out.astype(np.float32)
+
+    def _slice(self, v: int, z: int) -> np.ndarray:
+        """Slice ``z`` of source ``v``, decoded once while it stays among the recently used ones."""
+        key = (v, z)
+        plane = self._slices.get(key)
+        if plane is not None:
+            self._slices.move_to_end(key)
+            return plane
+        plane = np.asarray(self.volumes[v].array[z])
+        self._slices[key] = plane
+        self._slice_bytes += plane.nbytes
+        while self._slice_bytes > SLICE_CACHE_BYTES and len(self._slices) > 1:
+            _, old = self._slices.popitem(last=False)
+            self._slice_bytes -= old.nbytes
+        return plane
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` random raw patches, ``(n, C, Y, X)`` (2-D) or ``(n, 1, Z, Y, X)`` (3-D), float32."""

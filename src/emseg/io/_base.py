@@ -301,6 +301,9 @@ class SliceStack(_LazyArrayBase):
             ``(len(zs), Y, X)`` array.
     """
 
+    #: Any crop decodes its whole slices: a reader drawing many crops may keep whole slices instead.
+    reads_whole_slices = True
+
     def __init__(self, shape: Sequence[int], dtype: Any, read_slices: Callable[[list[int]], np.ndarray]):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
