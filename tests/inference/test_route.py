@@ -177,3 +177,37 @@ def test_cli_route_prints_the_route_and_refuses_bad_names(volume, tmp_path):
     both = runner.invoke(app, ["predict", str(volume["model"]), str(volume["path"]), str(tmp_path / "c.zarr"),
                                "--route", "auto", "--threads", "2"])
     assert both.exit_code != 0 and "drop --threads, or drop --route" in " ".join(both.output.split())
+
+
+def test_a_forced_route_loads_the_model_and_probes_its_receptive_field_once_each(volume, tmp_path, monkeypatch,
+                                                                                  one_torch_thread):
+    """Start-up: the predictor loaded with overlap "auto" also serves the route's base (same options once the
+    overlap is resolved), so the model is not loaded again for it and the gradient probe is not repeated."""
+    from emseg.inference import _block_jobs, _seam
+
+    monkeypatch.setattr(_block_jobs, "_PREDICTORS", {})
+    loads, probes = [], []
+    real_load, real_probe = _block_jobs.load_predictor, _seam.probe_receptive_radius
+
+    def counting_load(*args, **kwargs):
+        loads.append(sorted(kwargs.items()))
+        return real_load(*args, **kwargs)
+
+    def counting_probe(*args, **kwargs):
+        probes.append(args[2:])
+        return real_probe(*args, **kwargs)
+
+    monkeypatch.setattr(_block_jobs, "load_predictor", counting_load)
+    monkeypatch.setattr(_seam, "probe_receptive_radius", counting_probe)
+    out = tmp_path / "forced.zarr"
+    predict_blockwise(volume["model"], volume["path"], out, route="fp32-eager-cl-t1-w96x96-b1", block=BLOCK,
+                      progress=False)
+    assert len(probes) == 1  # was 2: once for "auto", again for the tuner's base loaded with the resolved overlap
+    first = dict(loads[0])
+    assert first["overlap"] == "auto"
+    # then the fp32 NCHW reference of the agreement check and the route itself; never the first options again
+    # with the resolved overlap (the tuner's base, which was a second load and a second probe before)
+    assert len(loads) == 3, "\n".join(map(str, loads))
+    assert all(dict(o)["overlap"] != "auto" and dict(o).get("window") == (96, 96) for o in loads[1:])
+    # the labels are those of the route, as before (test_a_forced_route_is_honoured checks them in full)
+    assert read_run_metadata(out)["route"]["name"] == "fp32-eager-cl-t1-w96x96-b1"

@@ -62,6 +62,22 @@ def _cached_predictor(model: str, sha256: str, options: dict[str, Any],
     return _PREDICTORS[key]
 
 
+def _file_resolved_overlap(model: str, sha256: str, options: dict[str, Any], overlap: float) -> None:
+    """File the predictor loaded with ``options`` (overlap ``"auto"``) also under the overlap it resolved to.
+
+    A single model's predictor built with ``overlap="auto"`` is the one built with the overlap it resolved
+    (the same windows, weights and route), and it has measured the receptive field already: so a later
+    request with the resolved options (the route tuner's base) neither loads the model again nor repeats the
+    gradient probe.  Only for the default loader: an ensemble's members may resolve their own overlaps.
+    """
+    key = (model, sha256, tuple(sorted(options.items())), None, cpu_has_native_bf16())
+    if options.get("overlap") != "auto" or key not in _PREDICTORS:
+        return
+    resolved = {**options, "overlap": overlap}
+    _PREDICTORS.setdefault((model, sha256, tuple(sorted(resolved.items())), None, cpu_has_native_bf16()),
+                           _PREDICTORS[key])
+
+
 def _open_input(path: str) -> Any:
     if path not in _INPUTS:
         _INPUTS[path] = open_image(path)

@@ -58,7 +58,7 @@ from emseg.inference._block_layout import (
     block_labels,
     choose_block,
 )
-from emseg.inference._block_jobs import BlockJob, _cached_predictor, run_block, write_block
+from emseg.inference._block_jobs import BlockJob, _cached_predictor, _file_resolved_overlap, run_block, write_block
 from emseg.inference._outputs import check_distinct_paths, check_finite, check_options, check_writable, write_failure
 from emseg.inference._route import (AGREEMENT_THRESHOLD, MAX_MEMORY_GB, Route, calibrate_recorded, describe,
                                    engine_route)
@@ -207,7 +207,10 @@ def predict_blockwise(
             options["overlap"] = _resolved_overlap(probe, overlap)
             classes = probe.classes
         else:
-            options["overlap"] = _resolved_overlap(predictor, overlap)
+            resolved = _resolved_overlap(predictor, overlap)
+            if loader is None and isinstance(resolved, float):
+                _file_resolved_overlap(model_path, sha, options, resolved)
+            options["overlap"] = resolved
             classes = predictor.classes
     else:
         if workers or scheduler:
