@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import TreeRss, build_volume  # noqa: E402
+from throughput import build_volume, run_emseg  # noqa: E402
 
 DEVICE = "cuda"  # --device cpu: a smoke test of this script without a GPU
 _SEGMENTED = re.compile(r"segmented .*? \((\d+) voxels\) in ([\d.]+) s")
@@ -47,49 +46,28 @@ def fresh_process_s(code: str) -> float:
 
 
 def predict(model: Path, volume: Path, out: Path, route: str) -> dict:
-    """``emseg predict`` (logging on, wide console so the engine's line is not wrapped): wall and engine time."""
-    cmd = [sys.executable, "-c", "from emseg.cli import main; main()", "predict", str(model), str(volume), str(out),
-           "--workers", "0", "--route", route, "--overwrite"]
-    env = {**os.environ, "COLUMNS": "400"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    rss = TreeRss(proc.pid)
-    text, _ = proc.communicate()
-    wall = time.perf_counter() - start
-    peak = rss.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"emseg predict failed ({proc.returncode}):\n{text[-3000:]}")
-    match = _SEGMENTED.search(" ".join(text.split()))
+    """``emseg predict --route ROUTE`` with its log: wall clock and the engine's own time."""
+    run = run_emseg(model, volume, out, 0, ["--route", route, "--overwrite"], quiet=False)
+    match = _SEGMENTED.search(" ".join(run.pop("output").split()))
     engine = float(match.group(2)) if match else None
     voxels = int(match.group(1)) if match else None
-    return {"route": route, "wall_s": wall, "engine_s": engine, "voxels": voxels, "peak_rss_gb": peak / 2**30,
-            "engine_mvox_s": voxels / engine / 1e6 if engine else None,
-            "end_to_end_mvox_s": voxels / wall / 1e6 if voxels else None}
+    return {"route": route, "wall_s": run["wall_s"], "engine_s": engine, "voxels": voxels,
+            "peak_rss_gb": run["peak_rss_gb"], "engine_mvox_s": voxels / engine / 1e6 if engine else None,
+            "end_to_end_mvox_s": voxels / run["wall_s"] / 1e6 if voxels else None}
 
 
-def network_rate(model_dir: Path, route: str, shape: tuple[int, int], seconds: float = 3.0) -> float:
-    """MVox/s of the bare network on the route's batch of whole slices (no tiling, no transfers)."""
+def route_network_rate(model_dir: Path, route: str, shape: tuple[int, int]) -> float:
+    """MVox/s of the bare network on the route's batch of whole slices (its precision and layout)."""
     import torch
 
+    import gpu_throughput
     from emseg.inference import Predictor, Route
 
+    gpu_throughput.DEVICE = DEVICE
     r = Route.parse(route)
     p = Predictor.from_checkpoint(model_dir, precision="fp32", device=torch.device(DEVICE))
-    model = p.model.to(memory_format=torch.channels_last) if r.channels_last else p.model
-    x = torch.randn((r.batch_size, p.context_slices, *shape), device=DEVICE)
-    if r.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
-    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=r.precision == "bf16"):
-        for _ in range(3):
-            model(x)
-        sync()
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            model(x)
-            n += 1
-        sync()
-    return n * r.batch_size * shape[0] * shape[1] / (time.perf_counter() - start) / 1e6
+    return gpu_throughput.network_rate(p.model, shape, r.batch_size, torch.bfloat16 if r.precision == "bf16" else None,
+                                       channels=p.context_slices, channels_last=r.channels_last)
 
 
 def main() -> None:
@@ -134,7 +112,7 @@ def main() -> None:
             runs.append(run)
             result["runs"] = runs
             save("runs")
-    result["network_alone_mvox_s"] = network_rate(args.model, args.route, tuple(raw.shape[1:]))
+    result["network_alone_mvox_s"] = route_network_rate(args.model, args.route, tuple(raw.shape[1:]))
     save("network_alone_mvox_s")
     sizes = sorted({r["gvox"] for r in runs})
     if len(sizes) >= 2:

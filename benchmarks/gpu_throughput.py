@@ -59,11 +59,14 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def network_rate(model, window, batch, dtype, seconds: float = 3.0) -> float:
+def network_rate(model, window, batch, dtype, seconds: float = 3.0, *, channels: int = 1,
+                 channels_last: bool = False) -> float:
     """MVox/s of the bare network: forward passes of ``batch`` random windows (no tiling, no transfers)."""
     import torch
 
-    x = torch.randn((batch, 1, *window), device=DEVICE)
+    x = torch.randn((batch, channels, *window), device=DEVICE)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast(DEVICE, dtype=dtype, enabled=dtype is not None):
         for _ in range(3):
             model(x)

@@ -138,19 +138,23 @@ class TreeRss:
         return self.peak
 
 
-def run_emseg(model: Path, volume: Path, out: Path, workers: int, extra: list[str], threads: int = 1) -> dict:
+def run_emseg(model: Path, volume: Path, out: Path, workers: int, extra: list[str], threads: int = 1,
+              quiet: bool = True) -> dict:
+    """``emseg predict`` in a child process: wall clock and peak RSS (and, with ``quiet=False``, its log as
+    ``output``, on a wide console so that no line is wrapped)."""
     cmd = [sys.executable, "-c", "from emseg.cli import main; main()", "predict", str(model), str(volume), str(out),
-           "--quiet", "--workers", str(workers), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+           *(["--quiet"] if quiet else []), "--workers", str(workers), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLUMNS": "400"}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     rss = TreeRss(proc.pid)
-    stdout, stderr = proc.communicate()
+    output, _ = proc.communicate()
     wall = time.perf_counter() - start
     peak = rss.stop()
     if proc.returncode != 0:
-        raise RuntimeError(f"emseg predict failed ({proc.returncode}):\n{stderr.decode()[-3000:]}")
-    return {"workers": workers, "wall_s": wall, "peak_rss_gb": peak / 2**30}
+        raise RuntimeError(f"emseg predict failed ({proc.returncode}):\n{output.decode()[-3000:]}")
+    run = {"workers": workers, "wall_s": wall, "peak_rss_gb": peak / 2**30}
+    return run if quiet else {**run, "output": output.decode()}
 
 
 def same_labels(a: Path, b: Path, step: int = 64) -> bool:
