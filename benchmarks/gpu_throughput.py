@@ -149,7 +149,7 @@ def profile_route(model: Path, volume: Path, out: Path, route: str, text: Path) 
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     wall = time.perf_counter() - start
-    if proc.returncode not in (0,):
+    if proc.returncode != 0:
         return {"error": proc.stderr[-2000:], "wall_s": wall}
     import io
     import pstats

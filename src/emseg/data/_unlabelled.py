@@ -29,8 +29,8 @@ class UnlabelledVolumes:
 
     Each source is opened lazily (:func:`emseg.io.open_image`: TIFF, PNG folders, HDF5, zarr, N5, MRC);
     only the patches drawn are read.  Page-based inputs (TIFF, folders of slices), which decode a whole
-    slice for any crop, keep the decoded slices for later patches, up to :data:`SLICE_CACHE_BYTES` in all.  A patch of a 2-D network is ``(C, Y, X)`` with ``C = context``
-    slices centred on a selected slice (edge slices repeated); a patch of a 3-D network is
+    slice for any crop, keep the decoded slices for later patches, up to :data:`SLICE_CACHE_BYTES` in all.
+    A patch of a 2-D network is ``(C, Y, X)`` with ``C = context`` slices centred on a selected slice (edge slices repeated); a patch of a 3-D network is
     ``(1, Z, Y, X)`` with all ``Z`` slices inside the selected ones (a contiguous run).
 
     Args:
@@ -105,24 +105,19 @@ class UnlabelledVolumes:
     def _patch(self, v: int, z: int, y: int, x: int) -> np.ndarray:
         array = self.volumes[v].array
         py, px = self.patch_size[-2:]
-        if getattr(array, "reads_whole_slices", False) and SLICE_CACHE_BYTES > 0:
-            depth = self.patch_size[0] if len(self.patch_size) == 3 else 1
-            if len(self.patch_size) == 3 or self.context == 1:
-                zs = np.arange(z, z + depth)
-            else:
-                half = self.context // 2
-                zs = np.clip(np.arange(z - half, z + half + 1), 0, array.shape[0] - 1)
-            out = np.stack([self._slice(v, int(k))[y:y + py, x:x + px] for k in zs])
-            return (out[None] if len(self.patch_size) == 3 else out).astype(np.float32)
-        if len(self.patch_size) == 3:
-            out = np.asarray(array[z:z + self.patch_size[0], y:y + py, x:x + px])[None]
-        elif self.context == 1:
-            out = np.asarray(array[z:z + 1, y:y + py, x:x + px])
-        else:
+        three_d = len(self.patch_size) == 3
+        if three_d or self.context == 1:
+            zs = np.arange(z, z + (self.patch_size[0] if three_d else 1))
+        else:  # 2.5-D: context slices centred on z, edge slices repeated
             half = self.context // 2
             zs = np.clip(np.arange(z - half, z + half + 1), 0, array.shape[0] - 1)
+        if getattr(array, "reads_whole_slices", False) and SLICE_CACHE_BYTES > 0:
+            out = np.stack([self._slice(v, int(k))[y:y + py, x:x + px] for k in zs])
+        elif three_d or self.context == 1:  # one read of a contiguous run
+            out = np.asarray(array[int(zs[0]):int(zs[-1]) + 1, y:y + py, x:x + px])
+        else:
             out = np.stack([np.asarray(array[int(k):int(k) + 1, y:y + py, x:x + px])[0] for k in zs])
-        return out.astype(np.float32)
+        return (out[None] if three_d else out).astype(np.float32)
 
     def _slice(self, v: int, z: int) -> np.ndarray:
         """Slice ``z`` of source ``v``, decoded once while it stays among the recently used ones."""

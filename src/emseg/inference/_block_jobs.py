@@ -46,6 +46,11 @@ _INPUTS: dict[str, Any] = {}
 _OUTPUTS: dict[tuple[str, str], Any] = {}
 
 
+def _predictor_key(model: str, sha256: str, options: dict[str, Any], loader: Callable[..., Any] | None) -> tuple:
+    # precision "auto" follows the CPU check (which EMSEG_NATIVE_BF16 can override), so the key holds its answer
+    return (model, sha256, tuple(sorted(options.items())), loader, cpu_has_native_bf16())
+
+
 def _cached_predictor(model: str, sha256: str, options: dict[str, Any],
                    loader: Callable[..., Any] | None = None) -> Any:
     """The predictor for ``model``, loaded once per process (keyed by path, checksum, options and loader).
@@ -53,8 +58,7 @@ def _cached_predictor(model: str, sha256: str, options: dict[str, Any],
     ``loader(model, **options)`` builds it (default :func:`~emseg.inference.load_predictor`; an ensemble
     passes its own), wrapped by :func:`as_block_predictor`.
     """
-    # precision "auto" follows the CPU check (which EMSEG_NATIVE_BF16 can override), so the key holds its answer
-    key = (model, sha256, tuple(sorted(options.items())), loader, cpu_has_native_bf16())
+    key = _predictor_key(model, sha256, options, loader)
     if key not in _PREDICTORS:
         if loader is None:
             loader = load_predictor
@@ -70,12 +74,10 @@ def _file_resolved_overlap(model: str, sha256: str, options: dict[str, Any], ove
     request with the resolved options (the route tuner's base) neither loads the model again nor repeats the
     gradient probe.  Only for the default loader: an ensemble's members may resolve their own overlaps.
     """
-    key = (model, sha256, tuple(sorted(options.items())), None, cpu_has_native_bf16())
+    key = _predictor_key(model, sha256, options, None)
     if options.get("overlap") != "auto" or key not in _PREDICTORS:
         return
-    resolved = {**options, "overlap": overlap}
-    _PREDICTORS.setdefault((model, sha256, tuple(sorted(resolved.items())), None, cpu_has_native_bf16()),
-                           _PREDICTORS[key])
+    _PREDICTORS.setdefault(_predictor_key(model, sha256, {**options, "overlap": overlap}, None), _PREDICTORS[key])
 
 
 def _open_input(path: str) -> Any:
