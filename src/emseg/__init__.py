@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 
+from emseg import _monai
 from emseg._version import __version__
+
+_monai.install()  # before any emseg module imports MONAI: without transformers (see emseg._monai)
 
 __all__ = ["__version__", "evaluate", "load_config", "predict", "train"]
 
