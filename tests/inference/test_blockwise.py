@@ -379,6 +379,52 @@ def test_receptive_field_probe_hand_worked():
     assert _probe_receptive_radius(net, 1, (64, 64), 16) in (3, 4)
 
 
+def test_receptive_field_probe_grows_only_while_the_gradient_reaches_its_border():
+    """A field well inside the first probe is measured there; one that may go past its border (a dense one
+    touching it, or a dilated one whose gaps are wider than its distance to the border) makes it grow."""
+    from emseg.inference._network import PROBE_START, probe_receptive_radius
+
+    sizes: list[int] = []
+
+    def record(module, args):
+        sizes.append(int(args[0].shape[-1]))
+
+    small = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 5, padding=2), torch.nn.Conv2d(2, 2, 5, padding=2))
+    small.register_forward_pre_hook(record)
+    assert probe_receptive_radius(small, 1, (512, 512), 16) == 4
+    assert sizes == [PROBE_START]  # never the whole 512 window
+
+    # dilated 3x3 convolutions (40 px each) + a 5x5 (2 px): taps every 40 px. With three, the field (122 px)
+    # ends 6 px from the first probe's border, nearer than its 36-px gaps: it might go on, so the probe grows
+    # and confirms; with four (162 px) the field does go on past the first probe
+    for layers, radius in ((3, 122), (4, 162)):
+        sizes.clear()
+        wider = torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, 3, padding=40, dilation=40) for _ in range(layers)],
+                                    torch.nn.Conv2d(1, 1, 5, padding=2))
+        wider.register_forward_pre_hook(record)
+        assert probe_receptive_radius(wider, 1, (512, 512), 16) == radius
+        assert sizes == [PROBE_START, 512]
+    # and a window smaller than the field: one window-sized probe, as before (taps up to 80 + 2 px fit in 96)
+    sizes.clear()
+    assert probe_receptive_radius(wider, 1, (192, 192), 16) == 82
+    assert sizes == [192]
+
+
+def test_receptive_field_probe_of_the_default_network_matches_a_window_sized_probe():
+    """``unet2d``'s field (94 px) is measured on the 256 probe and equals what one 512 probe measures."""
+    from emseg.inference._network import _probe_once, probe_receptive_radius
+    from emseg.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("unet2d", in_channels=1, num_classes=3, pretrained=False).eval()
+    sizes: list[int] = []
+    handle = net.register_forward_pre_hook(lambda module, args: sizes.append(int(args[0].shape[-1])))
+    radius = probe_receptive_radius(net, 1, (512, 512), 16)
+    assert sizes == [256]
+    handle.remove()
+    assert radius == _probe_once(net, 1, 512)[0] > 16
+
+
 def test_global_grid_tiling_matches_monai_sliding_window(data, cpu_bf16):
     """On a whole slice the windows sit where MONAI puts them: probabilities agree to float rounding.
 
