@@ -67,15 +67,15 @@ def test_existing_output_is_not_overwritten(tiny_run, epfl_crop, tmp_path):
 
 def test_interrupted_prediction_leaves_no_output(tiny_run, epfl_crop, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = Predictor._input  # every slice's input, whether slices run one per forward pass or several
+    original = Predictor._slice_input  # every slice read, whether slices run one per forward pass or several
 
-    def failing(self, image):
+    def failing(self, volume, z):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original(self, image)
+        return original(self, volume, z)
 
-    monkeypatch.setattr(Predictor, "_input", failing)
+    monkeypatch.setattr(Predictor, "_slice_input", failing)
     with pytest.raises(KeyboardInterrupt):
         emseg.predict(tiny_run.run_dir, epfl_crop["raw"], tmp_path / "pred.tif", progress=False)
     assert list(tmp_path.iterdir()) == []

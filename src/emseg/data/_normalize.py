@@ -27,6 +27,17 @@ class Normalizer:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return ((np.asarray(image, dtype=np.float32) - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32)
 
+    def lookup_table(self, dtype: np.dtype | type) -> np.ndarray | None:
+        """``self(v)`` for every value ``v`` of an 8- or 16-bit unsigned ``dtype`` (256 / 65536 float32), else None.
+
+        ``table[image]`` is ``self(image)`` bit for bit (the table is made by this normaliser), so raw slices can
+        be normalised wherever they are, e.g. on a GPU after a copy of one byte per voxel instead of four.
+        """
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+            return None
+        return self(np.arange(np.iinfo(dtype).max + 1, dtype=dtype))
+
     def to_dict(self) -> dict[str, float]:
         return {"mean": float(self.mean), "std": float(self.std)}
 

@@ -188,6 +188,7 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
             self._runner = NetworkRunner(self.model, device=self.device, dtype=self.dtype, jit=jit,
                                          channels_last=self.channels_last, compile=bool(compile) and not jit)
         self._jit_asked = jit
+        self._tables: dict[str, Any] = {}  # the normaliser's lookup table on the device (see _run_raw)
 
     @property
     def jit(self) -> bool:
@@ -317,11 +318,23 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         On a GPU the batch goes through pinned host memory with a non-blocking copy (the argmax and the
         blending then stay on the device, :func:`~emseg.inference._tiling.predict_region`).
         """
+        return self._offset(self._flip_mean(self._to_device(batch), self._forward))
+
+    def _run_raw(self, batch: torch.Tensor) -> torch.Tensor:
+        """:meth:`_run` of a raw 8- or 16-bit batch: copied as it is, normalised on the device through the
+        normaliser's lookup table (:meth:`~emseg.data.Normalizer.lookup_table`: its exact float32 values)."""
+        key = (batch.dtype, self.device)
+        if self._tables.get("key") != key:
+            table = self.normalizer.lookup_table(batch.numpy().dtype)
+            self._tables = {"key": key, "table": torch.from_numpy(table).to(self.device)}
+        x = torch.take(self._tables["table"], self._to_device(batch).long())
+        return self._offset(self._flip_mean(x, self._forward))
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A host batch on the device: through pinned memory with a non-blocking copy on a GPU."""
         if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        else:
-            batch = batch.to(self.device)
-        return self._offset(self._flip_mean(batch, self._forward))
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
     def slices_per_forward(self, shape: tuple[int, int]) -> int:
         """Slices of a ``(Y, X)`` shape run in one forward pass: :attr:`batch_size` where one window holds
@@ -343,21 +356,31 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         step = self.slices_per_forward(images[0].shape[-2:])
         if step == 1:
             return np.stack([self.predict_labels_slice(image) for image in images])
-        return np.concatenate([self._labels_group([self._input(im) for im in images[k:k + step]])
-                               for k in range(0, len(images), step)])
+        return np.concatenate([self._labels_group(images[k:k + step]) for k in range(0, len(images), step)])
 
     @torch.no_grad()
-    def _labels_group(self, inputs: list[np.ndarray], *, origin: tuple[int, int] = (0, 0),
+    def _labels_group(self, images: list[np.ndarray], *, origin: tuple[int, int] = (0, 0),
                       full_shape: tuple[int, int] | None = None,
                       region: tuple[slice, slice] | None = None) -> np.ndarray:
-        """Labels ``(n, ny, nx)`` of ``region`` of ``n`` normalised ``(C, h, w)`` slice inputs in one forward pass
-        (one window per slice; default: the whole slices)."""
+        """Labels ``(n, ny, nx)`` of ``region`` of ``n`` raw ``(Y, X)`` / ``(C, h, w)`` slices in one forward pass
+        (one window per slice; default: the whole slices).
+
+        8- and 16-bit slices travel raw and are normalised where the network runs (:meth:`_run_raw`: a
+        quarter of the bytes to copy to a GPU for uint8, no float pass on the host); others are normalised
+        here.  Both give the same float32 input, bit for bit.
+        """
         from emseg.inference._tiling import predict_single_window_labels
 
+        raw = self._grains is None and self.normalizer.lookup_table(np.asarray(images[0]).dtype) is not None
+        if raw:
+            inputs = [image[None] if image.ndim == 2 else image for image in map(np.asarray, images)]
+        else:
+            inputs = [self._input(image) for image in images]
         full = tuple(full_shape or inputs[0].shape[1:])
         region = region or (slice(0, full[0]), slice(0, full[1]))
         return predict_single_window_labels(inputs, origin=origin, full_shape=full, region=region,
-                                            roi=self._roi(full), run=self._run, num_classes=self.num_classes)
+                                            roi=self._roi(full), run=self._run_raw if raw else self._run,
+                                            num_classes=self.num_classes, raw=raw)
 
     def _flip_mean(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``fn(x)``; with test-time augmentation the mean of ``fn`` over ``x`` and its flips, each flipped back.

@@ -156,9 +156,8 @@ class TiledSeam:
             z0, z1 = self._slice_groups(zs, shape)
             for g in range(z0, z1, step):
                 group = range(g, min(g + step, z1))
-                inputs = [self.normalizer(data[np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1) - oz])
-                          for z in group]
-                labels = self._labels_group(inputs, origin=(oy, ox), full_shape=tuple(shape[1:]), region=(ys, xs))
+                slices = [data[np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1) - oz] for z in group]
+                labels = self._labels_group(slices, origin=(oy, ox), full_shape=tuple(shape[1:]), region=(ys, xs))
                 keep = [j for j, z in enumerate(group) if zs.start <= z < zs.stop]
                 out[[group[j] - zs.start for j in keep]] = labels[keep]
             return out

@@ -144,6 +144,7 @@ def predict_single_window_labels(
     run: Callable[[torch.Tensor], torch.Tensor],
     num_classes: int,
     blend_in_torch: bool | None = None,
+    raw: bool = False,
 ) -> np.ndarray:
     """Labels ``(n, ny, nx)`` of ``region`` of ``n`` slices whose window grid is one window, in ONE forward pass.
 
@@ -154,7 +155,8 @@ def predict_single_window_labels(
     so in-memory and blockwise prediction run the same tensors.
 
     Args:
-        images: ``n`` normalised ``(C, h, w)`` inputs, each covering the whole window (as in :func:`predict_region`).
+        images: ``n`` normalised ``(C, h, w)`` inputs, each covering the whole window (as in :func:`predict_region`);
+            with ``raw``, raw slices that ``run`` normalises (the batch keeps their dtype).
         origin, full_shape, region, roi, run, num_classes, blend_in_torch: as :func:`predict_region`
             (``region`` and ``origin`` the same for every slice).
     """
@@ -165,7 +167,7 @@ def predict_single_window_labels(
     for image in images:
         padded, (oy, ox) = _pad_to_roi(image, origin, (Y, X), roi)
         crops.append(padded[:, y - oy:y - oy + ry, x - ox:x - ox + rx])
-    batch = np.ascontiguousarray(np.stack(crops), dtype=np.float32)
+    batch = np.ascontiguousarray(np.stack(crops), dtype=None if raw else np.float32)
     logits = run(torch.from_numpy(batch)).float()[:, :, ys.start - y:ys.stop - y, xs.start - x:xs.stop - x]
     if logits.device.type == "cpu" and not blend_in_torch:
         return np.stack([first_argmax(item) for item in logits.numpy()])

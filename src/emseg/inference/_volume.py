@@ -116,8 +116,7 @@ class VolumePaths:
                 labels[k] = self.predict_labels_slice(self._slice_input(volume, k))
             else:
                 group = range(k, min(k + step, z))
-                labels[group.start:group.stop] = self._labels_group(
-                    [self._input(self._slice_input(volume, j)) for j in group])
+                labels[group.start:group.stop] = self._labels_group([self._slice_input(volume, j) for j in group])
             if progress is not None:
                 progress(min(step, z - k))
         return labels, None
