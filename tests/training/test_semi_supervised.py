@@ -15,7 +15,7 @@ from emseg.constants import IGNORE_INDEX
 from emseg.data import Normalizer
 from emseg.models import build_model, load_checkpoint
 from emseg.training import TrainingInterrupted
-from emseg.training._semi import SemiSupervised, pseudo_labels, ramp_weight
+from emseg.training._semi import SemiSupervised, balance_weights, pseudo_labels, ramp_weight
 
 I = IGNORE_INDEX
 
@@ -32,6 +32,45 @@ def test_pseudo_labels_keep_real_labels_and_respect_per_class_thresholds():
     out = pseudo_labels(probs, thresholds, known)
     assert out.tolist() == [[[2, 1, 0, I]]]  # real labels win, even over confident predictions
     assert pseudo_labels(probs, torch.tensor([1.0, 1.0, 1.0]), known).tolist() == [[[2, I, 0, I]]]
+
+
+def test_balanced_pseudo_labels_weigh_each_class_by_what_its_threshold_dropped():
+    # 8 free pixels + 1 real label; teacher argmax: class 0 on 4 (3 kept), class 1 on 4 (1 kept)
+    probs = torch.tensor([[0.95, 0.95, 0.95, 0.60, 0.20, 0.30, 0.40, 0.05, 0.5],
+                          [0.05, 0.05, 0.05, 0.40, 0.80, 0.70, 0.60, 0.95, 0.5]]).reshape(1, 2, 1, 9)
+    known = torch.full((1, 1, 9), I)
+    known[0, 0, 8] = 0
+    target = pseudo_labels(probs, torch.tensor([0.9, 0.9]), known)
+    assert target.tolist() == [[[0, 0, 0, I, I, I, I, 1, 0]]]
+    weights = balance_weights(probs, target, known == I)
+    # class 0: 4 predicted / 3 kept; class 1: 4 predicted / 1 kept; ignored and real-label pixels: 1
+    expected = [4 / 3, 4 / 3, 4 / 3, 1, 1, 1, 1, 4.0, 1]
+    torch.testing.assert_close(weights, torch.tensor(expected).reshape(1, 1, 9))
+    # so the kept pixels weigh as much per class as all the pixels the teacher gave it
+    kept = (target != I) & (known == I)
+    assert float(weights[kept & (target == 0)].sum()) == pytest.approx(4.0)
+    assert float(weights[kept & (target == 1)].sum()) == pytest.approx(4.0)
+
+
+def test_balanced_term_on_real_patches_differs_from_the_plain_one(tmp_path, isbi_crop):
+    config = load_config(_config(tmp_path, isbi_crop, method="pseudo_label", extra=", balance: true"))
+    assert config.training.semi_supervised.balance
+    torch.manual_seed(0)
+    model = build_model("unet2d", in_channels=1, num_classes=2, options={"features": [4, 8]})
+    with torch.no_grad():  # spread the random network's probabilities: some pixels pass the thresholds, some not
+        for p in model.head.parameters():
+            p.mul_(30.0)
+    losses = []
+    for balance in (True, False):
+        config.training.semi_supervised.balance = balance
+        torch.manual_seed(0)
+        semi = SemiSupervised(config, model, normalizer=Normalizer(127.0, 50.0), patch_size=(64, 64),
+                              device=torch.device("cpu"), dtype=None)
+        losses.append(float(semi.loss(model, fraction=1.0).detach()))  # the same patches (same seeded stream)
+        shares = semi.metrics()["semi_confident_fraction"]
+        semi.close()
+        assert 0.0 < shares < 1.0
+    assert np.isfinite(losses).all() and losses[0] > losses[1]  # dropped pixels' classes weigh more
 
 
 def test_ramp_weight():

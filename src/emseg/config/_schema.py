@@ -289,7 +289,8 @@ class SemiSupervisedConfig(_Strict):
     ``mean_teacher``: consistency between the student's prediction of a strongly augmented unlabelled
     patch and an EMA teacher's prediction of the weakly augmented one.  ``pseudo_label``: the teacher's
     confident pixels (probability of its class >= that class's threshold) become cross-entropy targets of
-    the student's strong view; the rest is ignored.  Pixels with real labels keep them, always.  The term
+    the student's strong view; the rest is ignored (``balance``: the kept pixels of each class stand in for
+    all the pixels the teacher gives that class).  Pixels with real labels keep them, always.  The term
     is weighted by ``weight`` ramped up as ``exp(-5 (1 - t / ramp_up)^2)`` over the budget fraction ``t``.
     """
 
@@ -299,6 +300,9 @@ class SemiSupervisedConfig(_Strict):
     ramp_up: float = Field(default=0.25, ge=0.0, le=1.0, description="fraction of the budget to reach full weight")
     teacher_decay: float = Field(default=0.99, gt=0.0, lt=1.0, description="EMA decay of the teacher per step")
     batch_size: int | None = Field(default=None, ge=1, description="unlabelled patches per step (default batch_size)")
+    balance: bool = Field(default=False, description=(
+        "pseudo_label: weight each class's confident pixels by (pixels the teacher gives that class) / (those of "
+        "them kept), so the threshold does not shift the class proportions towards the easy, large classes"))
 
     @field_validator("threshold")
     @classmethod

@@ -27,7 +27,7 @@ from emseg.io import open_image
 from emseg.training._ema import WeightAverage
 from emseg.training._spatial import match_target
 
-__all__ = ["SemiSupervised", "pseudo_labels", "ramp_weight"]
+__all__ = ["SemiSupervised", "balance_weights", "pseudo_labels", "ramp_weight"]
 
 
 def pseudo_labels(probabilities: torch.Tensor, thresholds: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -48,6 +48,32 @@ def pseudo_labels(probabilities: torch.Tensor, thresholds: torch.Tensor, known: 
     out = torch.where(keep, cls, torch.full_like(cls, IGNORE_INDEX))
     known = known.to(out.device, torch.long)
     return torch.where(known != IGNORE_INDEX, known, out)
+
+
+def balance_weights(probabilities: torch.Tensor, target: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """Per-pixel weights that give the confident pseudo-labels the class proportions of the teacher's predictions.
+
+    A threshold keeps more of a large, easy class (background, a mitochondrion's inside) than of a thin or
+    rare one (a membrane, a synapse), so training on the kept pixels alone pulls the student towards the
+    easy classes.  Among the pixels without a real label (``free``), class ``k`` of the teacher's argmax
+    has ``n_k`` pixels of which ``m_k`` pass its threshold: each kept one is weighted ``n_k / m_k``, so
+    the kept pixels of each class weigh what all of that class's pixels would.  Pixels with real labels
+    or ignored ones weigh 1 (the loss ignores the latter anyway).
+
+    Args:
+        probabilities: ``(N, K, *S)`` teacher probabilities.
+        target: ``(N, *S)`` the output of :func:`pseudo_labels`.
+        free: ``(N, *S)`` bool, True where there is no real label.
+    """
+    predicted = probabilities.argmax(dim=1)
+    num_classes = probabilities.shape[1]
+    kept = free & (target != IGNORE_INDEX)
+    n = torch.bincount(predicted[free], minlength=num_classes).to(torch.float32)
+    m = torch.bincount(target[kept], minlength=num_classes).to(torch.float32)
+    per_class = torch.where(m > 0, n / m.clamp_min(1.0), torch.ones_like(n))
+    weights = torch.ones(target.shape, dtype=torch.float32, device=target.device)
+    weights[kept] = per_class[target[kept]]
+    return weights
 
 
 def ramp_weight(weight: float, fraction: float, ramp_up: float) -> float:
@@ -160,6 +186,8 @@ class SemiSupervised:
             target = pseudo_labels(probs, self.thresholds, known_t)
             confident = (target != IGNORE_INDEX) & (known_t == IGNORE_INDEX)
             ce = F.cross_entropy(student.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+            if self.config.balance:
+                ce = ce * balance_weights(probs, target, known_t == IGNORE_INDEX)
             term = ce.sum() / ce.numel()  # as FixMatch: ignored pixels count as 0, the mean is over all pixels
             share = float(confident.sum()) / max(1, int((known_t == IGNORE_INDEX).sum()))
         else:  # mean teacher: squared distance of the class probabilities on the pixels without a real label
