@@ -361,13 +361,14 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
     @torch.no_grad()
     def _labels_group(self, images: list[np.ndarray], *, origin: tuple[int, int] = (0, 0),
                       full_shape: tuple[int, int] | None = None,
-                      region: tuple[slice, slice] | None = None) -> np.ndarray:
+                      region: tuple[slice, slice] | None = None, deferred: bool = False) -> Any:
         """Labels ``(n, ny, nx)`` of ``region`` of ``n`` raw ``(Y, X)`` / ``(C, h, w)`` slices in one forward pass
         (one window per slice; default: the whole slices).
 
         8- and 16-bit slices travel raw and are normalised where the network runs (:meth:`_run_raw`: a
         quarter of the bytes to copy to a GPU for uint8, no float pass on the host); others are normalised
-        here.  Both give the same float32 input, bit for bit.
+        here.  Both give the same float32 input, bit for bit.  ``deferred``: a
+        :class:`~emseg.inference._tiling.PendingLabels` (from a GPU the labels may still be on their way).
         """
         from emseg.inference._tiling import predict_single_window_labels
 
@@ -380,7 +381,7 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         region = region or (slice(0, full[0]), slice(0, full[1]))
         return predict_single_window_labels(inputs, origin=origin, full_shape=full, region=region,
                                             roi=self._roi(full), run=self._run_raw if raw else self._run,
-                                            num_classes=self.num_classes, raw=raw)
+                                            num_classes=self.num_classes, raw=raw, deferred=deferred)
 
     def _flip_mean(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``fn(x)``; with test-time augmentation the mean of ``fn`` over ``x`` and its flips, each flipped back.

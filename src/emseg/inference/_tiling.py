@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = ["axis_windows", "first_argmax", "gaussian_window", "input_box", "predict_region",
-           "predict_single_window_labels", "single_window", "softmax", "window_batches"]
+           "PendingLabels", "predict_single_window_labels", "single_window", "softmax", "window_batches"]
 
 
 def axis_windows(size: int, roi: int, overlap: float) -> list[int]:
@@ -145,7 +146,8 @@ def predict_single_window_labels(
     num_classes: int,
     blend_in_torch: bool | None = None,
     raw: bool = False,
-) -> np.ndarray:
+    deferred: bool = False,
+) -> np.ndarray | PendingLabels:
     """Labels ``(n, ny, nx)`` of ``region`` of ``n`` slices whose window grid is one window, in ONE forward pass.
 
     One window holds the whole slice: every pixel has one logit vector and a positive weight, so the
@@ -157,6 +159,7 @@ def predict_single_window_labels(
     Args:
         images: ``n`` normalised ``(C, h, w)`` inputs, each covering the whole window (as in :func:`predict_region`);
             with ``raw``, raw slices that ``run`` normalises (the batch keeps their dtype).
+        deferred: return a :class:`PendingLabels` (the labels may still be on their way back from a GPU).
         origin, full_shape, region, roi, run, num_classes, blend_in_torch: as :func:`predict_region`
             (``region`` and ``origin`` the same for every slice).
     """
@@ -170,9 +173,44 @@ def predict_single_window_labels(
     batch = np.ascontiguousarray(np.stack(crops), dtype=None if raw else np.float32)
     logits = run(torch.from_numpy(batch)).float()[:, :, ys.start - y:ys.stop - y, xs.start - x:xs.stop - x]
     if logits.device.type == "cpu" and not blend_in_torch:
-        return np.stack([first_argmax(item) for item in logits.numpy()])
-    labels = torch.argmax(logits, dim=1)
-    return labels.to(torch.uint8).cpu().numpy() if num_classes <= 256 else labels.cpu().numpy().astype(np.uint16)
+        pending = PendingLabels(np.stack([first_argmax(item) for item in logits.numpy()]))
+    else:
+        pending = PendingLabels.from_device(torch.argmax(logits, dim=1), num_classes)
+    return pending if deferred else pending.result()
+
+
+class PendingLabels:
+    """Labels of one forward pass, possibly still on their way back from a GPU; :meth:`result` waits for them.
+
+    From a GPU (:meth:`from_device`) the labels are copied into pinned host memory without blocking and an
+    event marks the end of the copy, so the host can prepare and launch the next group of slices while
+    the GPU still works on this one (the engine collects a group after launching the next).  On the CPU
+    the labels are ready when made.
+    """
+
+    def __init__(self, labels: np.ndarray | torch.Tensor, event: Any = None, *, widen: bool = False) -> None:
+        self._labels, self._event, self._widen = labels, event, widen
+
+    @classmethod
+    def from_device(cls, labels: torch.Tensor, num_classes: int) -> PendingLabels:
+        """``labels`` (an argmax, on the CPU or a GPU) as uint8, or uint16 past 256 classes."""
+        widen = num_classes > 256
+        labels = labels if widen else labels.to(torch.uint8)
+        if labels.device.type != "cuda":
+            return cls(labels.cpu().numpy(), widen=widen)
+        host = torch.empty(labels.shape, dtype=labels.dtype, pin_memory=True)
+        host.copy_(labels, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()  # on the current stream, after the copy
+        return cls(host, event, widen=widen)
+
+    def result(self) -> np.ndarray:
+        """The labels ``(n, ny, nx)`` as a host array (waits for the copy from a GPU)."""
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        labels = self._labels.numpy() if isinstance(self._labels, torch.Tensor) else self._labels
+        return labels.astype(np.uint16) if self._widen else labels
 
 
 def predict_region(
