@@ -56,7 +56,8 @@ def test_raw_groups_give_the_labels_of_host_normalised_ones(stack, dtype, one_to
     assert predictor.slices_per_forward(raw.shape[1:]) == 3
     seen = _device_batches(predictor)
     labels, _ = predictor.predict_volume(raw)
-    assert seen == [torch.from_numpy(raw[:1]).dtype] * 2  # two groups of three slices, as they were read
+    # two groups of three slices: uint8 as read (one byte a voxel); uint16 normalised on the host
+    assert seen == [torch.uint8 if dtype == np.uint8 else torch.float32] * 2
     seen.clear()
     host, _ = predictor.predict_volume(raw.astype(np.float32))  # float input: normalised on the host
     assert seen == [torch.float32, torch.float32]

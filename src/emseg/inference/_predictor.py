@@ -321,7 +321,7 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         return self._offset(self._flip_mean(self._to_device(batch), self._forward))
 
     def _run_raw(self, batch: torch.Tensor) -> torch.Tensor:
-        """:meth:`_run` of a raw 8- or 16-bit batch: copied as it is, normalised on the device through the
+        """:meth:`_run` of a raw uint8 batch: copied as it is, normalised on the device through the
         normaliser's lookup table (:meth:`~emseg.data.Normalizer.lookup_table`: its exact float32 values)."""
         key = (batch.dtype, self.device)
         if self._tables.get("key") != key:
@@ -365,14 +365,14 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         """Labels ``(n, ny, nx)`` of ``region`` of ``n`` raw ``(Y, X)`` / ``(C, h, w)`` slices in one forward pass
         (one window per slice; default: the whole slices).
 
-        8- and 16-bit slices travel raw and are normalised where the network runs (:meth:`_run_raw`: a
-        quarter of the bytes to copy to a GPU for uint8, no float pass on the host); others are normalised
-        here.  Both give the same float32 input, bit for bit.  ``deferred``: a
+        uint8 slices travel raw and are normalised where the network runs (:meth:`_run_raw`: a quarter of
+        the bytes to copy to a GPU, no float pass on the host); others are normalised here.  Both give the same float32 input, bit for bit.  ``deferred``: a
         :class:`~emseg.inference._tiling.PendingLabels` (from a GPU the labels may still be on their way).
         """
         from emseg.inference._tiling import predict_single_window_labels
 
-        raw = self._grains is None and self.normalizer.lookup_table(np.asarray(images[0]).dtype) is not None
+        # uint8 only: 16-bit integer tensors have few kernels on GPUs (torch 2.x), and EM is mostly 8-bit
+        raw = self._grains is None and np.asarray(images[0]).dtype == np.uint8
         if raw:
             inputs = [image[None] if image.ndim == 2 else image for image in map(np.asarray, images)]
         else:
