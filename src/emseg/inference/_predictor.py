@@ -188,7 +188,7 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
             self._runner = NetworkRunner(self.model, device=self.device, dtype=self.dtype, jit=jit,
                                          channels_last=self.channels_last, compile=bool(compile) and not jit)
         self._jit_asked = jit
-        self._tables: dict[str, Any] = {}  # the normaliser's lookup table on the device (see _run_raw)
+        self._table: torch.Tensor | None = None  # the normaliser's uint8 lookup table on the device (_run_raw)
 
     @property
     def jit(self) -> bool:
@@ -323,11 +323,9 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
     def _run_raw(self, batch: torch.Tensor) -> torch.Tensor:
         """:meth:`_run` of a raw uint8 batch: copied as it is, normalised on the device through the
         normaliser's lookup table (:meth:`~emseg.data.Normalizer.lookup_table`: its exact float32 values)."""
-        key = (batch.dtype, self.device)
-        if self._tables.get("key") != key:
-            table = self.normalizer.lookup_table(batch.numpy().dtype)
-            self._tables = {"key": key, "table": torch.from_numpy(table).to(self.device)}
-        x = torch.take(self._tables["table"], self._to_device(batch).long())
+        if self._table is None:  # a predictor keeps its device
+            self._table = torch.from_numpy(self.normalizer.lookup_table(np.uint8)).to(self.device)
+        x = torch.take(self._table, self._to_device(batch).long())
         return self._offset(self._flip_mean(x, self._forward))
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
@@ -366,7 +364,8 @@ class Predictor(TiledSeam, VolumePaths, SegmentationPredictor):
         (one window per slice; default: the whole slices).
 
         uint8 slices travel raw and are normalised where the network runs (:meth:`_run_raw`: a quarter of
-        the bytes to copy to a GPU, no float pass on the host); others are normalised here.  Both give the same float32 input, bit for bit.  ``deferred``: a
+        the bytes to copy to a GPU, no float pass on the host); others are normalised here.  Both give the
+        same float32 input, bit for bit.  ``deferred``: return a
         :class:`~emseg.inference._tiling.PendingLabels` (from a GPU the labels may still be on their way).
         """
         from emseg.inference._tiling import predict_single_window_labels
