@@ -22,7 +22,6 @@ def fake_transformers(tmp_path: Path) -> Path:
     package = tmp_path / "site" / "transformers"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(textwrap.dedent(f"""
-        import pathlib
         with open({str(tmp_path / 'imported.txt')!r}, "a") as f:
             f.write("transformers\\n")
         __version__ = "0.0-test"

@@ -30,8 +30,9 @@ class UnlabelledVolumes:
     Each source is opened lazily (:func:`emseg.io.open_image`: TIFF, PNG folders, HDF5, zarr, N5, MRC);
     only the patches drawn are read.  Page-based inputs (TIFF, folders of slices), which decode a whole
     slice for any crop, keep the decoded slices for later patches, up to :data:`SLICE_CACHE_BYTES` in all.
-    A patch of a 2-D network is ``(C, Y, X)`` with ``C = context`` slices centred on a selected slice (edge slices repeated); a patch of a 3-D network is
-    ``(1, Z, Y, X)`` with all ``Z`` slices inside the selected ones (a contiguous run).
+    A patch of a 2-D network is ``(C, Y, X)`` with ``C = context`` slices centred on a selected slice (edge
+    slices repeated); a patch of a 3-D network is ``(1, Z, Y, X)`` with all ``Z`` slices inside the
+    selected ones (a contiguous run).
 
     Args:
         sources: ``(path, slices)`` pairs; ``slices`` as in the configuration (``"0:24"``, ``None`` = all).

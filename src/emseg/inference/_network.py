@@ -193,7 +193,8 @@ def _probe_once(model: torch.nn.Module, channels: int, size: int) -> tuple[int, 
     ys, xs = np.nonzero(grad)
     if ys.size == 0:
         return 0, False
-    return int(max(c - ys.min(), ys.max() - c, c - xs.min(), xs.max() - c)), _may_extend(ys, size) or _may_extend(xs, size)
+    radius = int(max(c - ys.min(), ys.max() - c, c - xs.min(), xs.max() - c))
+    return radius, _may_extend(ys, size) or _may_extend(xs, size)
 
 
 def _may_extend(positions: np.ndarray, size: int) -> bool:

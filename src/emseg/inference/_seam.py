@@ -154,17 +154,18 @@ class TiledSeam:
             out = np.empty((self.num_classes, *size), np.float32)
         step = self.slices_per_forward(tuple(shape[1:])) if output == "labels" else 1
         if step > 1:  # several whole-slice windows per forward pass, in the groups predict_volume runs
-            z0, z1 = self._slice_groups(zs, shape)
-            in_flight: list[tuple[range, Any]] = []  # a group is collected after the next one is launched (GPU)
-            for g in range(z0, z1, step):
-                group = range(g, min(g + step, z1))
+            from emseg.inference._tiling import launch_ahead
+
+            def launch(group: range) -> Any:
                 slices = [data[np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1) - oz] for z in group]
-                in_flight.append((group, self._labels_group(slices, origin=(oy, ox), full_shape=tuple(shape[1:]),
-                                                            region=(ys, xs), deferred=True)))
-                if len(in_flight) > 1:
-                    _keep_group(out, zs, *in_flight.pop(0))
-            for group, pending in in_flight:
-                _keep_group(out, zs, group, pending)
+                return self._labels_group(slices, origin=(oy, ox), full_shape=tuple(shape[1:]), region=(ys, xs),
+                                          deferred=True)
+
+            z0, z1 = self._slice_groups(zs, shape)
+            groups = [range(g, min(g + step, z1)) for g in range(z0, z1, step)]
+            for group, labels in launch_ahead(groups, launch):
+                keep = [j for j, z in enumerate(group) if zs.start <= z < zs.stop]
+                out[[group[j] - zs.start for j in keep]] = labels[keep]
             return out
         for i, z in enumerate(range(zs.start, zs.stop)):
             ks = np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1) - oz
@@ -176,13 +177,6 @@ class TiledSeam:
                                   output=output)
             out[..., i, :, :] = res
         return out
-
-
-def _keep_group(out: np.ndarray, zs: slice, group: range, pending: Any) -> None:
-    """Copy the slices of ``group`` that lie in ``zs`` from its labels (waited for) into the block's ``out``."""
-    labels = pending.result()
-    keep = [j for j, z in enumerate(group) if zs.start <= z < zs.stop]
-    out[[group[j] - zs.start for j in keep]] = labels[keep]
 
 
 # An ensemble is used wherever one model is (``isinstance(p, Predictor)`` in code written for one model):

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 __all__ = ["axis_windows", "first_argmax", "gaussian_window", "input_box", "predict_region",
-           "PendingLabels", "predict_single_window_labels", "single_window", "softmax", "window_batches"]
+           "PendingLabels", "launch_ahead", "predict_single_window_labels", "single_window", "softmax",
+           "window_batches"]
 
 
 def axis_windows(size: int, roi: int, overlap: float) -> list[int]:
@@ -177,6 +178,23 @@ def predict_single_window_labels(
     else:
         pending = PendingLabels.from_device(torch.argmax(logits, dim=1), num_classes)
     return pending if deferred else pending.result()
+
+
+def launch_ahead(groups: Sequence[Any], launch: Callable[[Any], PendingLabels]):
+    """Yield ``(group, labels)`` for each group in order, launching the next group before waiting for one's labels.
+
+    ``launch(group)`` starts a group's forward pass and returns its :class:`PendingLabels`; a group's labels
+    are collected only after the next group is launched, so on a GPU the host prepares and launches a
+    group while the device still computes the one before (on the CPU the order changes nothing).
+    """
+    in_flight = None
+    for group in groups:
+        launched = (group, launch(group))
+        if in_flight is not None:
+            yield in_flight[0], in_flight[1].result()
+        in_flight = launched
+    if in_flight is not None:
+        yield in_flight[0], in_flight[1].result()
 
 
 class PendingLabels:

@@ -111,26 +111,20 @@ class VolumePaths:
         z, y, x = volume.shape
         labels = np.empty((z, y, x), np.uint8 if self.num_classes <= 255 else np.uint16)
         step = self.slices_per_forward((y, x))  # > 1: several whole-slice windows per forward, groups fixed on z
-        in_flight = None  # (group, labels on their way): a group is collected after the next is launched (GPU)
-        for k in range(0, z, step):  # tiled 2-D network: labels from the blended logits, no softmax
-            if step == 1:
+        if step == 1:  # tiled 2-D network: labels from the blended logits, no softmax
+            for k in range(z):
                 labels[k] = self.predict_labels_slice(self._slice_input(volume, k))
                 if progress is not None:
                     progress(1)
-                continue
-            group = range(k, min(k + step, z))
-            launched = (group, self._labels_group([self._slice_input(volume, j) for j in group], deferred=True))
-            if in_flight is not None:
-                _store_group(labels, *in_flight, progress)
-            in_flight = launched
-        if in_flight is not None:
-            _store_group(labels, *in_flight, progress)
+            return labels, None
+        from emseg.inference._tiling import launch_ahead
+
+        def launch(group: range) -> Any:
+            return self._labels_group([self._slice_input(volume, j) for j in group], deferred=True)
+
+        groups = [range(k, min(k + step, z)) for k in range(0, z, step)]
+        for group, group_labels in launch_ahead(groups, launch):
+            labels[group.start:group.stop] = group_labels
+            if progress is not None:
+                progress(len(group))
         return labels, None
-
-    # ------------------------------------------------------------------ blockwise seam
-
-
-def _store_group(labels: np.ndarray, group: range, pending: Any, progress: Callable[[int], None] | None) -> None:
-    labels[group.start:group.stop] = pending.result()
-    if progress is not None:
-        progress(len(group))
