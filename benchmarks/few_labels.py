@@ -18,7 +18,8 @@ keeps the epoch of lowest training loss.
 
 Routes: supervised (random init), mim+ft, moco+ft (pretrained + fine-tuned), mean_teacher, pseudo_label,
 pseudo_balanced (``balance: true``), pseudo_light (one unlabelled patch per step instead of a batch: a
-cheaper step) (semi-supervised), 4s (ISBI only), mim+pseudo_label (the combination).  Writes
+cheaper step), pseudo_cutmix and mean_teacher_cutmix (``cutmix: true``: the student's unlabelled patches mixed
+in pairs, a box of one pasted into the other) (semi-supervised), 4s (ISBI only), mim+pseudo_label (the combination).  Writes
 benchmarks/results/few_labels.json (resumable: finished runs with the same settings are skipped) and prints
 a markdown table of mean +- std over seeds.
 """
@@ -41,7 +42,7 @@ import yaml
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 EPFL_CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_boundary", "vesicle", "psd", "axon"]
 ROUTES = ["supervised", "mim+ft", "moco+ft", "mean_teacher", "pseudo_label", "pseudo_balanced", "pseudo_light",
-          "4s", "mim+pseudo_label"]
+          "pseudo_cutmix", "mean_teacher_cutmix", "4s", "mim+pseudo_label"]
 
 
 def _cpu() -> str:
@@ -131,11 +132,12 @@ def _run(dataset: str, route: str, seed: int, spec: dict, args, work: Path) -> d
         init = str(result.out_dir)
         base["model"]["init"] = init
         base["training"]["max_minutes"] = minutes * (1 - args.pretrain_share)
-    if route.endswith(("mean_teacher", "pseudo_label", "pseudo_balanced", "pseudo_light")):
-        method = "mean_teacher" if route.endswith("mean_teacher") else "pseudo_label"
+    if route.endswith(("mean_teacher", "pseudo_label", "pseudo_balanced", "pseudo_light", "_cutmix")):
+        method = "mean_teacher" if route.startswith("mean_teacher") else "pseudo_label"
         base["data"]["unlabelled"] = spec["unlabelled"]
         base["training"]["semi_supervised"] = {"method": method, "weight": 1.0, "threshold": args.threshold,
-                                               "ramp_up": 0.3, "balance": route.endswith("pseudo_balanced")}
+                                               "ramp_up": 0.3, "balance": route.endswith("pseudo_balanced"),
+                                               "cutmix": route.endswith("_cutmix")}
         if route.endswith("pseudo_light"):  # one unlabelled patch per step: a cheaper step, more supervised ones
             base["training"]["semi_supervised"]["batch_size"] = 1
     if route == "4s":

@@ -15,7 +15,7 @@ from emseg.constants import IGNORE_INDEX
 from emseg.data import Normalizer
 from emseg.models import build_model, load_checkpoint
 from emseg.training import TrainingInterrupted
-from emseg.training._semi import SemiSupervised, balance_weights, pseudo_labels, ramp_weight
+from emseg.training._semi import SemiSupervised, balance_weights, cutmix_boxes, mix, pseudo_labels, ramp_weight
 
 I = IGNORE_INDEX
 
@@ -71,6 +71,75 @@ def test_balanced_term_on_real_patches_differs_from_the_plain_one(tmp_path, isbi
         semi.close()
         assert 0.0 < shares < 1.0
     assert np.isfinite(losses).all() and losses[0] > losses[1]  # dropped pixels' classes weigh more
+
+
+def test_cutmix_boxes_cover_half_the_plane_in_one_box():
+    rng = np.random.default_rng(0)
+    masks = cutmix_boxes(200, (64, 48), rng)
+    assert masks.shape == (200, 64, 48) and masks.dtype == bool
+    areas = masks.mean(axis=(1, 2))
+    assert np.all(np.abs(areas - 0.5) < 0.05)  # rounding of the box's sides only
+    for m in masks[:20]:  # one axis-aligned box: its bounding box is full
+        ys, xs = np.nonzero(m)
+        assert m[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()
+    assert len({(int(np.argmax(m.any(1))), int(np.argmax(m.any(0)))) for m in masks}) > 20  # boxes move
+
+
+def test_mix_pastes_the_next_patch_into_each_box():
+    a = torch.arange(3 * 2 * 4, dtype=torch.float32).reshape(3, 1, 2, 4)  # 3 images (N, C, Y, X)
+    masks = torch.zeros(3, 2, 4, dtype=torch.bool)
+    masks[0, :, :2] = True  # image 0 shows image 1 in its left half
+    masks[2, 1, 3] = True  # image 2 shows image 0 at one pixel (wraps around)
+    out = mix(a, masks)
+    assert out[0, 0, :, :2].tolist() == a[1, 0, :, :2].tolist() and out[0, 0, :, 2:].tolist() == a[0, 0, :, 2:].tolist()
+    assert torch.equal(out[1], a[1])
+    expected = a[2].clone()
+    expected[0, 1, 3] = a[0, 0, 1, 3]
+    assert torch.equal(out[2], expected)
+    labels = torch.tensor([[[0, 1, I, 1], [0, 0, 0, 0]], [[5, 5, 5, 5], [6, 6, 6, 6]], [[I] * 4, [I] * 4]])
+    assert mix(labels, masks)[0].tolist() == [[5, 5, I, 1], [6, 6, 0, 0]]  # real labels travel with their pixels
+    # a smaller output plane (network output at half resolution): the masks are resized by nearest neighbour
+    small = torch.arange(3 * 2, dtype=torch.float32).reshape(3, 1, 2)  # (N, Y, X) = (3, 1, 2)
+    # nearest neighbour from 2 x 4 to 1 x 2 keeps row 0, columns 0 and 2: image 0 -> [True, False]
+    assert mix(small, masks).tolist() == [[[2.0, 1.0]], [[2.0, 3.0]], [[4.0, 5.0]]]
+
+
+def test_cutmix_term_on_real_patches(tmp_path, isbi_crop):
+    config = load_config(_config(tmp_path, isbi_crop, method="pseudo_label", extra=", cutmix: true"))
+    assert config.training.semi_supervised.cutmix
+    torch.manual_seed(0)
+    model = build_model("unet2d", in_channels=1, num_classes=2, options={"features": [4, 8]})
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.mul_(30.0)
+    inputs, losses = [], []
+    for cutmix in (True, False):
+        config.training.semi_supervised.cutmix = cutmix
+        semi = SemiSupervised(config, model, normalizer=Normalizer(127.0, 50.0), patch_size=(64, 64),
+                              device=torch.device("cpu"), dtype=None)
+        # the student's input (hooked after the teacher was copied from it)
+        hook = model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
+        loss = semi.loss(model, fraction=1.0)
+        hook.remove()
+        assert loss.requires_grad and torch.isfinite(loss)
+        losses.append(float(loss.detach()))
+        semi.close()
+    mixed, plain = inputs
+    assert mixed.shape == plain.shape == (2, 1, 64, 64)
+    # the same seeded stream gives the same strong views: each mixed patch is its own view outside one box
+    # of about half the patch, and its partner's inside it
+    for i in range(2):
+        own, other = mixed[i] == plain[i], mixed[i] == plain[1 - i]
+        assert bool((own | other).all())
+        assert 0.45 < float((own & ~other).float().mean()) < 0.55
+    assert losses[0] != losses[1]
+
+
+def test_cutmix_needs_two_patches_per_step(tmp_path, isbi_crop):
+    cfg = _config(tmp_path, isbi_crop, method="pseudo_label", extra=", cutmix: true, batch_size: 1")
+    result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp_path / "r"), "-q"])
+    assert result.exit_code == 2 and "cutmix" in result.output and "batch_size" in result.output
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
 def test_ramp_weight():

@@ -290,8 +290,11 @@ class SemiSupervisedConfig(_Strict):
     patch and an EMA teacher's prediction of the weakly augmented one.  ``pseudo_label``: the teacher's
     confident pixels (probability of its class >= that class's threshold) become cross-entropy targets of
     the student's strong view; the rest is ignored (``balance``: the kept pixels of each class stand in for
-    all the pixels the teacher gives that class).  Pixels with real labels keep them, always.  The term
-    is weighted by ``weight`` ramped up as ``exp(-5 (1 - t / ramp_up)^2)`` over the budget fraction ``t``.
+    all the pixels the teacher gives that class).  ``cutmix`` (either method): the student's views are mixed
+    in pairs, a box of one patch pasted into another, and so are the teacher's predictions (French et al.,
+    "Semi-supervised semantic segmentation needs strong, varied perturbations", 2020).  Pixels with real
+    labels keep them, always.  The term is weighted by ``weight`` ramped up as
+    ``exp(-5 (1 - t / ramp_up)^2)`` over the budget fraction ``t``.
     """
 
     method: Literal["mean_teacher", "pseudo_label"]
@@ -303,6 +306,10 @@ class SemiSupervisedConfig(_Strict):
     balance: bool = Field(default=False, description=(
         "pseudo_label: weight each class's confident pixels by (pixels the teacher gives that class) / (those of "
         "them kept), so the threshold does not shift the class proportions towards the easy, large classes"))
+    cutmix: bool = Field(default=False, description=(
+        "the student sees pairs of unlabelled patches with a box of one pasted into the other (CutMix, half the "
+        "area) and learns the teacher's predictions mixed the same way: a spatial perturbation on top of the "
+        "photometric one; needs batch_size >= 2"))
 
     @field_validator("threshold")
     @classmethod
@@ -487,6 +494,9 @@ class Config(RootConfig):
         if semi is not None and isinstance(semi.threshold, list) and len(semi.threshold) != len(self.data.classes):
             raise ValueError(f"training.semi_supervised.threshold has {len(semi.threshold)} values but data.classes "
                              f"has {len(self.data.classes)} classes: give one value, or one per class")
+        if semi is not None and semi.cutmix and (semi.batch_size or self.training.batch_size) < 2:
+            raise ValueError("training.semi_supervised.cutmix mixes unlabelled patches in pairs: set "
+                             "training.semi_supervised.batch_size to 2 or more (or cutmix: false)")
         from emseg.config._checks import check_training_config  # lazy: it builds the loss (torch)
 
         check_training_config(self)

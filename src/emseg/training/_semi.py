@@ -27,7 +27,7 @@ from emseg.io import open_image
 from emseg.training._ema import WeightAverage
 from emseg.training._spatial import match_target
 
-__all__ = ["SemiSupervised", "balance_weights", "pseudo_labels", "ramp_weight"]
+__all__ = ["SemiSupervised", "balance_weights", "cutmix_boxes", "mix", "pseudo_labels", "ramp_weight"]
 
 
 def pseudo_labels(probabilities: torch.Tensor, thresholds: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -74,6 +74,37 @@ def balance_weights(probabilities: torch.Tensor, target: torch.Tensor, free: tor
     weights = torch.ones(target.shape, dtype=torch.float32, device=target.device)
     weights[kept] = per_class[target[kept]]
     return weights
+
+
+def cutmix_boxes(n: int, shape: tuple[int, int], rng: np.random.Generator, area: float = 0.5) -> np.ndarray:
+    """``(n, Y, X)`` bool masks, each one box of about ``area`` of the plane (aspect ratio 1/2 to 2, random place).
+
+    Where a mask is True, patch ``i`` of a mixed batch shows patch ``(i + 1) % n`` (see :func:`mix`).
+    """
+    ny, nx = shape
+    masks = np.zeros((n, ny, nx), dtype=bool)
+    for i in range(n):
+        ratio = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        h = int(np.clip(round(ny * np.sqrt(area * ratio)), 1, ny))
+        w = int(np.clip(round(nx * area / max(h / ny, 1e-9)), 1, nx))
+        y, x = int(rng.integers(0, ny - h + 1)), int(rng.integers(0, nx - w + 1))
+        masks[i, y:y + h, x:x + w] = True
+    return masks
+
+
+def mix(a: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Patch ``i`` of ``a`` with the box of ``masks[i]`` taken from patch ``(i + 1) % N``.
+
+    ``a`` is ``(N, ...)`` with the plane ``(Y, X)`` last and ``masks`` ``(N, Y', X')``; masks of another size
+    than the plane (a network whose output is smaller than its input) are resized by nearest neighbour.
+    Works for images ``(N, C, [Z,] Y, X)``, probabilities and label maps ``(N, [Z,] Y, X)`` alike.
+    """
+    plane = tuple(a.shape[-2:])
+    m = masks.to(a.device)
+    if tuple(m.shape[-2:]) != plane:
+        m = F.interpolate(m[:, None].float(), size=plane, mode="nearest")[:, 0] > 0.5
+    m = m.reshape(m.shape[0], *([1] * (a.ndim - 3)), *plane)
+    return torch.where(m, torch.roll(a, shifts=-1, dims=0), a)
 
 
 def ramp_weight(weight: float, fraction: float, ramp_up: float) -> float:
@@ -127,6 +158,9 @@ class SemiSupervised:
         values = sc.threshold if isinstance(sc.threshold, list) else [sc.threshold] * num_classes
         self.thresholds = torch.tensor(values, dtype=torch.float32)
         self.batch_size = sc.batch_size or config.training.batch_size
+        if sc.cutmix and self.batch_size < 2:
+            raise ValueError("training.semi_supervised.cutmix mixes unlabelled patches in pairs: it needs 2 or more "
+                             f"per step, got batch_size {self.batch_size}")
         self.data = UnlabelledVolumes([(s.image, s.slices) for s in config.data.unlabelled],
                                       patch_size=patch_size, context=config.model.context_slices)
         self.known = self._known_labels(config)
@@ -174,6 +208,10 @@ class SemiSupervised:
             weak.append(w), known.append(k), strong.append(_strong(w, self.rng))
         weak_t = torch.from_numpy(np.stack(weak)).to(self.device)
         strong_t = torch.from_numpy(np.stack(strong)).to(self.device)
+        masks = None
+        if self.config.cutmix:  # the teacher sees the unmixed weak views; its predictions are mixed below
+            masks = torch.from_numpy(cutmix_boxes(len(weak), patch[-2:], self.rng))
+            strong_t = mix(strong_t, masks)
         with torch.no_grad(), autocast(self.device, self.dtype):
             teacher = self.teacher.model(weak_t)
         with autocast(self.device, self.dtype):
@@ -182,6 +220,8 @@ class SemiSupervised:
         student = student["main"] if isinstance(student, dict) else student
         known_t = match_target(student, torch.from_numpy(np.stack(known)).to(self.device))
         probs = torch.softmax(teacher.float(), dim=1)
+        if masks is not None:
+            probs, known_t = mix(probs, masks), mix(known_t, masks)
         if self.config.method == "pseudo_label":
             target = pseudo_labels(probs, self.thresholds, known_t)
             confident = (target != IGNORE_INDEX) & (known_t == IGNORE_INDEX)
