@@ -18,10 +18,10 @@ keeps the epoch of lowest training loss.
 
 Routes: supervised (random init), mim+ft, moco+ft (pretrained + fine-tuned), mean_teacher, pseudo_label,
 pseudo_balanced (``balance: true``), pseudo_light (one unlabelled patch per step instead of a batch: a
-cheaper step), pseudo_cutmix and mean_teacher_cutmix (``cutmix: true``: the student's unlabelled patches mixed
-in pairs, a box of one pasted into the other) (semi-supervised), 4s (ISBI only), mim+pseudo_label (the combination).  Writes
-benchmarks/results/few_labels.json (resumable: finished runs with the same settings are skipped) and prints
-a markdown table of mean +- std over seeds.
+cheaper step), pseudo_cutmix and mean_teacher_cutmix (``cutmix: true``: the student's unlabelled patches
+mixed in pairs, a box of one pasted into the other) (semi-supervised), 4s (ISBI only), mim+pseudo_label (the
+combination).  Writes benchmarks/results/few_labels.json (resumable: finished runs with the same settings are
+skipped) and prints a markdown table of mean +- std over seeds.
 """
 
 from __future__ import annotations
