@@ -15,7 +15,9 @@ from emseg.constants import IGNORE_INDEX
 from emseg.data import Normalizer
 from emseg.models import build_model, load_checkpoint
 from emseg.training import TrainingInterrupted
-from emseg.training._semi import SemiSupervised, balance_weights, cutmix_boxes, mix, pseudo_labels, ramp_weight
+from emseg.losses import build_loss
+from emseg.training._semi import (SemiSupervised, balance_weights, cutmix_boxes, mix, pseudo_labels, ramp_weight,
+                                   supervised_term)
 
 I = IGNORE_INDEX
 
@@ -71,6 +73,57 @@ def test_balanced_term_on_real_patches_differs_from_the_plain_one(tmp_path, isbi
         semi.close()
         assert 0.0 < shares < 1.0
     assert np.isfinite(losses).all() and losses[0] > losses[1]  # dropped pixels' classes weigh more
+
+
+def test_supervised_term_weighs_pseudo_labels_with_the_class_weights():
+    # 4 pixels, 2 classes: pseudo-labels 0, 1 on two of them, the other two ignored
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0],
+                           [0.0, 1.0, 0.0, 3.0]]).reshape(1, 2, 1, 4).requires_grad_(True)
+    target = torch.tensor([[[0, 1, I, I]]])
+    criterion = build_loss({"ce": 1.0}, num_classes=2, class_weights=[1.0, 3.0])
+    ce0, ce1 = np.log(1 + np.exp(-2.0)), np.log(1 + np.exp(-1.0))  # -log softmax of the labelled class
+    expected = (1.0 * ce0 + 3.0 * ce1) / (1.0 + 3.0) * (2 / 4)  # weighted mean over the kept, times kept / all
+    term = supervised_term(criterion, logits, target)
+    assert float(term.detach()) == pytest.approx(expected, rel=1e-6)
+    plain = supervised_term(build_loss({"ce": 1.0}, num_classes=2), logits, target)
+    assert float(plain.detach()) == pytest.approx((ce0 + ce1) / 2 * (2 / 4), rel=1e-6)  # rarer class 1 weighs less
+    # no confident pixel: 0 with a gradient (not the NaN of an empty mean), for CE + Dice alike
+    empty = supervised_term(build_loss({"ce": 1.0, "dice": 1.0}, num_classes=2), logits, torch.full((1, 1, 4), I))
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
+    empty.backward()
+    assert torch.all(logits.grad == 0)
+
+
+def test_supervised_loss_term_on_real_patches(tmp_path, isbi_crop):
+    config = load_config(_config(tmp_path, isbi_crop, method="pseudo_label", extra=", loss: supervised"))
+    assert config.training.semi_supervised.loss == "supervised"
+    torch.manual_seed(0)
+    model = build_model("unet2d", in_channels=1, num_classes=2, options={"features": [4, 8]})
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.mul_(30.0)
+    weighted = build_loss({"ce": 1.0, "dice": 1.0}, num_classes=2, class_weights=[0.5, 1.5])
+    losses = []
+    for loss, criterion in (("supervised", weighted), ("ce", None)):
+        config.training.semi_supervised.loss = loss
+        semi = SemiSupervised(config, model, normalizer=Normalizer(127.0, 50.0), patch_size=(64, 64),
+                              device=torch.device("cpu"), dtype=None, criterion=criterion)
+        value = semi.loss(model, fraction=1.0)  # the same patches (same seeded stream)
+        assert value.requires_grad and torch.isfinite(value)
+        losses.append(float(value.detach()))
+        semi.close()
+    assert losses[0] != losses[1]
+    config.training.semi_supervised.loss = "supervised"
+    with pytest.raises(ValueError, match="weight map"):
+        SemiSupervised(config, model, normalizer=Normalizer(127.0, 50.0), patch_size=(64, 64),
+                       device=torch.device("cpu"), dtype=None,
+                       criterion=build_loss({"weighted_ce": 1.0}, num_classes=2))
+
+
+def test_supervised_loss_is_for_pseudo_labels_only(tmp_path, isbi_crop):
+    cfg = _config(tmp_path, isbi_crop, method="mean_teacher", extra=", loss: supervised")
+    result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp_path / "r"), "-q"])
+    assert result.exit_code == 2 and "pseudo_label" in result.output and "Traceback" not in result.output
 
 
 def test_cutmix_boxes_cover_half_the_plane_in_one_box():
@@ -186,7 +239,7 @@ def test_unlabelled_patches_of_labelled_slices_keep_their_labels(tmp_path, isbi_
     semi.close()
 
 
-@pytest.mark.parametrize("method", ["pseudo_label", "mean_teacher"])
+@pytest.mark.parametrize("method", ["pseudo_label", "mean_teacher", "pseudo_label, loss: supervised"])
 def test_semi_supervised_training_runs_and_resumes(tmp_path, isbi_crop, method, cpu_bf16, monkeypatch):
     import emseg
 

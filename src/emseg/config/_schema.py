@@ -290,7 +290,8 @@ class SemiSupervisedConfig(_Strict):
     patch and an EMA teacher's prediction of the weakly augmented one.  ``pseudo_label``: the teacher's
     confident pixels (probability of its class >= that class's threshold) become cross-entropy targets of
     the student's strong view; the rest is ignored (``balance``: the kept pixels of each class stand in for
-    all the pixels the teacher gives that class).  ``cutmix`` (either method): the student's views are mixed
+    all the pixels the teacher gives that class; ``loss: supervised``: they are learned with the supervised
+    loss and its class weights instead of plain cross-entropy).  ``cutmix`` (either method): the student's views are mixed
     in pairs, a box of one patch pasted into another, and so are the teacher's predictions (French et al.,
     "Semi-supervised semantic segmentation needs strong, varied perturbations", 2020).  Pixels with real
     labels keep them, always.  The term is weighted by ``weight`` ramped up as
@@ -306,6 +307,10 @@ class SemiSupervisedConfig(_Strict):
     balance: bool = Field(default=False, description=(
         "pseudo_label: weight each class's confident pixels by (pixels the teacher gives that class) / (those of "
         "them kept), so the threshold does not shift the class proportions towards the easy, large classes"))
+    loss: Literal["ce", "supervised"] = Field(default="ce", description=(
+        "pseudo_label: 'ce', plain cross-entropy on the confident pixels; 'supervised', the run's own supervised "
+        "loss (training.loss with training.class_weights: class-weighted cross-entropy + Dice by default) on them, "
+        "so a rare class's pseudo-labels weigh what its real labels do"))
     cutmix: bool = Field(default=False, description=(
         "the student sees pairs of unlabelled patches with a box of one pasted into the other (CutMix, half the "
         "area) and learns the teacher's predictions mixed the same way: a spatial perturbation on top of the "
@@ -318,6 +323,13 @@ class SemiSupervisedConfig(_Strict):
         if not values or any(not 0.0 < v <= 1.0 for v in values):
             raise ValueError(f"threshold must be in (0, 1] (one value or one per class), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _pseudo_label_only(self) -> SemiSupervisedConfig:
+        if self.method != "pseudo_label" and self.loss != "ce":
+            raise ValueError(f"loss: {self.loss} is for method: pseudo_label (the mean teacher's term is a distance "
+                             "between probabilities, not a loss on labels); remove it or use method: pseudo_label")
+        return self
 
 
 class TrainingConfig(_Strict):

@@ -27,7 +27,7 @@ from emseg.io import open_image
 from emseg.training._ema import WeightAverage
 from emseg.training._spatial import match_target
 
-__all__ = ["SemiSupervised", "balance_weights", "cutmix_boxes", "mix", "pseudo_labels", "ramp_weight"]
+__all__ = ["SemiSupervised", "balance_weights", "cutmix_boxes", "mix", "pseudo_labels", "ramp_weight", "supervised_term"]
 
 
 def pseudo_labels(probabilities: torch.Tensor, thresholds: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -74,6 +74,20 @@ def balance_weights(probabilities: torch.Tensor, target: torch.Tensor, free: tor
     weights = torch.ones(target.shape, dtype=torch.float32, device=target.device)
     weights[kept] = per_class[target[kept]]
     return weights
+
+
+def supervised_term(criterion: torch.nn.Module, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The supervised loss on the pseudo-labels, scaled by the fraction of pixels that have one.
+
+    ``criterion`` averages over the labelled pixels only (its class weights included), so it is multiplied by
+    ``labelled / all`` pixels: like the plain cross-entropy term, a batch where the teacher is sure of few
+    pixels pulls little, and one where it is sure of none gives 0 (not the NaN of an empty mean).
+    """
+    valid = target != IGNORE_INDEX
+    count = int(valid.sum())
+    if count == 0:
+        return logits.float().sum() * 0.0
+    return criterion(logits.float(), target) * (count / target.numel())
 
 
 def cutmix_boxes(n: int, shape: tuple[int, int], rng: np.random.Generator, area: float = 0.5) -> np.ndarray:
@@ -146,13 +160,23 @@ class SemiSupervised:
         normalizer: the run's intensity normaliser.
         patch_size: the training patch ``(Y, X)`` or ``(Z, Y, X)``.
         device, dtype: where and in which autocast precision to run.
+        criterion: the run's supervised loss ``criterion(logits, target)`` (with its class weights), used on
+            the pseudo-labels when ``loss: supervised``.
     """
 
     def __init__(self, config: Config, model: torch.nn.Module, *, normalizer: Normalizer, patch_size: tuple[int, ...],
-                 device: torch.device, dtype: torch.dtype | None) -> None:
+                 device: torch.device, dtype: torch.dtype | None, criterion: torch.nn.Module | None = None) -> None:
         sc = config.training.semi_supervised
         if sc is None:
             raise ValueError("training.semi_supervised is not set")
+        if sc.loss == "supervised":
+            if criterion is None:
+                raise ValueError("training.semi_supervised.loss: supervised needs the run's supervised loss")
+            if getattr(criterion, "requires_weight_map", False):
+                raise ValueError("training.semi_supervised.loss: supervised cannot use a loss that needs a weight map "
+                                 "(weighted_ce: the map comes from real labels); use loss: ce, or another "
+                                 "training.loss")
+        self.criterion = criterion
         self.config, self.normalizer, self.device, self.dtype = sc, normalizer, device, dtype
         num_classes = len(config.data.classes)
         values = sc.threshold if isinstance(sc.threshold, list) else [sc.threshold] * num_classes
@@ -225,11 +249,14 @@ class SemiSupervised:
         if self.config.method == "pseudo_label":
             target = pseudo_labels(probs, self.thresholds, known_t)
             confident = (target != IGNORE_INDEX) & (known_t == IGNORE_INDEX)
-            ce = F.cross_entropy(student.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
-            if self.config.balance:
-                ce = ce * balance_weights(probs, target, known_t == IGNORE_INDEX)
-            term = ce.sum() / ce.numel()  # as FixMatch: ignored pixels count as 0, the mean is over all pixels
             share = float(confident.sum()) / max(1, int((known_t == IGNORE_INDEX).sum()))
+            if self.config.loss == "supervised":
+                term = supervised_term(self.criterion, student, target)
+            else:
+                ce = F.cross_entropy(student.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+                if self.config.balance:
+                    ce = ce * balance_weights(probs, target, known_t == IGNORE_INDEX)
+                term = ce.sum() / ce.numel()  # as FixMatch: ignored pixels count as 0, the mean is over all pixels
         else:  # mean teacher: squared distance of the class probabilities on the pixels without a real label
             free = (known_t == IGNORE_INDEX).to(torch.float32)
             distance = ((torch.softmax(student.float(), dim=1) - probs) ** 2).sum(dim=1)
