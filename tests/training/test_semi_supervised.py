@@ -244,7 +244,7 @@ def test_semi_supervised_training_runs_and_resumes(tmp_path, isbi_crop, method, 
     import emseg
 
     cfg = _config(tmp_path, isbi_crop, method=method)
-    whole = emseg.train(cfg, tmp_path / "whole", progress=False)
+    emseg.train(cfg, tmp_path / "whole", progress=False)
     lines = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(r["semi_loss"] is not None and r["semi_loss"] >= 0 for r in lines)
     assert lines[0]["semi_weight"] < lines[1]["semi_weight"] <= 1.0  # ramped up
