@@ -14,18 +14,19 @@ keeps the epoch of lowest training loss.
   4S propagates from 5 and 15 over sections 0-23 (``--step`` sections per side per round).
 * EPFL multi-class: labelled training slices 0, 12 and 24 of the 27 (z = 0, 61, 161 of the EPFL volume);
   unlabelled: the raw images of all 32 slices (27 training + 5 test); scored on the 5 test slices
-  (per-class and mean foreground IoU).  Reference: supervised on all 27 slices at the same budget.
+  (per-class and mean foreground IoU).
 * References (what labelling every unlabelled training slice would give at the same budget, the ceiling of
   what the unlabelled slices can bring): ``reference-27`` (EPFL, all 27 training slices) and ``reference-24``
   (ISBI, sections 0-23 all labelled).
 
 Routes: supervised (random init), mim+ft, moco+ft (pretrained + fine-tuned), mean_teacher, pseudo_label,
 pseudo_balanced (``balance: true``), pseudo_weighted (``loss: supervised``: the pseudo-labels learned with the
-supervised loss, class-weighted cross-entropy + Dice, instead of plain cross-entropy), pseudo_light (one unlabelled patch per step instead of a batch: a
-cheaper step), pseudo_cutmix and mean_teacher_cutmix (``cutmix: true``: the student's unlabelled patches
-mixed in pairs, a box of one pasted into the other) (semi-supervised), 4s (ISBI only), mim+pseudo_label (the
-combination).  Writes benchmarks/results/few_labels.json (resumable: finished runs with the same settings are
-skipped) and prints a markdown table of mean +- std over seeds.
+supervised loss, class-weighted cross-entropy + Dice, instead of plain cross-entropy), pseudo_light (one
+unlabelled patch per step instead of a batch: a cheaper step), pseudo_cutmix and mean_teacher_cutmix
+(``cutmix: true``: the student's unlabelled patches mixed in pairs, a box of one pasted into the other)
+(semi-supervised), 4s (ISBI only), mim+pseudo_label (the combination).  Writes
+benchmarks/results/few_labels.json (resumable: finished runs with the same settings are skipped) and prints a
+markdown table of mean +- std over seeds.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ EPFL_CLASSES = ["background", "membrane", "mitochondrion", "mitochondrial_bounda
 ROUTES = ["supervised", "mim+ft", "moco+ft", "mean_teacher", "pseudo_label", "pseudo_balanced", "pseudo_weighted",
           "pseudo_light", "pseudo_cutmix", "mean_teacher_cutmix", "4s", "mim+pseudo_label"]
 REFERENCES = {"isbi": ("reference-24", "0:24"), "epfl": ("reference-27", None)}  # route, all training slices
+SEMI_ROUTES = ("mean_teacher", "pseudo_label", "pseudo_balanced", "pseudo_weighted", "pseudo_light", "_cutmix")
+ALL_ROUTES = ROUTES + [route for route, _ in REFERENCES.values()]
 
 
 def _cpu() -> str:
@@ -137,7 +140,7 @@ def _run(dataset: str, route: str, seed: int, spec: dict, args, work: Path) -> d
         init = str(result.out_dir)
         base["model"]["init"] = init
         base["training"]["max_minutes"] = minutes * (1 - args.pretrain_share)
-    if route.endswith(("mean_teacher", "pseudo_label", "pseudo_balanced", "pseudo_weighted", "pseudo_light", "_cutmix")):
+    if route.endswith(SEMI_ROUTES):
         method = "mean_teacher" if route.startswith("mean_teacher") else "pseudo_label"
         base["data"]["unlabelled"] = spec["unlabelled"]
         base["training"]["semi_supervised"] = {"method": method, "weight": 1.0, "threshold": args.threshold,
@@ -170,7 +173,7 @@ def _run(dataset: str, route: str, seed: int, spec: dict, args, work: Path) -> d
 def _table(runs: list[dict]) -> str:
     lines = ["| data | route | seeds | membrane IoU | V_Rand (thinned) | mean fg IoU | per-class IoU (EPFL) |",
              "|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["dataset"], r["route"]) for r in runs}, key=lambda k: (k[0], (ROUTES + [r for r, _ in REFERENCES.values()]).index(k[1])))
+    keys = sorted({(r["dataset"], r["route"]) for r in runs}, key=lambda k: (k[0], ALL_ROUTES.index(k[1])))
 
     def ms(values):
         values = [v for v in values if v is not None and not np.isnan(v)]
@@ -197,7 +200,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget per route")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--datasets", default="isbi,epfl")
-    parser.add_argument("--routes", default=",".join(ROUTES + [r for r, _ in REFERENCES.values()]))
+    parser.add_argument("--routes", default=",".join(ALL_ROUTES))
     parser.add_argument("--features", default="8,16,32,64")
     parser.add_argument("--patch-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4)

@@ -13,9 +13,9 @@ from emseg.cli import app
 from emseg.config import load_config
 from emseg.constants import IGNORE_INDEX
 from emseg.data import Normalizer
+from emseg.losses import build_loss
 from emseg.models import build_model, load_checkpoint
 from emseg.training import TrainingInterrupted
-from emseg.losses import build_loss
 from emseg.training._semi import (SemiSupervised, balance_weights, cutmix_boxes, mix, pseudo_labels, ramp_weight,
                                    supervised_term)
 

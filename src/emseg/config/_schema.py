@@ -291,10 +291,10 @@ class SemiSupervisedConfig(_Strict):
     confident pixels (probability of its class >= that class's threshold) become cross-entropy targets of
     the student's strong view; the rest is ignored (``balance``: the kept pixels of each class stand in for
     all the pixels the teacher gives that class; ``loss: supervised``: they are learned with the supervised
-    loss and its class weights instead of plain cross-entropy).  ``cutmix`` (either method): the student's views are mixed
-    in pairs, a box of one patch pasted into another, and so are the teacher's predictions (French et al.,
-    "Semi-supervised semantic segmentation needs strong, varied perturbations", 2020).  Pixels with real
-    labels keep them, always.  The term is weighted by ``weight`` ramped up as
+    loss and its class weights instead of plain cross-entropy).  ``cutmix`` (either method): the student's
+    views are mixed in pairs, a box of one patch pasted into another, and so are the teacher's predictions
+    (French et al., "Semi-supervised semantic segmentation needs strong, varied perturbations", 2020).
+    Pixels with real labels keep them, always.  The term is weighted by ``weight`` ramped up as
     ``exp(-5 (1 - t / ramp_up)^2)`` over the budget fraction ``t``.
     """
 
@@ -306,7 +306,8 @@ class SemiSupervisedConfig(_Strict):
     batch_size: int | None = Field(default=None, ge=1, description="unlabelled patches per step (default batch_size)")
     balance: bool = Field(default=False, description=(
         "pseudo_label: weight each class's confident pixels by (pixels the teacher gives that class) / (those of "
-        "them kept), so the threshold does not shift the class proportions towards the easy, large classes"))
+        "them kept), so the threshold does not shift the class proportions towards the easy, large classes; "
+        "with loss: ce only (loss: supervised weighs classes by training.class_weights instead)"))
     loss: Literal["ce", "supervised"] = Field(default="ce", description=(
         "pseudo_label: 'ce', plain cross-entropy on the confident pixels; 'supervised', the run's own supervised "
         "loss (training.loss with training.class_weights: class-weighted cross-entropy + Dice by default) on them, "

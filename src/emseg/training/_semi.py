@@ -27,7 +27,8 @@ from emseg.io import open_image
 from emseg.training._ema import WeightAverage
 from emseg.training._spatial import match_target
 
-__all__ = ["SemiSupervised", "balance_weights", "cutmix_boxes", "mix", "pseudo_labels", "ramp_weight", "supervised_term"]
+__all__ = ["SemiSupervised", "balance_weights", "cutmix_boxes", "mix", "pseudo_labels", "ramp_weight",
+           "supervised_term"]
 
 
 def pseudo_labels(probabilities: torch.Tensor, thresholds: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -83,8 +84,7 @@ def supervised_term(criterion: torch.nn.Module, logits: torch.Tensor, target: to
     ``labelled / all`` pixels: like the plain cross-entropy term, a batch where the teacher is sure of few
     pixels pulls little, and one where it is sure of none gives 0 (not the NaN of an empty mean).
     """
-    valid = target != IGNORE_INDEX
-    count = int(valid.sum())
+    count = int((target != IGNORE_INDEX).sum())
     if count == 0:
         return logits.float().sum() * 0.0
     return criterion(logits.float(), target) * (count / target.numel())

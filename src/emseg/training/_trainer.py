@@ -157,7 +157,8 @@ def _train_torch(config: Config, out_dir: Path, train_data: LabelledSlices, val_
                                 weight_decay_groups=tc.weight_decay_groups, momentum=tc.momentum, nesterov=tc.nesterov)
     ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
     semi = (SemiSupervised(config, model, normalizer=normalizer, patch_size=tuple(patch_size), device=device,
-                           dtype=dtype, criterion=base_criterion) if tc.semi_supervised is not None else None)  # data.unlabelled (issue 18)
+                           dtype=dtype, criterion=base_criterion)
+            if tc.semi_supervised is not None else None)  # data.unlabelled (issue 18)
     scored = model if ema is None else ema.model  # the weights validated and saved
     predictor = Predictor(scored, classes=config.data.classes, normalizer=normalizer,
                           context_slices=config.model.context_slices, grain_filter=grain,
