@@ -21,7 +21,9 @@ Steps, each result written to ``--out`` as soon as it exists:
    identical labels between the two over the whole volume;
 3. ``emseg predict --route ROUTE`` (default ``auto``: the tuner, bf16 and several slices per forward
    among its candidates) end to end: its rate as a fraction of the network alone (whole slices, bf16,
-   ``--batch-size`` per forward) and the route it chose; then the same route with the network replaced
+   ``--batch-size`` per forward) and the route it chose; one ``emseg predict`` over ``--batch-volumes``
+   links to the volume (a pattern input: start-up and tuning paid once), end to end over all of them,
+   as a fraction of the network alone too; then the same route with the network replaced
    by a constant (the pipeline alone on this machine), and a cProfile of the route on ``--profile-gvox``;
 4. labels of every end-to-end run against the CPU fp32 route (the default CPU route with the model's
    window, and the CPU fp32 route with the whole-slice window of the runs above, computed here on
@@ -179,6 +181,9 @@ def main() -> None:
                     help="slices predicted by the CPU fp32 route, the reference of the labels agreement")
     ap.add_argument("--profile-gvox", type=float, default=0.1,
                     help="also profile the tuned route on a volume of this size (0: no profile)")
+    ap.add_argument("--batch-volumes", type=int, default=4,
+                    help="also one emseg predict over this many copies (links) of the volume, end to end: the "
+                    "start-up paid once (0 or 1 to skip)")
     ap.add_argument("--device", default="cuda", help="cpu: a quick smoke test of this script without a GPU")
     args = ap.parse_args()
     global DEVICE
@@ -268,6 +273,20 @@ def main() -> None:
         run["fraction_of_network_alone"] = run["mvox_s"] / network
         result["route_end_to_end"] = run
         save("route_end_to_end")
+        if args.batch_volumes > 1:  # one process for several volumes: start-up and tuning paid once (a pattern)
+            many = work / "many"
+            many.mkdir(exist_ok=True)
+            for i in range(args.batch_volumes):
+                if not (many / f"v{i}.zarr").exists():
+                    (many / f"v{i}.zarr").symlink_to(work / "volume.zarr")
+            batch = run_emseg(args.model, many / "*.zarr", work / "labels_many" / "{stem}.zarr", 0,
+                              ["--route", args.route])
+            total = nvox * args.batch_volumes
+            batch.update(volumes=args.batch_volumes, gvox=total / 1e9, mvox_s=total / batch["wall_s"] / 1e6,
+                         fraction_of_network_alone=total / batch["wall_s"] / 1e6 / network,
+                         first_identical_to_route=identical_fraction(work / "labels_many" / "v0.zarr", out))
+            result["batch_end_to_end"] = batch
+            save("batch_end_to_end")
         # the pipeline alone on this machine: the tuned route with its network replaced by a constant (read,
         # normalise, copy to the device, argmax there, copy back, write), so a shortfall is placed on either side
         import dataclasses

@@ -1,8 +1,9 @@
 #!/bin/bash
 # What `emseg predict` costs before its first block: one forced route on a tiny zarr volume, so the run is
 # start-up (imports, model loads, the receptive-field probe, the route's agreement check) and little else.
-# Compare two source trees with farm-bench (docs/BENCHMARKS.md):
-#   farm-bench -n 5 --timeout 900 --vs 'benchmarks/predict_startup.sh OLD/src MODEL VOL' -- benchmarks/predict_startup.sh src MODEL VOL
+# Compare two source trees with benchmarks/paired_wall.py (docs/BENCHMARKS.md):
+#   python benchmarks/paired_wall.py -n 5 --a 'benchmarks/predict_startup.sh src MODEL VOL' \
+#       --b 'benchmarks/predict_startup.sh OLD/src MODEL VOL'
 # VOL: e.g. a 2 x 128 x 128 uint8 zarr; ROUTE (4th argument) defaults to fp32-eager-cl-t2-w128x128-b1.
 set -e
 src=$1 model=$2 volume=$3 route=${4:-fp32-eager-cl-t2-w128x128-b1}

@@ -100,8 +100,11 @@ def calibrate(
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Run directory or model.pt file.")],
-    input: Annotated[str, typer.Argument(help="Image or stack: .tif, PNG folder, file.h5:dataset, store.zarr/path, volume.n5/path, .mrc")],
-    output: Annotated[str, typer.Argument(help="Label image to write: .tif, .zarr, file.h5:dataset or .png (2-D).")],
+    input: Annotated[str, typer.Argument(help="Image or stack: .tif, PNG folder, file.h5:dataset, store.zarr/path, "
+                                         "volume.n5/path, .mrc; or a quoted pattern of several, e.g. 'raw/*.tif' "
+                                         "(one process for all).")],
+    output: Annotated[str, typer.Argument(help="Label image to write: .tif, .zarr, file.h5:dataset or .png (2-D); "
+                                          "for a pattern INPUT a template such as 'labels/{stem}.zarr'.")],
     probabilities: Annotated[Optional[str], typer.Option(help="Also write class probabilities (.tif, .zarr or .h5).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
@@ -138,29 +141,58 @@ def predict(
                                                  "--batch-size/--threads.")] = None,
     max_memory: Annotated[float, typer.Option(help="GB: a tuned route (--route auto) is the fastest whose estimated "
                                               "peak memory fits this; 0 = no limit.")] = 2.0,
+    keep_going: Annotated[bool, typer.Option("--keep-going/--stop-on-error",
+                                             help="A pattern INPUT: go on after a volume fails, list the failures "
+                                             "at the end (exit 1); rerunning skips the finished outputs.")] = True,
     quiet: _QUIET = False,
 ) -> None:
     """Segment INPUT with MODEL; write a uint8 label image of the input's shape to OUTPUT.
 
-    A .zarr OUTPUT is segmented block by block (flat memory), resumably, optionally on Dask.
+    A .zarr OUTPUT is segmented block by block (flat memory), resumably, optionally on Dask. A pattern INPUT
+    ('raw/*.tif') segments every match in this one process into OUTPUT's template ('labels/{stem}.zarr').
     """
     _setup(quiet)
+    from emseg.inference import batch_pairs, is_batch, predict_many
     from emseg.inference import predict as _predict
 
+    options = dict(progress=not quiet, precision=precision, tta=tta, median=median, min_size=min_size,
+                   post_3d=post_3d, block=block, workers=workers,
+                   threads=threads, scheduler=scheduler, resume=resume, ome_zarr=ome_zarr,
+                   zarr_format=zarr_format if zarr_format != 3 else None,
+                   window=window, batch_size=batch_size, jit=jit or None,
+                   calibrated=None if calibration else False, route=route,
+                   max_memory_gb=None if max_memory == 0 else max_memory)
     try:
-        path = _predict(model, input, output, probabilities=probabilities, overwrite=overwrite,
-                        progress=not quiet, precision=precision, tta=tta, median=median, min_size=min_size,
-                        post_3d=post_3d, block=block, workers=workers,
-                        threads=threads, scheduler=scheduler, resume=resume, ome_zarr=ome_zarr,
-                        zarr_format=zarr_format if zarr_format != 3 else None,
-                        overlap=overlap if overlap == "auto" else _fraction("--overlap", overlap),
-                        window=window, batch_size=batch_size, jit=jit or None,
-                        calibrated=None if calibration else False, route=route,
-                        max_memory_gb=None if max_memory == 0 else max_memory)
+        options["overlap"] = overlap if overlap == "auto" else _fraction("--overlap", overlap)
+        if is_batch(input, output):
+            items = batch_pairs(input, output, probabilities)
+            predict_many(model, items, overwrite=overwrite, keep_going=keep_going, **options)
+        else:
+            path = _predict(model, input, output, probabilities=probabilities, overwrite=overwrite, **options)
     except _user_errors() as err:
         _fail(err)
+    if is_batch(input, output):
+        _print_batch(items)
+        return
     console.print(f"labels: {path}" + (f"\nprobabilities: {probabilities}" if probabilities else ""))
     _print_route(path)
+
+
+def _print_batch(items) -> None:
+    """A line per volume, then the failures (exit 1 if any)."""
+    for item in items:
+        route = f"  route: {item.route}" if item.route else ""
+        took = f"  {item.seconds:.1f} s" if item.status == "done" else ""
+        console.print(f"{item.status:8s} {item.input} -> {item.output}{took}{route}")
+    failed = [item for item in items if item.status == "failed"]
+    counts = {s: sum(item.status == s for item in items) for s in ("done", "skipped", "failed")}
+    console.print(f"{len(items)} volumes: {counts['done']} segmented, {counts['skipped']} finished before, "
+                  f"{counts['failed']} failed")
+    if failed:
+        for item in failed:
+            err_console.print(f"[bold red]failed:[/] {_escape(item.input)}: {_escape(item.error or '')}")
+        err_console.print("Fix those inputs and rerun the same command: finished outputs are skipped.")
+        raise typer.Exit(1)
 
 
 def _print_route(output: Path) -> None:

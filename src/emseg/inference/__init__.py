@@ -6,6 +6,7 @@ evaluation and Grad-CAM use. :func:`load_exported` runs a file written by :mod:`
 (``.onnx``, bioimage.io ``.zip``); :func:`read_metadata` and :func:`model_classes` read it.
 """
 
+from emseg.inference._batch import BatchItem, batch_pairs, is_batch, predict_many
 from emseg.inference._blockwise import BlockLayout, ResumeError, predict_blockwise
 from emseg.inference._combine import (
     METHODS,
@@ -35,6 +36,7 @@ from emseg.inference._run_state import read_run_metadata
 __all__ = [
     "AGREEMENT_THRESHOLD",
     "METHODS",
+    "BatchItem",
     "BlockLayout",
     "EnsemblePredictor",
     "OnnxNetwork",
@@ -42,7 +44,9 @@ __all__ = [
     "ResumeError",
     "Route",
     "SegmentationPredictor",
+    "batch_pairs",
     "combine_probabilities",
+    "is_batch",
     "is_exported",
     "load_exported",
     "describe_route",
@@ -55,6 +59,7 @@ __all__ = [
     "postprocess_labels",
     "predict",
     "predict_blockwise",
+    "predict_many",
     "read_metadata",
     "read_onnx_metadata",
     "read_run_metadata",

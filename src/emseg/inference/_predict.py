@@ -24,6 +24,7 @@ from emseg.inference._outputs import (
 from emseg.inference._postprocess import check_postprocess, postprocess_labels, postprocess_record
 from emseg.inference._predictor import Predictor
 from emseg.inference._route import AGREEMENT_THRESHOLD, MAX_MEMORY_GB, calibrate_recorded, describe, engine_route
+from emseg.inference._run_state import read_run_metadata
 from emseg.io import (
     atomic_output,
     discard,
@@ -36,7 +37,7 @@ from emseg.io import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["predict", "write_probabilities"]
+__all__ = ["predict", "predict_with_route", "write_probabilities"]
 
 #: Inputs larger than this (voxels) must go to a .zarr output (blockwise): labels and probabilities of a
 #: whole volume held in memory would not fit.
@@ -98,6 +99,32 @@ def predict(
         OSError: an output folder that cannot be written (checked first) or a write that fails (a
             full disk): no output is left behind, the message names the output.
     """
+    return predict_with_route(model, image, output, probabilities=probabilities, overwrite=overwrite,
+                              progress=progress, precision=precision, tta=tta, median=median, min_size=min_size,
+                              post_3d=post_3d, **blockwise)[0]
+
+
+def predict_with_route(
+    model: str | os.PathLike | Predictor,
+    image: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    probabilities: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    precision: str = "auto",
+    tta: bool = False,
+    median: int | None = None,
+    min_size: int | None = None,
+    post_3d: bool = False,
+    **blockwise: Any,
+) -> tuple[Path, dict[str, Any] | None]:
+    """:func:`predict`, also returning the record of the route it ran (None: no route was resolved).
+
+    The record is what a ``.zarr`` output stores as ``emseg.route`` (see :func:`describe_route`); for an
+    in-memory prediction it is returned only.  :func:`emseg.inference.predict_many` reuses a tuned route
+    this way for the next volumes of the same slice shape.
+    """
     output = Path(output)
     blockwise = {k: v for k, v in blockwise.items() if v is not None}
     check_options(**{k: blockwise.get(k) for k in ("window", "batch_size", "workers", "threads")})
@@ -119,8 +146,9 @@ def predict(
                              ".tif or .h5 output (in memory, up to 2^31 voxels) to post-process them, or drop "
                              f"{flags}")
 
-        return predict_blockwise(model, image, output, overwrite=overwrite, progress=progress, precision=precision,
+        path = predict_blockwise(model, image, output, overwrite=overwrite, progress=progress, precision=precision,
                                  tta=tta, **blockwise)
+        return path, (read_run_metadata(path) or {}).get("route")
     route, agreement = blockwise.pop("route", None), blockwise.pop("agreement", AGREEMENT_THRESHOLD)
     max_memory_gb = blockwise.pop("max_memory_gb", MAX_MEMORY_GB)
     predictor_keys = ("overlap", "window", "batch_size", "jit", "calibrated")
@@ -166,6 +194,7 @@ def predict(
                              f"{output}; {fix}")
         check_finite(volume, image)
         threads_before = torch.get_num_threads()
+        record = None
         if route != "default":  # in memory the route's threads are this process's torch threads
             chosen, record, options = engine_route(
                 route, load=lambda **o: Predictor.from_checkpoint(model, **o), overlap=blockwise["overlap"],
@@ -194,7 +223,7 @@ def predict(
         _record_postprocess(output, post)
     elapsed = time.perf_counter() - start
     logger.info("segmented %s (%s voxels) in %.1f s -> %s", image, labels.size, elapsed, output)
-    return output
+    return output, record
 
 
 def _record_postprocess(output: Path, post: dict[str, Any]) -> None:
