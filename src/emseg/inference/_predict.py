@@ -44,22 +44,11 @@ __all__ = ["predict", "predict_with_route", "write_probabilities"]
 IN_MEMORY_LIMIT = 2**31
 
 
-def predict(
-    model: str | os.PathLike | Predictor,
-    image: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    probabilities: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    precision: str = "auto",
-    tta: bool = False,
-    median: int | None = None,
-    min_size: int | None = None,
-    post_3d: bool = False,
-    **blockwise: Any,
-) -> Path:
+def predict(model: str | os.PathLike | Predictor, image: str | os.PathLike, output: str | os.PathLike,
+            **options: Any) -> Path:
     """Segment ``image`` with ``model`` and write a label image to ``output``.
+
+    The keyword options (all optional, keyword-only) are those of :func:`predict_with_route`, described here.
 
     Args:
         model: a run directory, a ``model.pt`` file or a :class:`Predictor`.
@@ -99,9 +88,7 @@ def predict(
         OSError: an output folder that cannot be written (checked first) or a write that fails (a
             full disk): no output is left behind, the message names the output.
     """
-    return predict_with_route(model, image, output, probabilities=probabilities, overwrite=overwrite,
-                              progress=progress, precision=precision, tta=tta, median=median, min_size=min_size,
-                              post_3d=post_3d, **blockwise)[0]
+    return predict_with_route(model, image, output, **options)[0]
 
 
 def predict_with_route(
@@ -119,7 +106,8 @@ def predict_with_route(
     post_3d: bool = False,
     **blockwise: Any,
 ) -> tuple[Path, dict[str, Any] | None]:
-    """:func:`predict`, also returning the record of the route it ran (None: no route was resolved).
+    """:func:`predict` (its docstring describes the arguments), also returning the record of the route it ran
+    (None: no route was resolved).
 
     The record is what a ``.zarr`` output stores as ``emseg.route`` (see :func:`describe_route`); for an
     in-memory prediction it is returned only.  :func:`emseg.inference.predict_many` reuses a tuned route
