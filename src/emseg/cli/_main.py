@@ -141,6 +141,9 @@ def predict(
                                                  "--batch-size/--threads.")] = None,
     max_memory: Annotated[float, typer.Option(help="GB: a tuned route (--route auto) is the fastest whose estimated "
                                               "peak memory fits this; 0 = no limit.")] = 2.0,
+    io_threads: Annotated[Optional[int], typer.Option(help="Threads reading blocks ahead, and as many writing "
+                                                      "them (.zarr output, this process). Default: 1 on a CPU, up "
+                                                      "to 4 on a GPU; more for slow or remote storage.")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going/--stop-on-error",
                                              help="A pattern INPUT: go on after a volume fails, list the failures "
                                              "at the end (exit 1); rerunning skips the finished outputs.")] = True,
@@ -161,7 +164,7 @@ def predict(
                    zarr_format=zarr_format if zarr_format != 3 else None,
                    window=window, batch_size=batch_size, jit=jit or None,
                    calibrated=None if calibration else False, route=route,
-                   max_memory_gb=None if max_memory == 0 else max_memory)
+                   max_memory_gb=None if max_memory == 0 else max_memory, io_threads=io_threads)
     try:
         options["overlap"] = overlap if overlap == "auto" else _fraction("--overlap", overlap)
         if is_batch(input, output):

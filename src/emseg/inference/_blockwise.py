@@ -38,6 +38,7 @@ Predictor interface used (any object offering it plugs in: 3-D models, ensembles
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import errno
 import logging
@@ -110,6 +111,7 @@ def predict_blockwise(
     route: str | None = None,
     agreement: float = AGREEMENT_THRESHOLD,
     max_memory_gb: float | None = MAX_MEMORY_GB,
+    io_threads: int | None = None,
 ) -> Path:
     """Segment ``image`` block by block into the zarr store ``output`` (resumable).
 
@@ -150,6 +152,9 @@ def predict_blockwise(
         agreement: smallest fraction of the probe's labels a route must share with fp32.
         max_memory_gb: a tuned route (``auto``) is the fastest whose estimated peak resident memory is
             within this many GB (None: no limit); see :mod:`emseg.inference._route`.
+        io_threads: threads reading blocks ahead, and as many writing finished ones, in this process
+            (``workers=0``); None: :func:`io_threads_for` the predictor (1 on a CPU, up to 4 on a GPU).
+            More help inputs on slow or remote storage; the labels do not depend on it.
 
     Returns:
         The output path.
@@ -166,6 +171,13 @@ def predict_blockwise(
     check_options(window=window, batch_size=batch_size, workers=workers, threads=threads)
     if max_memory_gb is not None and not max_memory_gb > 0:
         raise ValueError(f"--max-memory {max_memory_gb}: give a positive number of GB, or 0 for no limit")
+    if io_threads is not None and (isinstance(io_threads, bool) or not isinstance(io_threads, int)
+                                   or io_threads < 1):
+        raise ValueError(f"--io-threads {io_threads!r}: give a whole number of threads >= 1 (or leave it out: "
+                         "1 on a CPU, up to 4 on a GPU)")
+    if io_threads is not None and (workers or scheduler):
+        raise ValueError("--io-threads sets this process's reader and writer threads: with --workers or "
+                         "--scheduler each Dask worker reads and writes its own blocks; drop --io-threads")
     if route not in (None, "default", "auto", "auto+int8"):
         Route.parse(route)  # a bad name is refused before any work
     explicit = [flag for flag, given in (("--precision", precision != "auto"), ("--jit", jit), ("--window", window),
@@ -288,7 +300,10 @@ def predict_blockwise(
                     before = torch.get_num_threads()
                     torch.set_num_threads(threads)
                     try:
-                        _run_serial(predictor, data.array, output, labels_path, layout, todo, dtype, is_2d, on_done)
+                        io = io_threads or io_threads_for(predictor)
+                        logger.info("%d reader and %d writer thread%s", io, io, "s each" if io > 1 else "")
+                        _run_serial(predictor, data.array, output, labels_path, layout, todo, dtype, is_2d, on_done,
+                                    io_threads=io)
                     finally:
                         torch.set_num_threads(before)
             elapsed = time.perf_counter() - start
@@ -343,10 +358,24 @@ def _resolved_overlap(predictor: Any, requested: Any) -> Any:
     return float(value) if isinstance(value, (int, float)) else value
 
 
+def io_threads_for(predictor: Any) -> int:
+    """Reader and writer threads each for a run in this process: 1 where the network runs on the CPU (its
+    cores compute; one thread of each reads and writes far faster than a CPU network predicts), and up to 4
+    (a quarter of the cores) where it runs on a GPU, whose network outruns one thread's zstd compression of
+    the labels (about 290 MVox/s on one AVX2 core, docs/BENCHMARKS.md)."""
+    inner = getattr(predictor, "predictor", predictor)  # through VolumeBlockAdapter
+    device = getattr(inner, "device", None)
+    if getattr(device, "type", device) != "cuda":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
 def _run_serial(predictor: Any, volume: Any, output: Path, labels_path: str, layout: BlockLayout,
                 todo: list[tuple[int, int, int]], dtype: Any, is_2d: bool,
-                on_done: Callable[[tuple[int, int, int], int], None]) -> None:
-    """This process: the next block is read and the previous one written while one is computed."""
+                on_done: Callable[[tuple[int, int, int], int], None], io_threads: int = 1) -> None:
+    """This process: the next ``io_threads`` blocks are read, and up to ``io_threads`` finished ones written,
+    while one is computed.  Blocks are whole chunks, so writes in parallel never touch the same chunk;
+    blocks are marked done (``on_done``) in order, each after its own write."""
     if not todo:
         return
     array = open_store_array(output, labels_path)
@@ -361,20 +390,25 @@ def _run_serial(predictor: Any, volume: Any, output: Path, labels_path: str, lay
         write_block(array, region, labels, is_2d)
         return index, int(labels.size)
 
-    with cf.ThreadPoolExecutor(1, thread_name_prefix="emseg-read") as reader, \
-            cf.ThreadPoolExecutor(1, thread_name_prefix="emseg-write") as writer:
-        next_read = reader.submit(read, todo[0])
-        pending: cf.Future | None = None
+    io_threads = max(1, int(io_threads))
+    with cf.ThreadPoolExecutor(io_threads, thread_name_prefix="emseg-read") as reader, \
+            cf.ThreadPoolExecutor(io_threads, thread_name_prefix="emseg-write") as writer:
+        reads = collections.deque(reader.submit(read, index) for index in todo[:io_threads])
+        writes: collections.deque[cf.Future] = collections.deque()
         try:
             for k, index in enumerate(todo):
-                region, box, data = next_read.result()
-                if k + 1 < len(todo):
-                    next_read = reader.submit(read, todo[k + 1])
+                region, box, data = reads.popleft().result()
+                if k + io_threads < len(todo):
+                    reads.append(reader.submit(read, todo[k + io_threads]))
                 labels = block_labels(predictor, data, origin=tuple(s.start for s in box), region=region,
                                       shape=shape, dtype=dtype)
-                if pending is not None:
-                    on_done(*pending.result())
-                pending = writer.submit(write, index, region, labels)
+                while len(writes) >= io_threads:  # at most io_threads blocks of labels wait for their write
+                    on_done(*writes.popleft().result())
+                writes.append(writer.submit(write, index, region, labels))
         finally:
-            if pending is not None and not pending.cancelled():
-                on_done(*pending.result())
+            for future in reads:
+                future.cancel()
+            while writes:
+                future = writes.popleft()
+                if not future.cancelled():
+                    on_done(*future.result())
