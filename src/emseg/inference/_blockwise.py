@@ -301,7 +301,8 @@ def predict_blockwise(
                     torch.set_num_threads(threads)
                     try:
                         io = io_threads or io_threads_for(predictor)
-                        logger.info("%d reader and %d writer thread%s", io, io, "s each" if io > 1 else "")
+                        if io > 1:
+                            logger.info("reading ahead and writing with %d threads each", io)
                         _run_serial(predictor, data.array, output, labels_path, layout, todo, dtype, is_2d, on_done,
                                     io_threads=io)
                     finally:

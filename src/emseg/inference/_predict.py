@@ -74,10 +74,11 @@ def predict(model: str | os.PathLike | Predictor, image: str | os.PathLike, outp
             ``.zarr``/``.h5`` output's attributes (``emseg.postprocess``).
         **blockwise: options of :func:`emseg.inference.predict_blockwise` (``block``,
             ``workers``, ``threads``, ``scheduler``, ``resume``, ``ome_zarr``, ``zarr_format``,
-            ``overlap``, ``window``, ``batch_size``, ``jit``, ``calibrated``: False ignores the
-            checkpoint's calibration offsets; ``route``, ``agreement``, ``max_memory_gb``: see :func:`predict_blockwise`,
-            in memory too, where the route's threads become this process's torch threads).  A ``.zarr`` output (without
-            ``probabilities``) is always predicted block by block, resumably.
+            ``io_threads``, ``overlap``, ``window``, ``batch_size``, ``jit``, ``calibrated``: False ignores
+            the checkpoint's calibration offsets; ``route``, ``agreement``, ``max_memory_gb``: see
+            :func:`predict_blockwise`, in memory too, where the route's threads become this process's torch
+            threads).  A ``.zarr`` output (without ``probabilities``) is always predicted block by block,
+            resumably.
 
     Returns:
         The output path.
