@@ -102,3 +102,29 @@ def test_bad_io_threads_are_refused_before_any_work(stack, tmp_path, value):
     with pytest.raises(ValueError, match="--io-threads sets this process's reader and writer threads"):
         predict_blockwise(stack["model"], stack["path"], tmp_path / "o.zarr", io_threads=2, workers=2,
                           progress=False)
+
+
+def test_our_own_local_cluster_keeps_dasks_info_log_to_itself(stack, tmp_path):
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    import distributed  # noqa: F401 - sets the "distributed" logger's level, as in a real run
+
+    chatter = logging.getLogger("distributed")
+    before, collect = chatter.level, Collect()
+    chatter.addHandler(collect)
+    try:
+        predict_blockwise(stack["model"], stack["path"], tmp_path / "o.zarr", block=(3, 150, 200), workers=2,
+                          progress=False)
+    finally:
+        chatter.removeHandler(collect)
+    assert read_run_metadata(tmp_path / "o.zarr")["status"] == "complete"
+    assert [r.getMessage() for r in collect.records if r.levelno < logging.WARNING] == []  # no "Scheduler at ..."
+    assert chatter.level == before  # restored for whoever else uses distributed in this process

@@ -58,9 +58,13 @@ def run_blocks_dask(job, todo: list[tuple[int, int, int]], *, workers: int = 0, 
         return
     own = client is None
     cluster = None
-    if own:
-        client, cluster = _client(workers, scheduler)
+    chatter = logging.getLogger("distributed")
+    level = chatter.level
+    if own and not scheduler:  # our own LocalCluster: its start and stop are ours to report, in one line
+        chatter.setLevel(max(logging.WARNING, level))
     try:
+        if own:
+            client, cluster = _client(workers, scheduler)
         futures = [client.submit(run_block, job, index, pure=False, key=f"emseg-block-{'.'.join(map(str, index))}-"
                                  f"{job.model_sha256[:8]}-{id(job)}") for index in todo]
         try:
@@ -71,7 +75,8 @@ def run_blocks_dask(job, todo: list[tuple[int, int, int]], *, workers: int = 0, 
             client.cancel(futures)
             raise
     finally:
-        if own:
+        if own and client is not None:
             client.close()
             if cluster is not None:
                 cluster.close()
+        chatter.setLevel(level)
