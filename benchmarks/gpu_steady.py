@@ -15,7 +15,9 @@ script separates them, in one run on the machine at hand:
   time (its log line ``segmented ... in T s``: from the first block read to the last block written), for the
   route and for the same route with the network replaced by a constant (the pipeline alone); the marginal
   rate between the two sizes (extra voxels / extra wall seconds), which the fixed start-up does not enter;
-* the network alone in the same run (the route's precision, layout, whole slices and slices per forward).
+* the network alone in the same run (the route's precision, layout, whole slices and slices per forward);
+* the route once more on the largest volume with ``--io-threads 1`` (``--compare-io``): the engine's
+  reads and writes on one thread each, as before they used up to 4 on a GPU.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def fresh_process_s(code: str) -> float:
     return time.perf_counter() - start
 
 
-def predict(model: Path, volume: Path, out: Path, route: str) -> dict:
+def predict(model: Path, volume: Path, out: Path, route: str, extra: tuple[str, ...] = ()) -> dict:
     """``emseg predict --route ROUTE`` with its log: wall clock and the engine's own time."""
-    run = run_emseg(model, volume, out, 0, ["--route", route, "--overwrite"], quiet=False)
+    run = run_emseg(model, volume, out, 0, ["--route", route, "--overwrite", *extra], quiet=False)
     match = _SEGMENTED.search(" ".join(run.pop("output").split()))
     engine = float(match.group(2)) if match else None
     voxels = int(match.group(1)) if match else None
@@ -78,6 +80,9 @@ def main() -> None:
     ap.add_argument("--gvox", default="0.25,1.0")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--compare-io", type=int, default=1,
+                    help="also run the route on the largest volume with --io-threads N (default 1: the engine "
+                    "before it read and wrote with several threads on a GPU); 0 to skip")
     ap.add_argument("--device", default="cuda", help="cpu: a quick smoke test of this script without a GPU")
     args = ap.parse_args()
     global DEVICE
@@ -112,6 +117,12 @@ def main() -> None:
             runs.append(run)
             result["runs"] = runs
             save("runs")
+    if args.compare_io:  # the same route, the engine's reads and writes on --compare-io threads each
+        run = predict(args.model, volume, work / f"labels_{gvox}_io{args.compare_io}.zarr", args.route,
+                      ("--io-threads", str(args.compare_io)))
+        run.update(gvox=gvox, shape=list(shape), io_threads=args.compare_io)
+        result["io_threads_run"] = run
+        save("io_threads_run")
     result["network_alone_mvox_s"] = route_network_rate(args.model, args.route, tuple(raw.shape[1:]))
     save("network_alone_mvox_s")
     sizes = sorted({r["gvox"] for r in runs})
@@ -125,7 +136,7 @@ def main() -> None:
                                "fraction_of_network_alone": rate / result["network_alone_mvox_s"]}
         result["marginal"] = marginal
         save("marginal")
-    for run in runs:
+    for run in runs + ([result["io_threads_run"]] if "io_threads_run" in result else []):
         run["engine_fraction_of_network_alone"] = (run["engine_mvox_s"] or 0) / result["network_alone_mvox_s"]
         run["end_to_end_fraction_of_network_alone"] = (run["end_to_end_mvox_s"] or 0) / result["network_alone_mvox_s"]
     save("runs")
