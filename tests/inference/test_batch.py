@@ -156,3 +156,26 @@ def test_the_cli_segments_a_pattern_lists_each_volume_and_exits_1_on_a_failure(v
     assert "2 volumes: 0 segmented, 2 finished before, 0 failed" in result.output
     result = runner.invoke(app, ["predict", str(model), str(tmp_path / "in" / "*.tif"), str(tmp_path / "one.tif")])
     assert result.exit_code == 2 and "put {stem} in it" in result.output
+
+
+def test_an_interrupted_batch_says_what_is_finished_and_how_to_go_on(volumes, tmp_path, monkeypatch):
+    from emseg.inference import _batch
+
+    tifs, model = volumes["root"] / "tif", volumes["model"]
+    real = _batch.predict_with_route
+
+    def interrupted_on_b(model, image, output, **options):
+        if str(image).endswith("b.tif"):
+            raise KeyboardInterrupt
+        return real(model, image, output, **options)
+
+    monkeypatch.setattr(_batch, "predict_with_route", interrupted_on_b)
+    args = ["predict", str(model), str(tifs / "*.tif"), str(tmp_path / "{stem}.tif"), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130, result.output
+    assert "3 volumes: 1 segmented, 0 finished before, 0 failed, 2 not finished" in result.output
+    assert "interrupted: rerun the same command to go on" in result.output
+    assert (tmp_path / "a.tif").exists() and not (tmp_path / "b.tif").exists()
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "3 volumes: 2 segmented, 1 finished before, 0 failed" in result.output

@@ -165,32 +165,40 @@ def predict(
                    window=window, batch_size=batch_size, jit=jit or None,
                    calibrated=None if calibration else False, route=route,
                    max_memory_gb=None if max_memory == 0 else max_memory, io_threads=io_threads)
+    interrupted = False
     try:
         options["overlap"] = overlap if overlap == "auto" else _fraction("--overlap", overlap)
         if is_batch(input, output):
             items = batch_pairs(input, output, probabilities)
-            predict_many(model, items, overwrite=overwrite, keep_going=keep_going, **options)
+            try:
+                predict_many(model, items, overwrite=overwrite, keep_going=keep_going, **options)
+            except KeyboardInterrupt:
+                interrupted = True
         else:
             path = _predict(model, input, output, probabilities=probabilities, overwrite=overwrite, **options)
     except _user_errors() as err:
         _fail(err)
     if is_batch(input, output):
-        _print_batch(items)
+        _print_batch(items, interrupted=interrupted)
         return
     console.print(f"labels: {path}" + (f"\nprobabilities: {probabilities}" if probabilities else ""))
     _print_route(path)
 
 
-def _print_batch(items) -> None:
-    """A line per volume, then the failures (exit 1 if any)."""
+def _print_batch(items, *, interrupted: bool = False) -> None:
+    """A line per volume, then the failures (exit 1 if any; 130 if interrupted)."""
     for item in items:
         route = f"  route: {item.route}" if item.route else ""
         took = f"  {item.seconds:.1f} s" if item.status == "done" else ""
         console.print(f"{item.status:8s} {item.input} -> {item.output}{took}{route}")
     failed = [item for item in items if item.status == "failed"]
-    counts = {s: sum(item.status == s for item in items) for s in ("done", "skipped", "failed")}
+    counts = {s: sum(item.status == s for item in items) for s in ("done", "skipped", "failed", "pending")}
     console.print(f"{len(items)} volumes: {counts['done']} segmented, {counts['skipped']} finished before, "
-                  f"{counts['failed']} failed")
+                  f"{counts['failed']} failed" + (f", {counts['pending']} not finished" if interrupted else ""))
+    if interrupted:
+        err_console.print("interrupted: rerun the same command to go on (finished outputs are skipped, an "
+                          "unfinished .zarr store resumes from its finished blocks)")
+        raise typer.Exit(130)
     if failed:
         for item in failed:
             err_console.print(f"[bold red]failed:[/] {_escape(item.input)}: {_escape(item.error or '')}")
