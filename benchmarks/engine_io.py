@@ -5,7 +5,8 @@ labels with zarr's default zstd writes about 290 MVox/s on one AVX2 core.  This 
 network by a copy of real labels (the EPFL training labels, mirror-tiled like the raw volume, so they
 compress as real labels do) and runs ``predict_blockwise`` on a chunked zarr volume, so the rate it reports
 is what the engine's reads, writes and markers allow at each ``io_threads``: the most a GPU route can reach
-end to end on that host (its start-up aside).
+end to end on that host (its start-up aside).  First, one thread reading the volume's chunks and one writing
+labels chunks are timed on their own (``one_thread_codec``).
 
     PYTHONPATH=src python benchmarks/engine_io.py --raw ../shared/data/epfl-multiclass/train_raw.tif \\
         --labels ../shared/data/epfl-multiclass/train_labels.tif --gvox 0.25 --repeats 3 --out engine_io.json
@@ -48,6 +49,29 @@ class CopiedLabels:
         raise NotImplementedError
 
 
+def one_thread_codec(volume: Path, labels: np.ndarray, work: Path) -> dict[str, float]:
+    """MVox/s of one thread reading (decompressing) the volume's 8-slice chunks, and writing (compressing)
+    the labels in chunks of the same shape with the labels stores' codec, on their own."""
+    import zarr
+
+    from emseg.io import write_image
+
+    source = zarr.open_array(str(volume), mode="r")
+    depth = min(160, source.shape[0] - source.shape[0] % 8)
+    start = time.perf_counter()
+    for z in range(0, depth, 8):
+        np.asarray(source[z:z + 8])
+    read = depth * source.shape[1] * source.shape[2] / (time.perf_counter() - start) / 1e6
+    write_image(work / "codec.zarr", np.zeros((depth, *labels.shape[1:]), np.uint8), chunks=(8, *labels.shape[1:]),
+                overwrite=True)
+    target = zarr.open_array(str(work / "codec.zarr"), mode="r+")
+    start = time.perf_counter()
+    for z in range(0, depth, 8):
+        target[z:z + 8] = labels[z:z + 8]
+    written = depth * labels.shape[1] * labels.shape[2] / (time.perf_counter() - start) / 1e6
+    return {"read_mvox_s": read, "write_mvox_s": written, "slices": depth}
+
+
 def cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -79,6 +103,9 @@ def main() -> None:
     labels = np.concatenate([labels, labels[::-1]] * reps)[:shape[0]]
     predictor = CopiedLabels(np.ascontiguousarray(labels), int(labels.max()) + 1)
     nvox = int(np.prod(shape))
+    codec = one_thread_codec(work / "volume.zarr", predictor.labels, work)
+    print(f"one thread alone: read {codec['read_mvox_s']:.0f} MVox/s, write {codec['write_mvox_s']:.0f} MVox/s",
+          flush=True)
     counts = [int(t) for t in args.threads.split(",")]
     runs = []
     for rep in range(args.repeats):
@@ -95,7 +122,7 @@ def main() -> None:
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "flags": cpu_flags(),
                           "cores": os.cpu_count(), "load_average": os.getloadavg()},
               "volume": {"shape": list(shape), "gvox": nvox / 1e9, "chunks": [8, *shape[1:]]},
-              "runs": runs, "median_mvox_s": medians}
+              "one_thread_codec": codec, "runs": runs, "median_mvox_s": medians}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(medians))

@@ -165,10 +165,10 @@ def predict(
                    window=window, batch_size=batch_size, jit=jit or None,
                    calibrated=None if calibration else False, route=route,
                    max_memory_gb=None if max_memory == 0 else max_memory, io_threads=io_threads)
-    interrupted = False
+    interrupted, batch = False, is_batch(input, output)
     try:
         options["overlap"] = overlap if overlap == "auto" else _fraction("--overlap", overlap)
-        if is_batch(input, output):
+        if batch:
             items = batch_pairs(input, output, probabilities)
             try:
                 predict_many(model, items, overwrite=overwrite, keep_going=keep_going, **options)
@@ -178,7 +178,7 @@ def predict(
             path = _predict(model, input, output, probabilities=probabilities, overwrite=overwrite, **options)
     except _user_errors() as err:
         _fail(err)
-    if is_batch(input, output):
+    if batch:
         _print_batch(items, interrupted=interrupted)
         return
     console.print(f"labels: {path}" + (f"\nprobabilities: {probabilities}" if probabilities else ""))

@@ -43,7 +43,7 @@ _CONTAINERS = (".h5", ".hdf5", ".hdf")
 @dataclasses.dataclass
 class BatchItem:
     """One volume of a batch and what became of it: ``status`` is ``done``, ``skipped`` (its output was
-    finished by an earlier run) or ``failed`` (``error`` says why)."""
+    finished by an earlier run), ``failed`` (``error`` says why) or still ``pending`` (an interrupted batch)."""
 
     input: str
     output: str
@@ -222,8 +222,8 @@ def _finished(item: BatchItem) -> bool:
 
 
 def _written(path: str) -> bool:
-    file, sep, inner = path.rpartition(":")
-    if sep and file.lower().endswith(_CONTAINERS):
+    file, inner = _split_container(path)
+    if inner:
         if not Path(file).is_file():
             return False
         import h5py

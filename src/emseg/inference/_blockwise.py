@@ -363,7 +363,7 @@ def io_threads_for(predictor: Any) -> int:
     """Reader and writer threads each for a run in this process: 1 where the network runs on the CPU (its
     cores compute; one thread of each reads and writes far faster than a CPU network predicts), and up to 4
     (a quarter of the cores) where it runs on a GPU, whose network outruns one thread's zstd compression of
-    the labels (about 290 MVox/s on one AVX2 core, docs/BENCHMARKS.md)."""
+    the labels (250-290 MVox/s on one AVX2 core, docs/BENCHMARKS.md)."""
     inner = getattr(predictor, "predictor", predictor)  # through VolumeBlockAdapter
     device = getattr(inner, "device", None)
     if getattr(device, "type", device) != "cuda":
